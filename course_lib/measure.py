@@ -1,0 +1,370 @@
+"""Measuring efficiency honestly: timings, peak memory, and the report card (chapter 01).
+
+Rules every chapter follows through this module:
+
+* **Median after warm-up.** The first calls pay for allocation and kernel selection; we
+  discard them and report the median of the rest, which shrugs off a stray slow run.
+* **Side by side, interleaved.** Variants are timed A B C A B C ... in one run (the order
+  rotating each round), so a machine that slows down or speeds up mid-measurement hurts
+  every variant alike, and we report *ratios* to a baseline, never absolute claims.
+* **Memory measured, not estimated.** On CPU we reset and read the process's peak resident
+  set size (Linux ``/proc/self/clear_refs`` + ``VmHWM``); on CUDA, the allocator's peak.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from course_lib.viz import Table
+
+# --------------------------------------------------------------------------- timing
+
+
+def _check_counts(warmup: int, repeats: int) -> None:
+    if not isinstance(warmup, int) or warmup < 0:
+        raise ValueError(f"warmup must be an int >= 0, got {warmup!r}")
+    if not isinstance(repeats, int) or repeats < 1:
+        raise ValueError(f"repeats must be an int >= 1, got {repeats!r}")
+
+
+def _sync() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def _time_once(fn: Callable, setup: Callable | None) -> float:
+    state = setup() if setup is not None else None
+    _sync()
+    t0 = time.perf_counter()
+    fn(state) if setup is not None else fn()
+    _sync()
+    return time.perf_counter() - t0
+
+
+def time_fn(fn: Callable, *, setup: Callable | None = None, warmup: int = 2, repeats: int = 7) -> float:
+    """Median seconds of ``fn()`` (or ``fn(setup())`` with the setup untimed) after warm-up."""
+    return interleaved({"fn": (setup, fn) if setup else fn}, warmup=warmup, repeats=repeats)["fn"].median
+
+
+@dataclass
+class Timing:
+    """Samples of one variant, in seconds."""
+
+    samples: list[float]
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.samples)
+
+    @property
+    def spread(self) -> float:
+        """Relative interquartile range, a quick noise gauge (0.05 = ±2.5 % around the median)."""
+        if len(self.samples) < 4:
+            return float("nan")
+        q = statistics.quantiles(self.samples, n=4)
+        return (q[2] - q[0]) / self.median
+
+
+def interleaved(variants: dict, *, warmup: int = 2, repeats: int = 7) -> dict[str, Timing]:
+    """Time several variants round-robin; each value is ``fn`` or ``(setup, fn)``.
+
+    Every round runs each variant once, rotating the starting variant, so drift (thermal,
+    other processes) is shared. Returns a :class:`Timing` per variant.
+    """
+    _check_counts(warmup, repeats)
+    if not variants:
+        raise ValueError("variants must not be empty")
+    norm = {}
+    for name, v in variants.items():
+        setup, fn = v if isinstance(v, tuple) else (None, v)
+        if not callable(fn) or (setup is not None and not callable(setup)):
+            raise TypeError(f"variant {name!r} must be a callable or a (setup, fn) pair of callables")
+        norm[name] = (setup, fn)
+    names = list(norm)
+    for _ in range(warmup):
+        for n in names:
+            _time_once(norm[n][1], norm[n][0])
+    samples: dict[str, list[float]] = {n: [] for n in names}
+    for r in range(repeats):
+        for n in names[r % len(names) :] + names[: r % len(names)]:
+            samples[n].append(_time_once(norm[n][1], norm[n][0]))
+    return {n: Timing(s) for n, s in samples.items()}
+
+
+def speedups(timings: dict[str, Timing], baseline: str) -> dict[str, float]:
+    """``median(baseline) / median(variant)``: above 1 means faster than the baseline."""
+    if baseline not in timings:
+        raise ValueError(f"baseline {baseline!r} is not one of {list(timings)}")
+    base = timings[baseline].median
+    return {n: base / t.median for n, t in timings.items()}
+
+
+# --------------------------------------------------------------------------- memory
+
+
+_STATUS = Path("/proc/self/status")
+_CLEAR_REFS = Path("/proc/self/clear_refs")
+
+
+def _rss_peak_bytes() -> int | None:
+    try:
+        return int(re.search(r"VmHWM:\s+(\d+) kB", _STATUS.read_text()).group(1)) * 1024
+    except (OSError, AttributeError):
+        return None
+
+
+def _rss_bytes() -> int | None:
+    try:
+        return int(re.search(r"VmRSS:\s+(\d+) kB", _STATUS.read_text()).group(1)) * 1024
+    except (OSError, AttributeError):
+        return None
+
+
+def peak_memory(fn: Callable, *, device: str | torch.device | None = None) -> int | None:
+    """Extra bytes at the peak of ``fn()`` above the memory in use when it started.
+
+    CUDA: ``torch.cuda.max_memory_allocated``. CPU on Linux: the resident-set high-water
+    mark, reset before the call. Returns None where neither is available (macOS, Windows).
+    """
+    device = torch.device(device) if device is not None else torch.device("cpu")
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats(device)
+        before = torch.cuda.memory_allocated(device)
+        fn()
+        torch.cuda.synchronize()
+        return torch.cuda.max_memory_allocated(device) - before
+    try:
+        _CLEAR_REFS.write_text("5")  # resets VmHWM to the current RSS (Linux >= 4.0)
+    except OSError:
+        return None
+    before = _rss_bytes()
+    fn()
+    peak = _rss_peak_bytes()
+    return None if peak is None or before is None else max(0, peak - before)
+
+
+# --------------------------------------------------------------------------- model accounting
+
+
+def weight_bytes(model: torch.nn.Module) -> int:
+    """Bytes needed to store the weights, shared tensors once.
+
+    A module that stores weights its own way (a quantized Linear with packed ints, scales
+    and zero-points) reports them through a ``weight_bytes()`` method, and its own
+    parameters and buffers are then not counted again.
+    """
+    seen: set[int] = set()
+    total = 0
+    custom = [m for m in model.modules() if m is not model and hasattr(m, "weight_bytes")]
+    skip = {id(t) for m in custom for t in list(m.parameters()) + list(m.buffers())}
+    total += sum(m.weight_bytes() for m in custom)
+    tensors = list(model.parameters()) + [b for n, b in model.named_buffers() if not n.startswith("rope_")]
+    for t in tensors:
+        if id(t) in seen or id(t) in skip:
+            continue
+        seen.add(id(t))
+        total += t.numel() * t.element_size()
+    return total
+
+
+def _prompt(model, batch: int, length: int):
+    gen = torch.Generator().manual_seed(0)
+    dev = next(model.parameters()).device
+    return torch.randint(0, model.config.vocab_size, (batch, length), generator=gen).to(dev)
+
+
+def prefill_fn(model, *, prompt_len: int, batch: int = 1):
+    """A (setup, run) pair timing one prompt pass that fills a fresh KV cache."""
+    x = _prompt(model, batch, prompt_len)
+
+    def setup():
+        return model.new_cache(batch, prompt_len)
+
+    @torch.no_grad()
+    def run(cache):
+        model(x, cache=cache)
+
+    return setup, run
+
+
+def decode_fn(model, *, prompt_len: int, new_tokens: int, batch: int = 1):
+    """A (setup, run) pair timing ``new_tokens`` single-token decode steps after a prompt."""
+    if prompt_len + new_tokens > model.config.max_seq_len:
+        raise ValueError(
+            f"prompt_len + new_tokens = {prompt_len + new_tokens} exceeds max_seq_len {model.config.max_seq_len}"
+        )
+    x = _prompt(model, batch, prompt_len)
+    steps = _prompt(model, batch, new_tokens)
+
+    @torch.no_grad()
+    def setup():
+        cache = model.new_cache(batch, prompt_len + new_tokens)
+        model(x, cache=cache)
+        return cache
+
+    @torch.no_grad()
+    def run(cache):
+        for i in range(new_tokens):
+            model(steps[:, i : i + 1], cache=cache)
+
+    return setup, run
+
+
+# --------------------------------------------------------------------------- report card
+
+CARD_FIELDS = {
+    "params": ("parameters", "{:,.0f}"),
+    "active_params": ("active params / token", "{:,.0f}"),
+    "weight_mb": ("weights (MB)", "{:.2f}"),
+    "gflops_per_token": ("GFLOPs / token (fwd)", "{:.4f}"),
+    "val_ppl": ("val perplexity", "{:.2f}"),
+    "prefill_ms": ("prefill latency (ms)", "{:.2f}"),
+    "prefill_tok_s": ("prefill tokens/s", "{:,.0f}"),
+    "decode_ms_per_token": ("decode ms / token", "{:.3f}"),
+    "decode_tok_s": ("decode tokens/s", "{:,.0f}"),
+    "peak_mem_mb": ("peak memory, generate (MB)", "{:.1f}"),
+}
+# For each metric: does a larger value mean better? (for the ratio row's reading)
+_HIGHER_IS_BETTER = {"prefill_tok_s", "decode_tok_s"}
+
+
+class Report:
+    """Report cards of one or more variants, measured in one run, with ratios to a baseline.
+
+    ``report.cards[name]`` is a plain dict per variant, ``report.to_dict()`` everything,
+    and the object renders as a table in a notebook (variant rows, then "× baseline" rows).
+    """
+
+    def __init__(self, cards: dict[str, dict], baseline: str, settings: dict):
+        self.cards, self.baseline, self.settings = cards, baseline, settings
+
+    def ratio(self, name: str, metric: str) -> float:
+        """``metric`` of ``name`` divided by the baseline's."""
+        b = self.cards[self.baseline][metric]
+        v = self.cards[name][metric]
+        return float("nan") if b in (None, 0) or v is None else v / b
+
+    def to_dict(self) -> dict:
+        return {"baseline": self.baseline, "settings": self.settings, "cards": self.cards}
+
+    def table(self) -> Table:
+        metrics = [m for m in CARD_FIELDS if any(c.get(m) is not None for c in self.cards.values())]
+        rows = []
+        for name, c in self.cards.items():
+            row = {"variant": name}
+            for m in metrics:
+                v = c.get(m)
+                row[CARD_FIELDS[m][0]] = (
+                    "n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else CARD_FIELDS[m][1].format(v)
+                )
+            rows.append(row)
+        for name in self.cards:
+            if name == self.baseline:
+                continue
+            row = {"variant": f"{name} ÷ {self.baseline}"}
+            for m in metrics:
+                r = self.ratio(name, m)
+                row[CARD_FIELDS[m][0]] = "" if math.isnan(r) else f"×{r:.2f}"
+            rows.append(row)
+        return Table(rows, caption=f"Report card (baseline: {self.baseline}; {self.settings_text()})")
+
+    def settings_text(self) -> str:
+        s = self.settings
+        return f"prompt {s['prompt_len']} tokens, decode {s['new_tokens']} tokens, batch 1, median of {s['repeats']}, {s['device']}"
+
+    def _repr_html_(self) -> str:
+        return self.table()._repr_html_()
+
+    def __repr__(self) -> str:
+        return self.table().to_text()
+
+
+def report_card(
+    variants: dict | torch.nn.Module,
+    *,
+    baseline: str | None = None,
+    val_tokens=None,
+    eval_seq_len: int = 128,
+    eval_batches: int = 8,
+    prompt_len: int = 64,
+    new_tokens: int = 32,
+    warmup: int = 2,
+    repeats: int = 5,
+    memory: bool = True,
+) -> Report:
+    """Measure the efficiency report card of one model or of several variants side by side.
+
+    ``variants`` is a model or ``{name: model}``; ``baseline`` names the row the ratios are
+    taken against (default: the first). Quality is validation perplexity on ``val_tokens``
+    (omitted when None). Latencies are measured interleaved across variants.
+    """
+    from course_lib.train import evaluate
+
+    if isinstance(variants, torch.nn.Module):
+        variants = {"model": variants}
+    if not variants:
+        raise ValueError("variants must not be empty")
+    for name, m in variants.items():
+        if not hasattr(m, "config") or not hasattr(m, "new_cache"):
+            raise TypeError(f"variant {name!r} must be a TinyLM-like model (config, new_cache), got {type(m).__name__}")
+    baseline = baseline or next(iter(variants))
+    if baseline not in variants:
+        raise ValueError(f"baseline {baseline!r} is not one of {list(variants)}")
+    for v in (prompt_len, new_tokens):
+        if not isinstance(v, int) or v < 1:
+            raise ValueError(f"prompt_len and new_tokens must be ints >= 1, got {prompt_len!r}, {new_tokens!r}")
+
+    cards: dict[str, dict] = {}
+    for name, m in variants.items():
+        m.eval()
+        flops = m.flops_per_token(prompt_len + new_tokens)["total"]
+        cards[name] = {
+            "params": m.num_params(),
+            "active_params": m.num_params(active=True),
+            "weight_mb": weight_bytes(m) / 1e6,
+            "gflops_per_token": flops / 1e9,
+            "val_ppl": None,
+        }
+        if val_tokens is not None:
+            with torch.no_grad():
+                cards[name]["val_ppl"] = math.exp(
+                    evaluate(m, val_tokens, seq_len=eval_seq_len, batch_size=8, max_batches=eval_batches)
+                )
+    pre = interleaved(
+        {n: prefill_fn(m, prompt_len=prompt_len) for n, m in variants.items()}, warmup=warmup, repeats=repeats
+    )
+    dec = interleaved(
+        {n: decode_fn(m, prompt_len=prompt_len, new_tokens=new_tokens) for n, m in variants.items()},
+        warmup=warmup,
+        repeats=repeats,
+    )
+    for name, m in variants.items():
+        c = cards[name]
+        c["prefill_ms"] = pre[name].median * 1e3
+        c["prefill_tok_s"] = prompt_len / pre[name].median
+        c["decode_ms_per_token"] = dec[name].median / new_tokens * 1e3
+        c["decode_tok_s"] = new_tokens / dec[name].median
+        c["peak_mem_mb"] = None
+        if memory:
+            x = _prompt(m, 1, prompt_len)
+            peak = peak_memory(lambda m=m, x=x: m.generate(x, new_tokens))
+            c["peak_mem_mb"] = None if peak is None else peak / 1e6
+    dev = next(iter(variants.values())).embed.weight.device
+    settings = {
+        "prompt_len": prompt_len,
+        "new_tokens": new_tokens,
+        "repeats": repeats,
+        "warmup": warmup,
+        "device": str(dev),
+        "threads": torch.get_num_threads(),
+    }
+    return Report(cards, baseline, settings)

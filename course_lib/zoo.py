@@ -1,0 +1,187 @@
+"""Pretrained patients, so notebooks never pay for long training.
+
+Each entry is a (model config, training config) pair trained on the corpus' training split
+by one deterministic command::
+
+    python -m course_lib.zoo build            # every patient (~30 min on 2 cores)
+    python -m course_lib.zoo build tiny       # one
+    python -m course_lib.zoo list             # sizes, val perplexity, sha256
+
+The results are **committed** inside the package (``course_lib/zoo_data/``, a few MB in all):
+a notebook loads a patient in well under a second, CI never trains one, and Colab gets
+them with ``pip install``. Each checkpoint has a JSON card beside it (steps, tokens seen,
+val/test perplexity, sha256 of the weights file, the tokenizer's fingerprint, versions);
+``load`` verifies the sha256 so a corrupted file is caught, not silently used.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import platform
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from course_lib import data
+from course_lib.model import ModelConfig, TinyLM
+from course_lib.paths import ZOO_DIR, atomic_write_bytes
+from course_lib.train import TrainConfig, evaluate, load_checkpoint, perplexity, save_checkpoint, train
+
+#: name -> (model config, training config). Changing one means rebuilding that patient.
+RECIPES: dict[str, tuple[ModelConfig, TrainConfig]] = {
+    "tiny": (
+        ModelConfig(vocab_size=4096, d_model=64, n_layers=4, n_heads=4, n_kv_heads=2, max_seq_len=256),
+        TrainConfig(
+            steps=600, batch_size=32, seq_len=256, lr=3e-3, warmup_steps=30, eval_every=100, eval_batches=16, seed=0
+        ),
+    ),
+    "small": (
+        ModelConfig(vocab_size=4096, d_model=192, n_layers=6, n_heads=6, n_kv_heads=2, max_seq_len=256),
+        TrainConfig(
+            steps=500, batch_size=32, seq_len=256, lr=2e-3, warmup_steps=30, eval_every=100, eval_batches=16, seed=0
+        ),
+    ),
+}
+
+
+@dataclass
+class Patient:
+    """A loaded zoo model with its tokenizer and card; text in, text out."""
+
+    name: str
+    model: TinyLM
+    tokenizer: object
+    meta: dict
+
+    def encode(self, text: str) -> torch.Tensor:
+        """Text -> token ids (1, T)."""
+        return torch.tensor([self.tokenizer.encode(text).ids], dtype=torch.long)
+
+    def decode(self, ids) -> str:
+        ids = ids.tolist() if torch.is_tensor(ids) else ids
+        if ids and isinstance(ids[0], list):
+            ids = ids[0]
+        return self.tokenizer.decode(ids)
+
+    def complete(self, prompt: str, max_new_tokens: int = 40, **kw) -> str:
+        """The prompt continued by ``max_new_tokens`` tokens (greedy unless a temperature is given)."""
+        out = self.model.generate(self.encode(prompt), max_new_tokens, **kw)
+        return self.decode(out)
+
+
+def checkpoint_path(name: str) -> Path:
+    return ZOO_DIR / f"{name}.safetensors"
+
+
+def card_path(name: str) -> Path:
+    return ZOO_DIR / f"{name}.json"
+
+
+def sha256_file(path: Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def names() -> list[str]:
+    return list(RECIPES)
+
+
+def card(name: str) -> dict:
+    """The JSON card of a built patient."""
+    _check_name(name)
+    path = card_path(name)
+    if not path.is_file():
+        raise FileNotFoundError(f"patient {name!r} is not built; run:  python -m course_lib.zoo build {name}")
+    return json.loads(path.read_text())
+
+
+def _check_name(name: str) -> None:
+    if name not in RECIPES:
+        raise ValueError(f"unknown patient {name!r}; choose one of {names()}")
+
+
+def load(name: str = "tiny", *, verify: bool = True) -> Patient:
+    """Load a pretrained patient (model in eval mode, tokenizer, card)."""
+    meta = card(name)
+    path = checkpoint_path(name)
+    if verify:
+        digest = sha256_file(path)
+        if digest != meta["sha256"]:
+            raise ValueError(
+                f"{path} has sha256 {digest}, its card says {meta['sha256']}: rebuild with  python -m course_lib.zoo build {name}"
+            )
+    model, _ = load_checkpoint(path)
+    tokenizer = data.get_tokenizer(model.config.vocab_size)
+    if data.tokenizer_sha256(tokenizer) != meta["tokenizer_sha256"]:
+        raise ValueError(f"patient {name!r} was trained with another tokenizer; rebuild the zoo")
+    return Patient(name, model, tokenizer, meta)
+
+
+def build(name: str, *, progress: bool = True) -> dict:
+    """Train one patient from its recipe and write its checkpoint and card."""
+    _check_name(name)
+    mcfg, tcfg = RECIPES[name]
+    torch.manual_seed(tcfg.seed)
+    tok = data.get_tokenizer(mcfg.vocab_size)
+    train_ids, val_ids, test_ids = (data.encode_split(s, tok) for s in data.SPLITS)
+    model = TinyLM(mcfg)
+    hist = train(model, train_ids, val_ids, tcfg, progress=progress, desc=f"zoo:{name}")
+    full = dict(seq_len=tcfg.seq_len, batch_size=16, max_batches=None)
+    val_loss, test_loss = evaluate(model, val_ids, **full), evaluate(model, test_ids, **full)
+    meta = {
+        "name": name,
+        "params": model.num_params(),
+        "params_non_embedding": model.num_params(embedding=False),
+        "model_config": mcfg.to_dict(),
+        "train_config": {k: getattr(tcfg, k) for k in tcfg.__dataclass_fields__},
+        "tokens_seen": hist.tokens_seen,
+        "epochs": round(hist.tokens_seen / len(train_ids), 2),
+        "train_seconds": round(hist.seconds, 1),
+        "train_tokens_per_second": round(hist.tokens_per_second),
+        "val_loss": round(val_loss, 4),
+        "val_ppl": round(perplexity(val_loss), 2),
+        "test_loss": round(test_loss, 4),
+        "test_ppl": round(perplexity(test_loss), 2),
+        "curve": {"step": hist.val_step, "val_loss": [round(v, 4) for v in hist.val_loss]},
+        "tokenizer_sha256": data.tokenizer_sha256(tok),
+        "built_with": {
+            "torch": torch.__version__,
+            "python": platform.python_version(),
+            "threads": torch.get_num_threads(),
+        },
+        "command": f"python -m course_lib.zoo build {name}",
+    }
+    path = save_checkpoint(model, checkpoint_path(name), metadata={"zoo": name})
+    meta["sha256"] = sha256_file(path)
+    atomic_write_bytes(card_path(name), (json.dumps(meta, indent=1) + "\n").encode())
+    return meta
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m course_lib.zoo", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    b = sub.add_parser("build", help="train patients and write them to course_lib/zoo_data")
+    b.add_argument("names", nargs="*", default=names(), help=f"which (default: all of {names()})")
+    sub.add_parser("list", help="show the built patients")
+    args = parser.parse_args(argv)
+    if args.cmd == "build":
+        for n in args.names:
+            t = time.perf_counter()
+            meta = build(n)
+            print(f"{n}: {meta['params']:,} params, val ppl {meta['val_ppl']}, {time.perf_counter() - t:.0f} s")
+    else:
+        for n in names():
+            try:
+                m = card(n)
+                print(f"{n:6s} {m['params']:>10,} params  val ppl {m['val_ppl']:7.2f}  {m['sha256'][:12]}")
+            except FileNotFoundError:
+                print(f"{n:6s} not built")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

