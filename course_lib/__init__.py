@@ -27,6 +27,7 @@ _SUBMODULES = {
     "configs",
     "curation",
     "data",
+    "encoder",
     "exercises",
     "hardware",
     "measure",
