@@ -2,18 +2,25 @@
 # `make course` and `make test` work on a fresh clone: they create .venv when it is missing.
 
 SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 TORCH_PIN := torch==2.13.0
-NOTEBOOKS := $(sort $(wildcard notebooks/[0-9][0-9]_*.ipynb))
+NPM_DIR := build/npm
+VENDOR_STAMP := book/_vendor/.stamp
+HTML := book/_build/html
+# The notebook the live-JupyterLab browser test runs top to bottom. That run is its second
+# execution, so the determinism check (nbval) skips it: no notebook runs more than twice.
+LAB_NOTEBOOK ?= 01_baseline.ipynb
 export PYTHONHASHSEED := 0
 export TOKENIZERS_PARALLELISM := false
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: help venv course test test-fast lint unit notebooks pairing lab bench sync constraints clean
+.PHONY: help venv course execute book test test-fast lint unit determinism browser browser-deps \
+        lab bench sync constraints clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' Makefile | sed 's/:.*## /\t/'
@@ -30,22 +37,47 @@ $(STAMP): pyproject.toml constraints.txt
 
 venv: $(STAMP)  ## create .venv and install everything (idempotent)
 
-course: $(STAMP)  ## execute every notebook (copies in build/executed) and print their times
-	$(PY) scripts/execute_notebooks.py $(NOTEBOOKS)
+# JavaScript for the offline site, from the npm packages pinned in book/package-lock.json.
+$(VENDOR_STAMP): book/package.json book/package-lock.json scripts/vendor_js.py $(STAMP)
+	mkdir -p $(NPM_DIR) && cp book/package.json book/package-lock.json $(NPM_DIR)/
+	cd $(NPM_DIR) && npm ci --no-audit --no-fund --ignore-scripts --loglevel=error
+	$(PY) scripts/vendor_js.py
+	touch $@
 
-test: $(STAMP) lint unit notebooks  ## everything CI runs
+execute: $(STAMP)  ## execute every notebook (cached) into build/executed; table of seconds and MB
+	$(PY) scripts/execute_notebooks.py
 
-test-fast: $(STAMP) lint unit  ## lint + unit tests, no notebooks, no browser
+book: $(STAMP) $(VENDOR_STAMP) execute  ## build the site into book/_build/html, warnings as errors
+	$(VENV)/bin/jupyter-book build book --warningiserror --keep-going --quiet
+	$(PY) scripts/site_report.py $(HTML)
 
-lint: $(STAMP)  ## ruff over library, tests, notebooks (.py), scripts
-	$(VENV)/bin/ruff check course_lib tests notebooks scripts benchmarks
-	$(VENV)/bin/ruff format --check course_lib tests scripts benchmarks notebooks
+course: book  ## THE main command: execute the notebooks and build the book
+	@echo "Open $(HTML)/index.html — or run 'make lab' for the live notebooks."
 
-unit: $(STAMP)  ## unit tests, the pairing check, property tests
-	$(PY) -m pytest -q -m "not browser" --ignore=tests/browser
+test: $(STAMP) lint unit course determinism browser  ## everything CI runs
 
-notebooks: $(STAMP)  ## every notebook executed under nbval (asserts are the claim checks)
-	$(PY) -m pytest -q --nbval-lax --nbval-sanitize-with tests/nbval_sanitize.cfg -p no:cacheprovider $(NOTEBOOKS)
+test-fast: $(STAMP) lint unit  ## lint + unit tests: no notebooks, no browser
+
+lint: $(STAMP)  ## ruff over library, tests, notebooks (.py), scripts, benchmarks
+	$(VENV)/bin/ruff check course_lib tests notebooks scripts benchmarks book/_ext conftest.py
+	$(VENV)/bin/ruff format --check course_lib tests notebooks scripts benchmarks book/_ext conftest.py
+
+unit: $(STAMP)  ## unit tests, the pairing and book-structure checks, property tests
+	$(PY) -m pytest -q -m "not browser" tests
+
+determinism: $(STAMP)  ## second execution: nbval compares every output with the first run's
+	COURSE_BOOK_BUILD=1 $(PY) -m pytest -q -p no:cacheprovider --nbval --nbval-current-env \
+	  --nbval-sanitize-with tests/nbval_sanitize.cfg --nbval-cell-timeout=600 \
+	  $(filter-out build/executed/$(LAB_NOTEBOOK),$(sort $(wildcard build/executed/[0-9][0-9]_*.ipynb)))
+
+browser-deps:  ## Debian chromium for the browser tests (installs it when running as root)
+	@test -x /usr/bin/chromium || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+	  else echo "browser tests need /usr/bin/chromium: sudo apt-get install chromium" >&2; exit 1; fi; }
+
+browser: $(STAMP) browser-deps  ## the built site and a live JupyterLab, driven in chromium
+	LAB_NOTEBOOK=$(LAB_NOTEBOOK) $(PY) -m pytest -q -m browser tests/browser
 
 sync: $(STAMP)  ## re-pair notebooks after editing the .py sources
 	$(VENV)/bin/jupytext --sync notebooks/[0-9][0-9]_*.py
@@ -61,4 +93,4 @@ constraints: $(STAMP)  ## rewrite constraints.txt from the current venv
 	  $(PY) -m pip freeze --exclude-editable | sed 's/^torch==\([0-9.]*\)+cpu/torch==\1/'; } > constraints.txt
 
 clean:  ## remove build outputs (not .venv)
-	rm -rf build book/_build .pytest_cache
+	rm -rf build book/_build book/_vendor .pytest_cache

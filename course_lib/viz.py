@@ -15,6 +15,7 @@ from __future__ import annotations
 import html
 import inspect
 import itertools
+import os
 from collections.abc import Callable
 from pathlib import Path
 
@@ -46,6 +47,56 @@ def plotly_template():
     )
 
 
+class _BookRenderer:
+    """Plotly renderer for the book build: a div and a ``Plotly.newPlot`` call, no plotly.js.
+
+    The site loads its one copy of plotly.js on every page, so inlining the 4.8 MB library
+    in each figure (plotly's default offline HTML) is unnecessary. Div ids count up from 1
+    in each kernel, so two executions of a notebook produce identical HTML.
+    """
+
+    def __init__(self):
+        self.count = 0
+
+    def to_mimebundle(self, fig_dict):
+        import plotly.io as pio
+
+        self.count += 1
+        height = (fig_dict.get("layout") or {}).get("height") or 450
+        html = pio.to_html(
+            fig_dict,
+            include_plotlyjs=False,
+            full_html=False,
+            div_id=f"course-fig-{self.count}",
+            default_height=f"{height}px",
+            default_width="100%",
+            config={"displaylogo": False, "responsive": True},
+            validate=False,
+        )
+        return {"text/html": html}
+
+
+def configure_plotly_renderer() -> str:
+    """Pick how figures are displayed: book build, Colab, or plotly's default (JupyterLab).
+
+    ``COURSE_BOOK_BUILD=1`` (set by the book's Sphinx extension for the kernels it starts)
+    selects :class:`_BookRenderer`; on Colab plotly's ``colab`` renderer; otherwise plotly's
+    own choice, which JupyterLab and VS Code render natively.
+    """
+    import sys
+
+    import plotly.io as pio
+    from plotly.io._base_renderers import MimetypeRenderer
+
+    if os.environ.get("COURSE_BOOK_BUILD") == "1":
+        book = type("CourseBookRenderer", (_BookRenderer, MimetypeRenderer), {})()
+        pio.renderers["course_book"] = book
+        pio.renderers.default = "course_book"
+    elif "google.colab" in sys.modules:
+        pio.renderers.default = "colab"
+    return pio.renderers.default
+
+
 def use_style() -> None:
     """Make the course look the default for plotly and matplotlib (idempotent)."""
     global _STYLED
@@ -55,6 +106,7 @@ def use_style() -> None:
 
     pio.templates["course"] = plotly_template()
     pio.templates.default = "course"
+    configure_plotly_renderer()
     try:
         import matplotlib as mpl
 
@@ -149,6 +201,13 @@ def _control(name: str, spec):
     )
 
 
+LIVE_ONLY_NOTE = (
+    '<p class="course-live-note"><b>Live explorer</b>: the controls above redraw this figure in a running '
+    "notebook (Colab, JupyterLab: see the buttons at the top of the page). On this static page, use the "
+    "figure with a slider just below.</p>"
+)
+
+
 def interactive(builder: Callable, **controls):
     """Live explorer: controls -> ``builder(**values)`` -> figure, redrawn on every change.
 
@@ -156,7 +215,7 @@ def interactive(builder: Callable, **controls):
     ``box.current_figure()`` rebuilds the figure for the current values (for tests).
     """
     import ipywidgets as w
-    from IPython.display import display
+    from IPython.display import HTML, display
 
     if not callable(builder):
         raise TypeError("builder must be callable")
@@ -166,11 +225,16 @@ def interactive(builder: Callable, **controls):
     def values() -> dict:
         return {name: wd.value for name, wd in widgets.items()}
 
+    book = os.environ.get("COURSE_BOOK_BUILD") == "1"
+
     def redraw(*_):
         fig = builder(**values())
         with out:
             out.clear_output(wait=True)
-            display(fig)
+            if book:  # a static page has no kernel to redraw with: say so instead
+                display(HTML(LIVE_ONLY_NOTE))
+            else:
+                display(fig)
 
     for wd in widgets.values():
         wd.observe(redraw, names="value")

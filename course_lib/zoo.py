@@ -166,9 +166,14 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="cmd", required=True)
     b = sub.add_parser("build", help="train patients and write them to course_lib/zoo_data")
     b.add_argument("names", nargs="*", default=names(), help=f"which (default: all of {names()})")
+    b.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice; recorded in the card)")
     sub.add_parser("list", help="show the built patients")
     args = parser.parse_args(argv)
     if args.cmd == "build":
+        if args.threads is not None:
+            if args.threads < 1:
+                parser.error("--threads must be >= 1")
+            torch.set_num_threads(args.threads)
         for n in args.names:
             t = time.perf_counter()
             meta = build(n)

@@ -1,26 +1,8 @@
-"""Shared fixtures; and the network guard for this process and every kernel it starts."""
+"""Shared fixtures (the network guard lives in the root conftest.py)."""
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
 import pytest
-
-from course_lib import netguard
-
-ROOT = Path(__file__).resolve().parent.parent
-_SITE = str(Path(__file__).resolve().parent / "netguard_site")
-
-# Refuse non-loopback connections here and in child processes (nbval's kernels inherit
-# the environment, and sitecustomize on PYTHONPATH runs at their start-up).
-netguard.install()
-os.environ["PYTHONPATH"] = os.pathsep.join(
-    [_SITE] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
-)
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
 @pytest.fixture

@@ -1,0 +1,33 @@
+"""Sphinx glue for the course book (loaded by _config.yml as a local extension).
+
+* Solution cells (tag ``solution``) are collapsed behind a toggle (myst-nb's ``hide-cell``),
+  and the Colab bootstrap cell's code is folded (``hide-input``): the notebooks keep their
+  own tags, the book adds the display ones when it reads them.
+* Notebook kernels started by the build see ``COURSE_BOOK_BUILD=1``, which makes
+  ``course_lib.viz`` emit plotly figures as HTML that uses the site's one copy of plotly.js.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+DISPLAY_TAGS = {"solution": "hide-cell", "bootstrap": "hide-input"}
+
+
+def add_display_tags(app, docname: str, source: list[str]) -> None:
+    if not app.env.doc2path(docname).endswith(".ipynb"):
+        return
+    nb = json.loads(source[0])
+    for cell in nb.get("cells", []):
+        tags = cell.setdefault("metadata", {}).setdefault("tags", [])
+        for tag, display in DISPLAY_TAGS.items():
+            if tag in tags and display not in tags:
+                tags.append(display)
+    source[0] = json.dumps(nb)
+
+
+def setup(app):
+    os.environ["COURSE_BOOK_BUILD"] = "1"
+    app.connect("source-read", add_display_tags)
+    return {"version": "1.0", "parallel_read_safe": True, "parallel_write_safe": True}
