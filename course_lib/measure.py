@@ -358,7 +358,7 @@ def report_card(
             x = _prompt(m, 1, prompt_len)
             peak = peak_memory(lambda m=m, x=x: m.generate(x, new_tokens))
             c["peak_mem_mb"] = None if peak is None else peak / 1e6
-    dev = next(iter(variants.values())).embed.weight.device
+    dev = next(next(iter(variants.values())).parameters()).device
     settings = {
         "prompt_len": prompt_len,
         "new_tokens": new_tokens,

@@ -3,6 +3,8 @@
 * Solution cells (tag ``solution``) are collapsed behind a toggle (myst-nb's ``hide-cell``),
   and the Colab bootstrap cell's code is folded (``hide-input``): the notebooks keep their
   own tags, the book adds the display ones when it reads them.
+* sphinx-thebe (which Jupyter Book always loads) is switched off: the book has no live
+  code cells, and thebe's loader names a CDN on every page.
 * Notebook kernels started by the build see ``COURSE_BOOK_BUILD=1``, which makes
   ``course_lib.viz`` emit plotly figures as HTML that uses the site's one copy of plotly.js.
 """
@@ -27,7 +29,14 @@ def add_display_tags(app, docname: str, source: list[str]) -> None:
     source[0] = json.dumps(nb)
 
 
+def drop_thebe(app) -> None:
+    """Disconnect every event handler sphinx-thebe registered (it cannot be unloaded)."""
+    for listeners in app.events.listeners.values():
+        listeners[:] = [lst for lst in listeners if not getattr(lst.handler, "__module__", "").startswith("sphinx_thebe")]
+
+
 def setup(app):
     os.environ["COURSE_BOOK_BUILD"] = "1"
+    app.connect("builder-inited", drop_thebe)
     app.connect("source-read", add_display_tags)
     return {"version": "1.0", "parallel_read_safe": True, "parallel_write_safe": True}

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import ROOT
+ROOT = Path(__file__).resolve().parents[2]
 
 NOTEBOOK = os.environ.get("LAB_NOTEBOOK", "01_baseline.ipynb")
 

@@ -8,20 +8,19 @@ A screenshot per page goes to build/screenshots/.
 from __future__ import annotations
 
 import re
+from pathlib import Path
 from urllib.parse import urlparse
 
 import pytest
 
-from .conftest import SITE
+SITE = Path(__file__).resolve().parents[2] / "book" / "_build" / "html"
 
 PAGES = sorted(str(p.relative_to(SITE)) for p in SITE.rglob("*.html") if "_static" not in p.parts and p.name not in {"search.html", "genindex.html"}) if SITE.is_dir() else []
 CDN = re.compile(r"""(?:src|href)=["'](?:https?:)?//(?:cdn|unpkg|cdnjs|[\w.-]*jsdelivr|[\w.-]*googleapis|[\w.-]*plot\.ly)[^"']*""")
 
 
 def test_site_has_every_chapter():
-    from pathlib import Path
-
-    chapters = sorted(p.stem for p in (Path(SITE).parents[2] / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+    chapters = sorted(p.stem for p in (SITE.parents[2] / "notebooks").glob("[0-9][0-9]_*.ipynb"))
     built = {p.split("/")[-1].removesuffix(".html") for p in PAGES}
     assert set(chapters) <= built, f"missing pages: {set(chapters) - built}"
 
@@ -48,6 +47,7 @@ def test_page_renders_offline(page, browser, site_url, screenshots):
         return r.abort()
 
     pg.route("**/*", route)
+    pg.set_default_timeout(120_000)  # a 2-core CI machine parsing plotly.js and MathJax
     pg.goto(f"{site_url}/{page}", wait_until="load")
     pg.wait_for_load_state("networkidle")
     # math: the site's MathJax typesets every $...$ and $$...$$ into mjx-container elements
@@ -74,6 +74,7 @@ def test_page_renders_offline(page, browser, site_url, screenshots):
 def test_chapter_pages_have_download_and_colab_buttons(browser, site_url):
     ctx = browser.new_context()
     pg = ctx.new_page()
+    pg.set_default_timeout(120_000)
     pg.route("**/*", lambda r: r.continue_() if urlparse(r.request.url).hostname in ("127.0.0.1", None) else r.abort())
     for page in [p for p in PAGES if p.startswith("notebooks/")]:
         pg.goto(f"{site_url}/{page}")
@@ -86,6 +87,7 @@ def test_chapter_pages_have_download_and_colab_buttons(browser, site_url):
 def test_solution_cells_are_collapsed(browser, site_url):
     ctx = browser.new_context()
     pg = ctx.new_page()
+    pg.set_default_timeout(120_000)
     pg.route("**/*", lambda r: r.continue_() if urlparse(r.request.url).hostname in ("127.0.0.1", None) else r.abort())
     seen = 0
     for page in [p for p in PAGES if p.startswith("notebooks/")]:
