@@ -1,0 +1,1175 @@
+r"""Hardware-aware design: this machine's roofline, where the time goes, and what fits (chapter 11).
+
+Every kernel is limited either by arithmetic or by memory traffic. The **roofline model**
+(Williams, Waterman & Patterson, 2009) says an op that performs :math:`F` FLOPs while
+moving :math:`Q` bytes between memory and the chip, i.e. with **arithmetic intensity**
+:math:`I = F / Q` FLOPs per byte, can at best run at
+
+.. math::
+
+    P(I) = \min\big(P_{\text{peak}},\; I \cdot B\big)
+
+where :math:`P_{\text{peak}}` is the machine's peak FLOP/s (per number format) and
+:math:`B` its memory bandwidth in bytes/s. The **ridge point** :math:`I^* = P_{\text{peak}}/B`
+separates memory-bound ops (:math:`I < I^*`) from compute-bound ones.
+
+This module measures both roofs live on the reader's machine — nothing is typed in:
+
+* :func:`peak_flops` — large matmuls in fp32 / bf16 / fp16, and int8 through ``torch._int_mm``;
+* :func:`memory_bandwidth` — STREAM-style kernels (McCalpin, 1995): read, copy and triad,
+  on arrays several times larger than the last-level cache;
+* op costs (:func:`matmul_cost`, :func:`attention_cost`, :func:`rmsnorm_cost`,
+  :func:`softmax_cost`, :func:`swiglu_cost`), each a FLOP count and the *minimum* bytes
+  the op must move, and :func:`place` / :func:`measure_ops` to put timed ops on the roofline;
+* :func:`profile` — ``torch.profiler`` around any call: top ops (time, FLOPs, memory),
+  time per model part, and a Chrome trace;
+* :func:`op_traffic` — the bytes an *unfused* (eager) function moves, op by op, and
+  :func:`fusion_benchmark` — eager vs ``torch.compile``'d RMSNorm and SwiGLU, with compile time;
+* :func:`batch_sweep` — latency vs throughput of prefill and decode across batch sizes;
+* :func:`footprint` / :func:`edge_fit` — weights + KV cache + activations of real models
+  (through :mod:`course_lib.configs`), and which fit in 1, 4 or 8 GiB at which precision;
+* :func:`decode_bound` — decoding one token must read every active weight once, so
+  :math:`\text{tokens/s} \le B \cdot \text{batch} / \text{bytes per step}`.
+
+Run ``python -m course_lib.hardware`` to print this machine's roofline. Nothing here is
+precomputed: the chapter measures the machine it runs on.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import math
+import os
+import platform
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from course_lib import configs, measure
+
+# --------------------------------------------------------------------------- dtypes
+
+_TORCH_DTYPES = {
+    "fp32": torch.float32,
+    "bf16": torch.bfloat16,
+    "fp16": torch.float16,
+    "int8": torch.int8,
+}
+#: Formats whose peak :func:`peak_flops` can measure (int8 as int8 x int8 -> int32).
+MATMUL_DTYPES = tuple(_TORCH_DTYPES)
+
+
+def _dtype_name(dtype) -> str:
+    """'fp32' | 'bf16' | 'fp16' | 'int8' | 'int4' from a name or a torch dtype."""
+    if isinstance(dtype, torch.dtype):
+        for name, td in _TORCH_DTYPES.items():
+            if td == dtype:
+                return name
+        raise ValueError(f"dtype must be one of {list(_TORCH_DTYPES.values())}, got {dtype}")
+    configs.dtype_bytes(dtype)  # raises a clear ValueError for unknown names
+    return dtype
+
+
+def bytes_per_element(dtype) -> float:
+    """Bytes per stored value (a name from :data:`course_lib.configs.DTYPE_BYTES` or a torch dtype)."""
+    return configs.dtype_bytes(_dtype_name(dtype))
+
+
+def _pos_int(name: str, value) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+    return value
+
+
+def _device(device) -> torch.device:
+    device = torch.device("cpu" if device is None else device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device='cuda' but no CUDA device is available")
+    if device.type not in ("cpu", "cuda"):
+        raise ValueError(f"device must be 'cpu' or 'cuda', got {device}")
+    return device
+
+
+# --------------------------------------------------------------------------- the machine
+
+_ISA_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_bf16", "amx_int8")
+
+
+def llc_bytes() -> int | None:
+    """Size of the last-level (L3) cache of CPU 0 in bytes, from sysfs; None where unknown."""
+    base = Path("/sys/devices/system/cpu/cpu0/cache")
+    best = None
+    for idx in sorted(base.glob("index*")) if base.is_dir() else []:
+        try:
+            level = int((idx / "level").read_text())
+            text = (idx / "size").read_text().strip().upper()
+        except (OSError, ValueError):
+            continue
+        scale = {"K": 1024, "M": 1024**2, "G": 1024**3}.get(text[-1:], 1)
+        size = int(text.rstrip("KMG")) * scale
+        if best is None or level > best[0]:
+            best = (level, size)
+    return None if best is None else best[1]
+
+
+def cpu_info() -> dict:
+    """What decides this CPU's roofs: model, cores, torch's vector ISA, matmul-relevant flags, L3."""
+    model, flags = platform.processor() or platform.machine(), set()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name") and model in ("", platform.machine(), platform.processor()):
+                model = line.split(":", 1)[1].strip()
+            elif line.startswith("flags"):
+                flags = set(line.split(":", 1)[1].split())
+                break
+    except OSError:
+        pass
+    llc = llc_bytes()
+    return {
+        "cpu": model,
+        "logical cpus": os.cpu_count(),
+        "torch threads": torch.get_num_threads(),
+        "torch vector ISA": torch.backends.cpu.get_cpu_capability(),
+        "matmul ISA flags": ", ".join(f for f in _ISA_FLAGS if f in flags) or "unknown",
+        "L3 cache (MiB)": None if llc is None else llc / 2**20,
+    }
+
+
+def working_set_bytes(*, factor: int = 4, floor: int = 64 * 2**20, cap: int = 256 * 2**20) -> int:
+    """Array size for DRAM measurements: ``factor`` x the L3 cache, within [floor, cap].
+
+    An array that fits in cache measures the cache, not DRAM. Four times the L3 is enough
+    to evict it; the cap keeps peak memory (three arrays for a triad) within budget.
+    """
+    llc = llc_bytes() or 32 * 2**20
+    return int(min(cap, max(floor, factor * llc)))
+
+
+# --------------------------------------------------------------------------- op costs
+
+
+@dataclass(frozen=True)
+class OpCost:
+    """An op's work and its minimum memory traffic: ``intensity = flops / bytes``."""
+
+    name: str
+    shape: str
+    flops: int
+    bytes: int
+    dtype: str = "fp32"
+
+    @property
+    def intensity(self) -> float:
+        """Arithmetic intensity in FLOPs per byte."""
+        return self.flops / self.bytes
+
+
+def matmul_cost(m: int, k: int, n: int, *, dtype="fp32", name: str | None = None) -> OpCost:
+    r"""(m, k) @ (k, n): :math:`F = 2mkn`, :math:`Q = (mk + kn)\,b_{in} + mn\,b_{out}`.
+
+    Each operand read once and the result written once: the least traffic any kernel
+    needs. int8 inputs produce int32 outputs (4 bytes), as ``torch._int_mm`` does.
+    With :math:`m = k = n` the intensity grows like :math:`n/3` per byte-per-element.
+    """
+    m, k, n = _pos_int("m", m), _pos_int("k", k), _pos_int("n", n)
+    dt = _dtype_name(dtype)
+    b_in = bytes_per_element(dt)
+    b_out = 4 if dt == "int8" else b_in
+    nbytes = math.ceil((m * k + k * n) * b_in + m * n * b_out)
+    return OpCost(name or "matmul", f"({m}×{k}) @ ({k}×{n})", 2 * m * k * n, nbytes, dt)
+
+
+def gemv_cost(k: int, n: int, *, batch: int = 1, dtype="fp32", name: str | None = None) -> OpCost:
+    r"""The matmul of decoding: ``batch`` token vectors times a (k, n) weight matrix.
+
+    With :math:`m = \text{batch} \ll k, n` the weight dominates the bytes, so
+    :math:`I \approx 2\,\text{batch} / b` FLOPs per byte: batch 1 in fp32 is 0.5.
+    """
+    return matmul_cost(batch, k, n, dtype=dtype, name=name or f"decode GEMV, batch {batch}")
+
+
+def _causal_pairs(q_len: int, kv_len: int) -> int:
+    """Query-key pairs a causal mask keeps, queries being the last ``q_len`` of ``kv_len`` positions."""
+    offset = kv_len - q_len
+    return sum(min(kv_len, offset + i + 1) for i in range(q_len))
+
+
+def attention_cost(
+    *,
+    batch: int,
+    heads: int,
+    q_len: int,
+    kv_len: int,
+    head_dim: int,
+    kv_heads: int | None = None,
+    causal: bool = False,
+    fused: bool = True,
+    dtype="fp32",
+) -> OpCost:
+    r"""softmax(Q Kᵀ / √d) V for ``batch`` x ``heads``.
+
+    FLOPs (the two matmuls; softmax is :func:`softmax_cost`): :math:`4\,B H\,P\,d`, with
+    :math:`P = T_q T_k` query-key pairs, or only those the causal mask keeps.
+    Bytes when **fused** (FlashAttention, SDPA): read Q, K, V once and write O,
+    :math:`(2 B H T_q d + 2 B H_{kv} T_k d)\,b`. **Unfused**, the (B, H, T_q, T_k) score
+    matrix is also written, read by the softmax, written again and read by the second
+    matmul: :math:`+\,4 B H T_q T_k\,b` — that term is what fusion removes.
+    """
+    batch, heads, q_len = _pos_int("batch", batch), _pos_int("heads", heads), _pos_int("q_len", q_len)
+    kv_len, head_dim = _pos_int("kv_len", kv_len), _pos_int("head_dim", head_dim)
+    kv_heads = heads if kv_heads is None else _pos_int("kv_heads", kv_heads)
+    if heads % kv_heads:
+        raise ValueError(f"kv_heads ({kv_heads}) must divide heads ({heads})")
+    if q_len > kv_len:
+        raise ValueError(f"q_len ({q_len}) must be <= kv_len ({kv_len}): queries are the last q_len positions")
+    b = bytes_per_element(dtype)
+    pairs = _causal_pairs(q_len, kv_len) if causal else q_len * kv_len
+    flops = 4 * batch * heads * pairs * head_dim
+    values = 2 * batch * heads * q_len * head_dim + 2 * batch * kv_heads * kv_len * head_dim
+    if not fused:
+        values += 4 * batch * heads * q_len * kv_len
+    kind = "prefill" if q_len > 1 else "decode"
+    shape = f"B{batch} H{heads}/{kv_heads} Tq{q_len} Tk{kv_len} d{head_dim}" + (" causal" if causal else "")
+    return OpCost(
+        f"attention {kind}" + ("" if fused else " (unfused)"), shape, flops, math.ceil(values * b), _dtype_name(dtype)
+    )
+
+
+def rmsnorm_cost(rows: int, dim: int, *, dtype="fp32") -> OpCost:
+    r"""RMSNorm over (rows, dim): :math:`y = x / \sqrt{\tfrac1C \sum x^2 + \epsilon} \odot g`.
+
+    FLOPs, one per arithmetic op (rsqrt counted as one): square, add, scale, gain per
+    element (:math:`4NC`) and divide, add ε, rsqrt per row (:math:`3N`). Bytes: read x and
+    g, write y — :math:`(2NC + C)\,b`. Intensity ≈ 2 / b: memory-bound on every machine.
+    """
+    rows, dim = _pos_int("rows", rows), _pos_int("dim", dim)
+    b = bytes_per_element(dtype)
+    return OpCost(
+        "RMSNorm",
+        f"({rows}×{dim})",
+        4 * rows * dim + 3 * rows,
+        math.ceil((2 * rows * dim + dim) * b),
+        _dtype_name(dtype),
+    )
+
+
+def softmax_cost(rows: int, dim: int, *, dtype="fp32") -> OpCost:
+    r"""Row softmax over (rows, dim): max, subtract, exp, sum, divide — :math:`5NC` FLOPs; bytes :math:`2NC\,b`."""
+    rows, dim = _pos_int("rows", rows), _pos_int("dim", dim)
+    b = bytes_per_element(dtype)
+    return OpCost("softmax", f"({rows}×{dim})", 5 * rows * dim, math.ceil(2 * rows * dim * b), _dtype_name(dtype))
+
+
+def swiglu_cost(rows: int, hidden: int, *, dtype="fp32") -> OpCost:
+    r"""The SwiGLU activation :math:`\mathrm{SiLU}(g) \odot u` on (rows, hidden) gate and up.
+
+    SiLU as :math:`g / (1 + e^{-g})` is negate, exp, add, divide (4), times u (1):
+    :math:`5NH` FLOPs. Bytes: read g and u, write the result — :math:`3NH\,b`.
+    """
+    rows, hidden = _pos_int("rows", rows), _pos_int("hidden", hidden)
+    b = bytes_per_element(dtype)
+    return OpCost(
+        "SwiGLU activation",
+        f"({rows}×{hidden})",
+        5 * rows * hidden,
+        math.ceil(3 * rows * hidden * b),
+        _dtype_name(dtype),
+    )
+
+
+_STREAM = {"read": (1, 0), "copy": (2, 0), "triad": (3, 2)}  # kind -> (arrays moved, FLOPs per element)
+
+
+def stream_cost(kind: str, n: int, *, dtype="fp32") -> OpCost:
+    """STREAM kernels on ``n`` elements: read (``sum(b)``), copy (``a = b``), triad (``a = b + s·c``)."""
+    if kind not in _STREAM:
+        raise ValueError(f"kind must be one of {list(_STREAM)}, got {kind!r}")
+    n = _pos_int("n", n)
+    arrays, fl = _STREAM[kind]
+    return OpCost(
+        f"STREAM {kind}", f"{n:,} values", fl * n, math.ceil(arrays * n * bytes_per_element(dtype)), _dtype_name(dtype)
+    )
+
+
+# --------------------------------------------------------------------------- measuring the roofs
+
+
+@dataclass
+class Peak:
+    """Best matmul throughput of one format, and every size tried (n, FLOP/s)."""
+
+    dtype: str
+    flops_per_s: float
+    n: int
+    tried: list[tuple[int, float]]
+    device: str = "cpu"
+
+
+def _square_operands(dtype: str, n: int, device: torch.device):
+    g = torch.Generator(device=device).manual_seed(n)  # drawn where they are used: no host-to-device copy
+    if dtype == "int8":
+        a, w = (torch.randint(-128, 128, (n, n), dtype=torch.int8, generator=g, device=device) for _ in range(2))
+    else:
+        a, w = (torch.rand(n, n, generator=g, device=device).to(_TORCH_DTYPES[dtype]) for _ in range(2))
+    return a, w.t()  # the weight as nn.Linear stores it, (out, in), used as x @ Wᵀ
+
+
+def _best_seconds(fn: Callable, *, warmup: int, repeats: int) -> float:
+    """Fastest of ``repeats`` timed calls after ``warmup`` (course_lib.measure).
+
+    A roof is the best the machine can do; interference only ever slows a run down, so the
+    fastest sample is the estimate of the roof (STREAM, too, reports its best rate).
+    """
+    return min(measure.interleaved({"fn": fn}, warmup=warmup, repeats=repeats)["fn"].samples)
+
+
+def _matmul(dtype: str):
+    return torch._int_mm if dtype == "int8" else torch.mm
+
+
+def peak_flops(
+    dtype="fp32",
+    *,
+    device=None,
+    min_n: int = 128,
+    max_n: int | None = None,
+    max_call_s: float = 0.5,
+    short_s: float = 0.1,
+    repeats: int = 3,
+) -> Peak:
+    r"""Peak matmul FLOP/s of ``dtype`` (int8: int8 x int8 -> int32 ops/s via ``torch._int_mm``).
+
+    Square (n, n) @ (n, n) products of growing n (doubling from ``min_n`` up to ``max_n``),
+    each timed as the best of ``repeats`` (see :func:`_best_seconds`). The search stops when
+    a product took long enough to trust (``short_s``) and the next size, at the best rate
+    seen so far, would take more than ``max_call_s``: a format this CPU only emulates (bf16
+    without AVX512-BF16 or AMX, say) stops at small sizes and costs seconds, not minutes,
+    while a fast one is measured where its kernels are at their best. A call shorter than
+    ``short_s`` says little (on a busy machine a small multithreaded product can take tens
+    of milliseconds of waiting), so the next size is always tried. The peak is the best
+    :math:`2n^3 / t` seen.
+    """
+    dt, dev = _dtype_name(dtype), _device(device)
+    if dt not in MATMUL_DTYPES:
+        raise ValueError(f"dtype must be one of {MATMUL_DTYPES}, got {dtype!r}")
+    max_n = max_n if max_n is not None else (8192 if dev.type == "cuda" else 2048)
+    min_n, max_n = _pos_int("min_n", min_n), _pos_int("max_n", max_n)
+    if min_n < 32 or min_n % 8 or max_n < min_n:
+        raise ValueError(f"need 32 <= min_n <= max_n with min_n a multiple of 8, got min_n={min_n}, max_n={max_n}")
+    if not (isinstance(max_call_s, (int, float)) and isinstance(short_s, (int, float)) and 0 < short_s <= max_call_s):
+        raise ValueError(f"need 0 < short_s <= max_call_s, got short_s={short_s!r}, max_call_s={max_call_s!r}")
+    mm, tried, n = _matmul(dt), [], min_n
+    while n <= max_n:
+        a, w = _square_operands(dt, n, dev)
+        seconds = _best_seconds(lambda a=a, w=w: mm(a, w), warmup=1, repeats=repeats)
+        tried.append((n, 2 * n**3 / seconds))
+        n *= 2
+        if seconds >= short_s and 2 * n**3 / max(rate for _, rate in tried) > max_call_s:
+            break  # a trustworthy timing, and the next size would take too long
+    best_n, best = max(tried, key=lambda t: t[1])
+    return Peak(dt, best, best_n, tried, str(dev))
+
+
+@dataclass
+class Bandwidth:
+    """Memory bandwidth of one STREAM kernel, counted as STREAM does (no write-allocate)."""
+
+    kind: str
+    bytes_per_s: float
+    array_bytes: int
+    seconds: float
+    device: str = "cpu"
+
+
+def _stream_kernel(kind: str, n: int, device: torch.device):
+    a = torch.zeros(n, device=device)  # zeros() touches every page, so no page faults are timed
+    b = torch.ones(n, device=device)
+    c = torch.full((n,), 0.5, device=device)
+    if kind == "read":
+        return lambda: b.sum()
+    if kind == "copy":
+        return lambda: a.copy_(b)
+    return lambda: torch.add(b, c, alpha=3.0, out=a)  # triad: a = b + 3·c
+
+
+def memory_bandwidth(
+    kind: str = "triad", *, array_bytes: int | None = None, device=None, repeats: int = 5
+) -> Bandwidth:
+    """Bytes/s of a STREAM kernel on fp32 arrays of ``array_bytes`` each (default: :func:`working_set_bytes`), best of ``repeats``.
+
+    read ``sum(b)`` moves one array, copy ``a = b`` two, triad ``a = b + s·c`` three. A
+    write that misses the cache usually also reads the line first (write-allocate); like
+    STREAM we do not count that, so copy and triad can read lower than a pure read.
+    """
+    if kind not in _STREAM:
+        raise ValueError(f"kind must be one of {list(_STREAM)}, got {kind!r}")
+    dev = _device(device)
+    array_bytes = working_set_bytes() if array_bytes is None else _pos_int("array_bytes", array_bytes)
+    n = max(1, array_bytes // 4)
+    fn = _stream_kernel(kind, n, dev)
+    seconds = _best_seconds(fn, warmup=1, repeats=_pos_int("repeats", repeats))
+    moved = stream_cost(kind, n).bytes
+    return Bandwidth(kind, moved / seconds, n * 4, seconds, str(dev))
+
+
+@dataclass
+class Roofline:
+    """Measured roofs: peak FLOP/s per format and bandwidth per STREAM kernel (bytes/s)."""
+
+    peaks: dict[str, float]
+    bandwidths: dict[str, float]
+    device: str = "cpu"
+    details: dict = field(default_factory=dict, repr=False, compare=False)
+
+    def __post_init__(self):
+        if not self.peaks or not self.bandwidths:
+            raise ValueError("a roofline needs at least one peak and one bandwidth")
+        for label, v in {**self.peaks, **self.bandwidths}.items():
+            if not (isinstance(v, (int, float)) and math.isfinite(v) and v > 0):
+                raise ValueError(f"roof {label!r} must be a positive finite number, got {v!r}")
+
+    @property
+    def bandwidth(self) -> float:
+        """The memory roof: the best of the STREAM kernels measured."""
+        return max(self.bandwidths.values())
+
+    def peak(self, dtype="fp32") -> float:
+        dt = _dtype_name(dtype)
+        if dt not in self.peaks:
+            raise ValueError(f"no peak measured for {dt!r}; have {list(self.peaks)}")
+        return self.peaks[dt]
+
+    def ridge(self, dtype="fp32") -> float:
+        """Intensity (FLOPs/byte) where the bandwidth slope meets the compute roof."""
+        return self.peak(dtype) / self.bandwidth
+
+    def attainable(self, intensity: float, dtype="fp32") -> float:
+        """:math:`\\min(P_{peak}, I \\cdot B)` in FLOP/s."""
+        if not (isinstance(intensity, (int, float)) and intensity > 0):
+            raise ValueError(f"intensity must be > 0, got {intensity!r}")
+        return min(self.peak(dtype), intensity * self.bandwidth)
+
+    def to_dict(self) -> dict:
+        return {"peaks": self.peaks, "bandwidths": self.bandwidths, "device": self.device}
+
+
+def measure_roofline(
+    *, dtypes=("fp32", "bf16", "int8"), kinds=("read", "copy", "triad"), device=None, array_bytes=None, repeats=3
+) -> Roofline:
+    """Measure this machine's roofs: :func:`peak_flops` per format, :func:`memory_bandwidth` per kernel."""
+    dev = _device(device)
+    if not dtypes or not kinds:
+        raise ValueError("dtypes and kinds must be non-empty")
+    peaks = {_dtype_name(d): peak_flops(d, device=dev, repeats=repeats) for d in dtypes}
+    bws = {k: memory_bandwidth(k, array_bytes=array_bytes, device=dev, repeats=max(repeats, 3)) for k in kinds}
+    return Roofline(
+        {d: p.flops_per_s for d, p in peaks.items()},
+        {k: b.bytes_per_s for k, b in bws.items()},
+        str(dev),
+        {"peaks": peaks, "bandwidths": bws},
+    )
+
+
+# --------------------------------------------------------------------------- ops on the roofline
+
+
+@dataclass
+class Placement:
+    """A timed op on the roofline: achieved FLOP/s against what its intensity allows."""
+
+    name: str
+    shape: str
+    dtype: str
+    intensity: float
+    achieved: float  # FLOP/s
+    attainable: float  # FLOP/s, min(peak, I·B)
+    bound: str  # "memory" or "compute"
+    seconds: float
+
+    @property
+    def fraction(self) -> float:
+        """Achieved / attainable: how close to its roof the op runs."""
+        return self.achieved / self.attainable
+
+    @property
+    def bytes_per_s(self) -> float:
+        return self.achieved / self.intensity
+
+
+def place(cost: OpCost, seconds: float, roof: Roofline) -> Placement:
+    """Put an op that took ``seconds`` on ``roof`` (against the ceiling of its own format)."""
+    if not isinstance(cost, OpCost):
+        raise TypeError(f"cost must be an OpCost, got {type(cost).__name__}")
+    if not (isinstance(seconds, (int, float)) and seconds > 0 and math.isfinite(seconds)):
+        raise ValueError(f"seconds must be a positive finite number, got {seconds!r}")
+    dtype = cost.dtype if cost.dtype in roof.peaks else "fp32"
+    bound = "memory" if cost.intensity * roof.bandwidth < roof.peak(dtype) else "compute"
+    achieved = cost.flops / seconds
+    return Placement(
+        cost.name,
+        cost.shape,
+        cost.dtype,
+        cost.intensity,
+        achieved,
+        roof.attainable(cost.intensity, dtype),
+        bound,
+        seconds,
+    )
+
+
+def measure_ops(
+    ops: dict[str, tuple[OpCost, Callable]], roof: Roofline, *, warmup: int = 1, repeats: int = 5
+) -> list[Placement]:
+    """Time every ``(cost, fn)`` interleaved (course_lib.measure) and place it on ``roof``."""
+    if not ops:
+        raise ValueError("ops must not be empty")
+    t = measure.interleaved({name: fn for name, (_, fn) in ops.items()}, warmup=warmup, repeats=repeats)
+    return [place(cost, t[name].median, roof) for name, (cost, _) in ops.items()]
+
+
+def standard_ops(
+    *, device=None, big_bytes: int | None = None, d_model: int = 4096
+) -> dict[str, tuple[OpCost, Callable]]:
+    """The chapter's ops, sized so memory-bound ones stream from DRAM (``big_bytes``, > L3).
+
+    Returns ``{label: (cost, fn)}``: matmuls from tiny to large, the decode GEMV at batch 1
+    and 16, RMSNorm, softmax, the SwiGLU activation, and attention (SDPA) at prefill and decode.
+    """
+    dev = _device(device)
+    big = working_set_bytes() if big_bytes is None else _pos_int("big_bytes", big_bytes)
+    d_model = _pos_int("d_model", d_model)
+    g = torch.Generator().manual_seed(0)
+
+    def rand(*shape):  # uniform: as good as normal for timing, and several times cheaper to draw
+        return torch.rand(*shape, generator=g).to(dev)
+
+    ops: dict[str, tuple[OpCost, Callable]] = {}
+    for n in (64, 256, 1024):
+        a, w = rand(n, n), rand(n, n)
+        ops[f"matmul {n}³"] = (matmul_cost(n, n, n, name=f"matmul {n}³"), lambda a=a, w=w: a @ w)
+    n_out = max(d_model, big // (4 * d_model))  # weight (n_out, d_model) of ~big bytes
+    w = rand(n_out, d_model)
+    for batch in (1, 16):
+        x = rand(batch, d_model)
+        ops[f"decode GEMV, batch {batch}"] = (gemv_cost(d_model, n_out, batch=batch), lambda x=x, w=w: F.linear(x, w))
+    rows = max(1, big // (4 * d_model))
+    x, gain = rand(rows, d_model), rand(d_model)
+    ops["RMSNorm"] = (rmsnorm_cost(rows, d_model), lambda: F.rms_norm(x, (d_model,), gain, 1e-5))
+    ops["softmax"] = (softmax_cost(rows, d_model), lambda: torch.softmax(x, dim=-1))
+    hidden = d_model
+    gate, up = rand(rows // 2, hidden), rand(rows // 2, hidden)
+    ops["SwiGLU activation"] = (swiglu_cost(rows // 2, hidden), lambda: F.silu(gate) * up)
+    q, k, v = rand(1, 8, 1024, 64), rand(1, 8, 1024, 64), rand(1, 8, 1024, 64)
+    ops["attention prefill"] = (
+        attention_cost(batch=1, heads=8, q_len=1024, kv_len=1024, head_dim=64, causal=True),
+        lambda: F.scaled_dot_product_attention(q, k, v, is_causal=True),
+    )
+    kv_len = max(1024, big // (2 * 4 * 8 * 64 * 4))  # K and V of batch 4, 8 heads: ~big bytes
+    qd, kd, vd = rand(4, 8, 1, 64), rand(4, 8, kv_len, 64), rand(4, 8, kv_len, 64)
+    ops["attention decode"] = (
+        attention_cost(batch=4, heads=8, q_len=1, kv_len=kv_len, head_dim=64),
+        lambda: F.scaled_dot_product_attention(qd, kd, vd),
+    )
+    return ops
+
+
+# --------------------------------------------------------------------------- the figure
+
+
+def roofline_figure(
+    roof: Roofline,
+    placements: list[Placement] = (),
+    *,
+    predicted: list[OpCost] = (),
+    dtypes=None,
+    title: str | None = None,
+):
+    """Log-log roofline: one ceiling per format, the bandwidth slope, measured ops as dots.
+
+    Hovering a dot shows the op, its shape, intensity, achieved GFLOP/s and the fraction of
+    its roof. ``predicted`` costs are drawn as hollow diamonds *on* the roof (what their
+    intensity allows), for exploring shapes without timing them.
+    """
+    from course_lib.viz import PALETTE, figure
+
+    dtypes = list(roof.peaks) if dtypes is None else [_dtype_name(d) for d in dtypes]
+    intensities = [p.intensity for p in placements] + [c.intensity for c in predicted]
+    ridges = [roof.ridge(d) for d in dtypes]
+    lo = min([0.05] + [i / 2 for i in intensities] + [r / 10 for r in ridges])
+    hi = max([1000.0] + [i * 2 for i in intensities] + [r * 10 for r in ridges])
+    xs = [lo * (hi / lo) ** (i / 200) for i in range(201)]
+    fig = figure(
+        title_text=title or f"Roofline of this machine ({roof.device})",
+        xaxis=dict(type="log", title="arithmetic intensity (FLOPs per byte moved)"),
+        yaxis=dict(type="log", title="GFLOP/s (int8: GOP/s)"),
+        height=520,
+        hovermode="closest",
+    )
+    for i, d in enumerate(dtypes):
+        ys = [roof.attainable(x, d) / 1e9 for x in xs]
+        fig.add_scatter(
+            x=xs,
+            y=ys,
+            mode="lines",
+            name=f"roof {d}: {roof.peak(d) / 1e9:,.1f} GFLOP/s, ridge {roof.ridge(d):.3g} FLOP/B",
+            line=dict(color=PALETTE[i % len(PALETTE)], width=2, dash="solid" if d == "fp32" else "dash"),
+            hoverinfo="skip",
+        )
+    if placements:
+        fig.add_scatter(
+            x=[p.intensity for p in placements],
+            y=[p.achieved / 1e9 for p in placements],
+            mode="markers+text",
+            text=[p.name for p in placements],
+            textposition="top center",
+            textfont=dict(size=10),
+            name="measured ops",
+            marker=dict(size=10, color=[PALETTE[3] if p.bound == "memory" else PALETTE[2] for p in placements]),
+            customdata=[[p.shape, p.dtype, p.fraction * 100, p.bound, p.attainable / 1e9] for p in placements],
+            hovertemplate=(
+                "<b>%{text}</b><br>shape %{customdata[0]} %{customdata[1]}<br>intensity %{x:.3g} FLOP/B"
+                "<br>achieved %{y:,.2f} GFLOP/s of %{customdata[4]:,.1f} (%{customdata[2]:.0f} %)"
+                "<br>%{customdata[3]}-bound<extra></extra>"
+            ),
+        )
+    if predicted:
+        fig.add_scatter(
+            x=[c.intensity for c in predicted],
+            y=[roof.attainable(c.intensity, c.dtype if c.dtype in roof.peaks else "fp32") / 1e9 for c in predicted],
+            mode="markers",
+            name="predicted (on the roof)",
+            marker=dict(size=13, symbol="diamond-open", color=PALETTE[4], line=dict(width=2)),
+            text=[c.name for c in predicted],
+            customdata=[[c.shape] for c in predicted],
+            hovertemplate="<b>%{text}</b><br>%{customdata[0]}<br>intensity %{x:.3g} FLOP/B<br>at most %{y:,.2f} GFLOP/s<extra></extra>",
+        )
+    return fig
+
+
+# --------------------------------------------------------------------------- profiling
+
+
+def patient_parts(model) -> dict[str, list[torch.nn.Module]]:
+    """The parts of a TinyLM-like model to time separately: embedding, norms, attention, MLP, LM head."""
+    if not hasattr(model, "blocks"):
+        raise TypeError(f"model must be a TinyLM-like model with .blocks, got {type(model).__name__}")
+    parts = {
+        "embedding": [model.embed],
+        "RMSNorm": [model.norm],
+        "attention": [],
+        "MLP": [],
+        "LM head": [model.lm_head],
+    }
+    for blk in model.blocks:
+        parts["RMSNorm"] += [blk.attn_norm, blk.mlp_norm]
+        parts["attention"].append(blk.attn)
+        parts["MLP"].append(blk.mlp)
+    return parts
+
+
+@dataclass
+class ProfileResult:
+    """What ``torch.profiler`` saw, per call of the profiled function."""
+
+    ops: list[dict]  # per op: calls, self ms, share, MFLOPs, GFLOP/s, allocated MB
+    parts: dict[str, float]  # label -> ms (inclusive), when labelled modules were given
+    total_ms: float
+    trace_path: str | None
+    flops: float = 0.0  # FLOPs the profiler counted per call (matmuls, convolutions, mul and add)
+    matmul_flops: float = 0.0  # of which matrix products (mm, addmm, bmm, baddbmm)
+
+    def table(self, top: int = 10):
+        from course_lib.viz import Table
+
+        rows = [{k: (round(v, 3) if isinstance(v, float) else v) for k, v in r.items()} for r in self.ops[:top]]
+        return Table(
+            rows, caption=f"top {min(top, len(self.ops))} ops by self time, per call ({self.total_ms:.2f} ms in all)"
+        )
+
+
+def _label_hooks(parts: dict[str, list[torch.nn.Module]]):
+    from torch.autograd.profiler import record_function
+
+    handles, stack = [], []
+    for label, modules in parts.items():
+        for m in modules:
+
+            def pre(_m, _args, label=label):
+                rf = record_function(f"## {label}")
+                rf.__enter__()
+                stack.append(rf)
+
+            def post(_m, _args, _out):
+                stack.pop().__exit__(None, None, None)
+
+            handles += [m.register_forward_pre_hook(pre), m.register_forward_hook(post)]
+    return handles
+
+
+_MATMUL_OPS = {"aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm"}
+_KINETO_CHATTER = ("USDT:", "STAGE:")  # the profiler backend's start/stop lines, written to fd 2
+
+
+@contextlib.contextmanager
+def _without_profiler_chatter():
+    """Hold back the native profiler's start/stop lines on fd 2; pass any other native stderr on.
+
+    Kineto prints time-stamped ``USDT: ... profiler_start`` lines from C++ on every run, which
+    would make a notebook's output differ between two executions.
+    """
+    try:
+        saved = os.dup(2)
+    except OSError:  # no file descriptor 2: nothing to filter
+        yield
+        return
+    with tempfile.TemporaryFile() as tmp:
+        os.dup2(tmp.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            tmp.seek(0)
+            for line in tmp.read().decode(errors="replace").splitlines():
+                if line.strip() and not line.startswith(_KINETO_CHATTER):
+                    print(line, file=sys.stderr)
+
+
+def profile(
+    fn: Callable,
+    *,
+    parts: dict[str, list[torch.nn.Module]] | None = None,
+    warmup: int = 1,
+    repeats: int = 3,
+    trace_path: str | os.PathLike | None = None,
+) -> ProfileResult:
+    """Run ``fn()`` ``repeats`` times under ``torch.profiler`` (after ``warmup`` runs).
+
+    Returns the ops sorted by self time (per call), with the FLOPs the profiler counts for
+    matmuls and the memory each op allocated; with ``parts`` (``{label: [modules]}``, e.g.
+    :func:`patient_parts`) also the inclusive time of each labelled part. ``trace_path``
+    writes a Chrome trace (open it in chrome://tracing or https://ui.perfetto.dev).
+    """
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+
+    if not callable(fn):
+        raise TypeError(f"fn must be callable, got {type(fn).__name__}")
+    if isinstance(warmup, bool) or not isinstance(warmup, int) or warmup < 0:
+        raise ValueError(f"warmup must be an int >= 0, got {warmup!r}")
+    _pos_int("repeats", repeats)
+    for _ in range(warmup):
+        fn()
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.cuda.is_available() else [])
+    handles = _label_hooks(parts) if parts else []
+    try:
+        with (
+            _without_profiler_chatter(),
+            torch_profile(activities=activities, record_shapes=True, profile_memory=True, with_flops=True) as prof,
+        ):
+            for _ in range(repeats):
+                with torch.autograd.profiler.record_function("## total"):
+                    fn()
+                if torch.cuda.is_available():
+                    torch.cuda.synchronize()
+    finally:
+        for h in handles:
+            h.remove()
+    events = prof.key_averages()
+    total_us = sum(e.cpu_time_total for e in events if e.key == "## total") / repeats
+    labels = {f"## {k}": k for k in (parts or {})}
+    part_ms = {labels[e.key]: e.cpu_time_total / repeats / 1e3 for e in events if e.key in labels}
+    rows = []
+    for e in events:
+        if e.key.startswith("##") or e.key.startswith("[") or e.self_cpu_time_total <= 0:
+            continue
+        self_us = e.self_cpu_time_total / repeats
+        rows.append(
+            {
+                "op": e.key,
+                "calls": e.count // repeats,
+                "self ms": self_us / 1e3,
+                "share": f"{self_us / total_us:.1%}" if total_us else "",
+                "MFLOPs": e.flops / repeats / 1e6 if e.flops else 0.0,
+                "GFLOP/s": (e.flops / repeats) / (self_us * 1e3) if e.flops else 0.0,
+                "allocated MB": max(0, e.self_cpu_memory_usage) / repeats / 1e6,
+            }
+        )
+    rows.sort(key=lambda r: -r["self ms"])
+    path = None
+    if trace_path is not None:
+        path = str(trace_path)
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        prof.export_chrome_trace(path)
+    flops = sum(e.flops for e in events if e.flops and not e.key.startswith("##")) / repeats
+    mm_flops = sum(e.flops for e in events if e.flops and e.key in _MATMUL_OPS) / repeats
+    return ProfileResult(rows, part_ms, total_us / 1e3, path, flops, mm_flops)
+
+
+# --------------------------------------------------------------------------- fusion
+
+
+class _Traffic(torch.utils._python_dispatch.TorchDispatchMode):
+    """Counts, for every aten op that runs, the bytes of its tensor inputs and outputs."""
+
+    def __init__(self):
+        super().__init__()
+        self.ops: list[tuple[str, int]] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        if not func.is_view:  # views (transpose, expand, reshape of a contiguous tensor) move nothing
+            flat = torch.utils._pytree.tree_leaves((args, kwargs or {}, out))
+            moved = sum(t.numel() * t.element_size() for t in flat if isinstance(t, torch.Tensor))
+            self.ops.append((func.name().split("::")[-1], moved))
+        return out
+
+
+def op_traffic(fn: Callable, *args, **kwargs) -> dict:
+    """Bytes an eager ``fn(*args)`` moves if every op reads its inputs from and writes its output to memory.
+
+    Eager PyTorch runs one kernel per op, and each intermediate of a large tensor goes out
+    to memory and back. Summing every op's input and output bytes (a TorchDispatchMode sees
+    each aten op) gives that traffic; a fused kernel needs only the function's own inputs
+    and outputs. Returns ``{"bytes", "ops": [(op, bytes)], "kernels"}``.
+    """
+    if not callable(fn):
+        raise TypeError(f"fn must be callable, got {type(fn).__name__}")
+    mode = _Traffic()
+    with torch.no_grad(), mode:
+        fn(*args, **kwargs)
+    return {"bytes": sum(b for _, b in mode.ops), "ops": mode.ops, "kernels": len(mode.ops)}
+
+
+def swiglu_activation(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
+    """SiLU(gate) ⊙ up, as the patient's SwiGLU computes it between its matmuls: (N, H), (N, H) -> (N, H)."""
+    return F.silu(gate) * up
+
+
+def fusion_benchmark(
+    *, rows: int = 4096, dim: int = 1024, hidden: int = 2816, warmup: int = 2, repeats: int = 7, device=None
+) -> list[dict]:
+    """Eager (one kernel per op) vs ``torch.compile``'d (fused) RMSNorm and SwiGLU activation.
+
+    The RMSNorm is the patient's own :class:`course_lib.model.RMSNorm` module. Each row has
+    the eager and compiled medians (timed interleaved), the speed-up, the first compiled
+    call's seconds (tracing + code generation + the C++ compiler), and the traffic: eager
+    (:func:`op_traffic`) vs fused minimum (the op's :class:`OpCost` bytes).
+    """
+    from course_lib.model import RMSNorm
+
+    dev = _device(device)
+    rows, dim, hidden = _pos_int("rows", rows), _pos_int("dim", dim), _pos_int("hidden", hidden)
+    g = torch.Generator().manual_seed(0)
+    norm = RMSNorm(dim).to(dev)
+    with torch.no_grad():
+        norm.weight.uniform_(0.5, 1.5, generator=g)
+    x = torch.randn(rows, dim, generator=g).to(dev)
+    gate, up = torch.randn(rows, hidden, generator=g).to(dev), torch.randn(rows, hidden, generator=g).to(dev)
+    cases = {
+        "RMSNorm": (norm, (x,), rmsnorm_cost(rows, dim)),
+        "SwiGLU activation": (swiglu_activation, (gate, up), swiglu_cost(rows, hidden)),
+    }
+    out = []
+    for name, (fn, args, cost) in cases.items():
+        compiled = torch.compile(fn, dynamic=False, fullgraph=True)
+        with torch.no_grad():
+            t0 = time.perf_counter()
+            fused_y = compiled(*args)
+            compile_s = time.perf_counter() - t0
+            eager_y = fn(*args)
+        if not torch.allclose(fused_y, eager_y, rtol=1e-4, atol=1e-5):
+            raise RuntimeError(f"{name}: compiled output differs from eager")
+        t = measure.interleaved(
+            {
+                "eager": torch.no_grad()(lambda fn=fn, a=args: fn(*a)),
+                "compiled": torch.no_grad()(lambda c=compiled, a=args: c(*a)),
+            },
+            warmup=warmup,
+            repeats=repeats,
+        )
+        traffic = op_traffic(fn, *args)
+        out.append(
+            {
+                "op": name,
+                "shape": cost.shape,
+                "eager ms": t["eager"].median * 1e3,
+                "compiled ms": t["compiled"].median * 1e3,
+                "speed-up": t["eager"].median / t["compiled"].median,
+                "compile s": compile_s,
+                "eager kernels": traffic["kernels"],
+                "eager MB moved": traffic["bytes"] / 1e6,
+                "fused MB moved": cost.bytes / 1e6,
+                "traffic ratio": traffic["bytes"] / cost.bytes,
+            }
+        )
+    return out
+
+
+# --------------------------------------------------------------------------- batch size
+
+
+def batch_sweep(
+    model,
+    *,
+    batch_sizes=(1, 2, 4, 8, 16, 32),
+    prompt_len: int = 64,
+    new_tokens: int = 16,
+    warmup: int = 1,
+    repeats: int = 3,
+) -> list[dict]:
+    """Latency and throughput of prefill and decode vs batch size (course_lib.measure, interleaved).
+
+    Per batch size B: prefill of B prompts of ``prompt_len`` tokens (latency, tokens/s) and
+    ``new_tokens`` decode steps (latency per step, tokens/s = B / step latency). Decoding
+    reads all weights per step whatever B is, so until the matmuls turn compute-bound a
+    bigger batch buys throughput almost for free; latency per step barely moves.
+    """
+    if not batch_sizes or any(isinstance(b, bool) or not isinstance(b, int) or b < 1 for b in batch_sizes):
+        raise ValueError(f"batch_sizes must be a non-empty sequence of ints >= 1, got {batch_sizes!r}")
+    _pos_int("prompt_len", prompt_len), _pos_int("new_tokens", new_tokens)
+    model.eval()
+    pre = measure.interleaved(
+        {b: measure.prefill_fn(model, prompt_len=prompt_len, batch=b) for b in batch_sizes},
+        warmup=warmup,
+        repeats=repeats,
+    )
+    dec = measure.interleaved(
+        {b: measure.decode_fn(model, prompt_len=prompt_len, new_tokens=new_tokens, batch=b) for b in batch_sizes},
+        warmup=warmup,
+        repeats=repeats,
+    )
+    rows = []
+    for b in batch_sizes:
+        step = dec[b].median / new_tokens
+        rows.append(
+            {
+                "batch": b,
+                "prefill ms": pre[b].median * 1e3,
+                "prefill tokens/s": b * prompt_len / pre[b].median,
+                "decode ms/step": step * 1e3,
+                "decode tokens/s": b / step,
+            }
+        )
+    return rows
+
+
+# --------------------------------------------------------------------------- memory budgets
+
+
+def _config(config) -> tuple[str, dict]:
+    if isinstance(config, str):
+        return config, configs.get(config)
+    if isinstance(config, dict):
+        return config.get("name", "config"), config
+    raise TypeError(f"config must be a model name or a Hugging Face-style dict, got {type(config).__name__}")
+
+
+def activation_bytes(config, *, tokens: int, batch_size: int = 1, dtype: str = "fp16") -> int:
+    r"""Peak transient memory of inference, one layer live at a time (a modelling estimate).
+
+    While ``tokens`` positions of ``batch_size`` sequences pass through a layer, the widest
+    moment is the MLP: the residual stream and its normed copy (:math:`2d`) plus the gate
+    and up projections of the :math:`k` experts a token uses (:math:`2kf`), per position;
+    attention is assumed fused (no :math:`T \times T` scores), earlier layers' activations
+    freed, and only the last position's logits kept, in fp32:
+
+    .. math:: A = B\,T\,(2d + 2kf)\,b + 4\,B\,V
+    """
+    _, cfg = _config(config)
+    configs.count_params(cfg)  # validates the config
+    tokens, batch_size = _pos_int("tokens", tokens), _pos_int("batch_size", batch_size)
+    d, f, v = cfg["hidden_size"], cfg["intermediate_size"], cfg["vocab_size"]
+    k = cfg.get("num_experts_per_tok") or 1
+    return math.ceil(batch_size * tokens * (2 * d + 2 * k * f) * configs.dtype_bytes(dtype) + 4 * batch_size * v)
+
+
+@dataclass
+class Footprint:
+    """Inference memory of one model at one precision and context, in bytes."""
+
+    model: str
+    weight_dtype: str
+    kv_dtype: str
+    seq_len: int
+    batch_size: int
+    weights: int
+    kv_cache: int
+    activations: int
+
+    @property
+    def total(self) -> int:
+        return self.weights + self.kv_cache + self.activations
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "total": self.total}
+
+
+def footprint(
+    config,
+    *,
+    weight_dtype: str = "fp16",
+    kv_dtype: str = "fp16",
+    seq_len: int = 4096,
+    batch_size: int = 1,
+    group_size: int | None = None,
+    prefill_chunk: int | None = None,
+    act_dtype: str = "fp16",
+) -> Footprint:
+    """Weights (:func:`configs.weight_bytes`) + KV cache (:func:`configs.kv_cache_bytes`) + activations.
+
+    ``config`` is a name in :data:`configs.MODELS` or a Hugging Face-style dict. Activations
+    are :func:`activation_bytes` for a prefill of ``prefill_chunk`` tokens (default: the
+    whole ``seq_len`` at once; chunked prefill is one way to shrink them).
+    """
+    name, cfg = _config(config)
+    chunk = seq_len if prefill_chunk is None else _pos_int("prefill_chunk", prefill_chunk)
+    if chunk > seq_len:
+        raise ValueError(f"prefill_chunk ({chunk}) must be <= seq_len ({seq_len})")
+    return Footprint(
+        name,
+        weight_dtype,
+        kv_dtype,
+        seq_len,
+        batch_size,
+        configs.weight_bytes(cfg, weight_dtype, group_size=group_size),
+        configs.kv_cache_bytes(cfg, seq_len=seq_len, batch_size=batch_size, dtype=kv_dtype),
+        activation_bytes(cfg, tokens=chunk, batch_size=batch_size, dtype=act_dtype),
+    )
+
+
+GIB = 2**30
+
+
+def edge_fit(
+    models=("phi-3-mini", "mistral-7b", "llama-2-7b", "mixtral-8x7b"),
+    *,
+    dtypes=("fp16", "int8", "int4"),
+    budgets_gib=(1, 4, 8),
+    seq_len: int = 4096,
+    kv_dtype: str = "fp16",
+    group_size: int | None = 128,
+) -> list[dict]:
+    """Which models fit in which memory budget at which weight precision (one row per model x dtype).
+
+    int8/int4 weights carry one fp16 scale per ``group_size`` inputs (set None for none);
+    the KV cache stays in ``kv_dtype``. A model "fits" when its :func:`footprint` total is
+    at most the budget — before the OS, the runtime and the app take their share.
+    """
+    if not budgets_gib or any(not (isinstance(b, (int, float)) and b > 0) for b in budgets_gib):
+        raise ValueError(f"budgets_gib must be positive numbers, got {budgets_gib!r}")
+    rows = []
+    for m in models:
+        for dt in dtypes:
+            fp = footprint(
+                m,
+                weight_dtype=dt,
+                kv_dtype=kv_dtype,
+                seq_len=seq_len,
+                group_size=group_size if dt in ("int8", "int4") else None,
+            )
+            row = {
+                "model": fp.model,
+                "weights": dt,
+                "weights GiB": fp.weights / GIB,
+                "KV cache GiB": fp.kv_cache / GIB,
+                "activations GiB": fp.activations / GIB,
+                "total GiB": fp.total / GIB,
+            }
+            row.update({f"fits {b} GiB": "yes" if fp.total <= b * GIB else "no" for b in budgets_gib})
+            rows.append(row)
+    return rows
+
+
+def bits_to_fit(
+    config, budget_bytes: int, *, seq_len: int = 4096, kv_dtype: str = "fp16", prefill_chunk: int | None = None
+) -> float:
+    """Bits per weight at which ``config`` fits ``budget_bytes`` with its KV cache and activations.
+
+    :math:`8\\,(\\text{budget} - \\text{KV} - \\text{activations}) / N`; zero or negative
+    means no quantization fits: the cache and activations alone exceed the budget.
+    """
+    _pos_int("budget_bytes", budget_bytes)
+    fp = footprint(config, weight_dtype="int8", kv_dtype=kv_dtype, seq_len=seq_len, prefill_chunk=prefill_chunk)
+    total, _ = configs.count_params(_config(config)[1])
+    return 8 * (budget_bytes - fp.kv_cache - fp.activations) / total
+
+
+# --------------------------------------------------------------------------- the decode bound
+
+
+def decode_bound(bytes_per_step: float, bandwidth: float, *, batch_size: int = 1) -> float:
+    r"""Upper bound on decode tokens/s: :math:`\text{batch} \cdot B / \text{bytes per step}`.
+
+    Each decode step produces one token per sequence and must stream every active weight
+    (and each sequence's KV cache) from memory at least once.
+    """
+    if not (isinstance(bytes_per_step, (int, float)) and bytes_per_step > 0):
+        raise ValueError(f"bytes_per_step must be > 0, got {bytes_per_step!r}")
+    if not (isinstance(bandwidth, (int, float)) and bandwidth > 0 and math.isfinite(bandwidth)):
+        raise ValueError(f"bandwidth must be a positive finite number of bytes/s, got {bandwidth!r}")
+    return _pos_int("batch_size", batch_size) * bandwidth / bytes_per_step
+
+
+def patient_step_bytes(model, *, context: int, batch_size: int = 1) -> int:
+    """Bytes one decode step of a TinyLM must read: all weights (measure.weight_bytes) + the KV cache at ``context``."""
+    if not hasattr(model, "config") or not hasattr(model, "new_cache"):
+        raise TypeError(f"model must be a TinyLM-like model, got {type(model).__name__}")
+    context, batch_size = _pos_int("context", context), _pos_int("batch_size", batch_size)
+    c = model.config
+    if context > c.max_seq_len:
+        raise ValueError(f"context must be <= max_seq_len ({c.max_seq_len}), got {context}")
+    elem = model.embed.weight.element_size()
+    kv = 2 * c.n_layers * batch_size * c.n_kv_heads * context * c.head_dim * elem
+    return measure.weight_bytes(model) + kv
+
+
+def config_step_bytes(
+    config,
+    *,
+    dtype: str = "fp16",
+    context: int = 4096,
+    batch_size: int = 1,
+    kv_dtype: str = "fp16",
+    group_size: int | None = None,
+) -> int:
+    """Bytes one decode step of a published model reads: its *active* weights + the KV cache at ``context``.
+
+    Active weights are ``weight_bytes x active / total`` (for an MoE, the experts a token
+    uses; at batch > 1 different tokens may use different experts, so this is a lower bound).
+    ``group_size`` adds the scales of group-wise int8/int4 weights (:func:`configs.weight_bytes`).
+    """
+    _, cfg = _config(config)
+    total, active = configs.count_params(cfg)
+    weights = configs.weight_bytes(cfg, dtype, group_size=group_size) * active / total
+    return math.ceil(weights + configs.kv_cache_bytes(cfg, seq_len=context, batch_size=batch_size, dtype=kv_dtype))
+
+
+# --------------------------------------------------------------------------- command line
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m course_lib.hardware", description="Measure this machine's roofline."
+    )
+    parser.add_argument("--device", default=None, help="cpu (default) or cuda")
+    args = parser.parse_args(argv)
+    for k, v in cpu_info().items():
+        print(f"{k:18s} {v}")
+    roof = measure_roofline(device=args.device)
+    for d, p in roof.peaks.items():
+        print(f"peak {d:5s} {p / 1e9:10.1f} GFLOP/s   ridge {roof.ridge(d):8.2f} FLOP/B")
+    for k, b in roof.bandwidths.items():
+        print(f"{k:10s} {b / 1e9:10.1f} GB/s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
