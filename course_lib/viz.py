@@ -215,7 +215,7 @@ def interactive(builder: Callable, **controls):
     ``box.current_figure()`` rebuilds the figure for the current values (for tests).
     """
     import ipywidgets as w
-    from IPython.display import HTML, display
+    from IPython.display import display
 
     if not callable(builder):
         raise TypeError("builder must be callable")
@@ -225,16 +225,20 @@ def interactive(builder: Callable, **controls):
     def values() -> dict:
         return {name: wd.value for name, wd in widgets.items()}
 
-    book = os.environ.get("COURSE_BOOK_BUILD") == "1"
+    if os.environ.get("COURSE_BOOK_BUILD") == "1":
+        # A static page has no kernel to redraw with: the saved state shows the controls
+        # and a note (a widget, not a display output, so a re-execution prints the same).
+        builder(**values())  # still build once, so a broken builder fails the build
+        box = w.VBox([w.HBox(list(widgets.values()), layout=w.Layout(flex_flow="row wrap")), w.HTML(LIVE_ONLY_NOTE)])
+        box.controls = widgets
+        box.current_figure = lambda: builder(**values())
+        return box
 
     def redraw(*_):
         fig = builder(**values())
         with out:
             out.clear_output(wait=True)
-            if book:  # a static page has no kernel to redraw with: say so instead
-                display(HTML(LIVE_ONLY_NOTE))
-            else:
-                display(fig)
+            display(fig)
 
     for wd in widgets.values():
         wd.observe(redraw, names="value")

@@ -66,3 +66,10 @@ def test_style_template_registered():
     viz.use_style()
     assert pio.templates.default == "course"
     assert isinstance(viz.figure(), go.Figure)
+
+
+def test_interactive_in_book_build_shows_a_note_not_a_figure(monkeypatch):
+    monkeypatch.setenv("COURSE_BOOK_BUILD", "1")
+    box = viz.interactive(_builder, a=(1, 5, 1))
+    assert "Live explorer" in box.children[1].value
+    assert box.current_figure().data[0].y[1] == 1
