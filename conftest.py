@@ -15,6 +15,8 @@ from course_lib import netguard
 _SITE = str(Path(__file__).resolve().parent / "tests" / "netguard_site")
 
 netguard.install()
-os.environ["PYTHONPATH"] = os.pathsep.join([_SITE] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p and p != _SITE])
+os.environ["PYTHONPATH"] = os.pathsep.join(
+    [_SITE] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p and p != _SITE]
+)
 for var, value in {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}.items():
     os.environ.setdefault(var, value)

@@ -11,7 +11,9 @@ from course_lib.train import TrainConfig, train
 def bench_decode() -> list[dict]:
     """Patient decode speed: batch 1, 64-token prompt, 64 new tokens, KV cache."""
     models = {n: zoo.load(n).model for n in zoo.names()}
-    t = measure.interleaved({n: measure.decode_fn(m, prompt_len=64, new_tokens=64) for n, m in models.items()}, warmup=2, repeats=7)
+    t = measure.interleaved(
+        {n: measure.decode_fn(m, prompt_len=64, new_tokens=64) for n, m in models.items()}, warmup=2, repeats=7
+    )
     pre = measure.interleaved({n: measure.prefill_fn(m, prompt_len=64) for n, m in models.items()}, warmup=2, repeats=7)
     return [
         {
@@ -35,8 +37,20 @@ def bench_train() -> list[dict]:
         mcfg, tcfg = zoo.RECIPES[n]
         torch.manual_seed(0)
         model = zoo.TinyLM(mcfg)
-        train(model, tokens, None, TrainConfig(steps=3, batch_size=tcfg.batch_size, seq_len=tcfg.seq_len, warmup_steps=1), progress=False)
-        h = train(model, tokens, None, TrainConfig(steps=12, batch_size=tcfg.batch_size, seq_len=tcfg.seq_len, warmup_steps=1), progress=False)
+        train(
+            model,
+            tokens,
+            None,
+            TrainConfig(steps=3, batch_size=tcfg.batch_size, seq_len=tcfg.seq_len, warmup_steps=1),
+            progress=False,
+        )
+        h = train(
+            model,
+            tokens,
+            None,
+            TrainConfig(steps=12, batch_size=tcfg.batch_size, seq_len=tcfg.seq_len, warmup_steps=1),
+            progress=False,
+        )
         flops = 3 * model.flops_per_token(tcfg.seq_len)["total"]
         rows.append(
             {

@@ -39,7 +39,7 @@ def machine() -> dict:
     import torch
 
     return {
-        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "python": platform.python_version(),
         "torch": torch.__version__,
         "cpu": platform.processor() or platform.machine(),
@@ -89,7 +89,11 @@ def main(argv=None) -> int:
         print(f"running {name} ...", flush=True)
         t0 = time.perf_counter()
         rows = fn()
-        results["benchmarks"][name] = {"doc": (fn.__doc__ or "").strip().split("\n")[0], "rows": rows, "seconds": round(time.perf_counter() - t0, 1)}
+        results["benchmarks"][name] = {
+            "doc": (fn.__doc__ or "").strip().split("\n")[0],
+            "rows": rows,
+            "seconds": round(time.perf_counter() - t0, 1),
+        }
     results["benchmarks"] = dict(sorted(results["benchmarks"].items()))
     path.write_text(json.dumps(results, indent=1) + "\n")
     (args.out / "results.md").write_text(to_markdown(results))

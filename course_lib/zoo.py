@@ -166,7 +166,9 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="cmd", required=True)
     b = sub.add_parser("build", help="train patients and write them to course_lib/zoo_data")
     b.add_argument("names", nargs="*", default=names(), help=f"which (default: all of {names()})")
-    b.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice; recorded in the card)")
+    b.add_argument(
+        "--threads", type=int, default=None, help="torch threads (default: torch's choice; recorded in the card)"
+    )
     sub.add_parser("list", help="show the built patients")
     args = parser.parse_args(argv)
     if args.cmd == "build":

@@ -62,7 +62,9 @@ def execute(path: Path, key: str, timeout: int) -> dict:
         if meta.get("key") == key and not meta.get("error"):
             return {**meta["report"], "cached": True}
     nb = nbformat.read(path, as_version=4)
-    client = NotebookClient(nb, timeout=timeout, kernel_name="python3", resources={"metadata": {"path": str(path.parent)}})
+    client = NotebookClient(
+        nb, timeout=timeout, kernel_name="python3", resources={"metadata": {"path": str(path.parent)}}
+    )
     t0 = time.perf_counter()
     error, peak = None, None
     try:
@@ -75,7 +77,12 @@ def execute(path: Path, key: str, timeout: int) -> dict:
         lines = [ln for ln in str(e).strip().splitlines() if ln.strip()]
         error = lines[-1][:300] if lines else "cell failed"
     seconds = time.perf_counter() - t0
-    report = {"notebook": path.name, "seconds": round(seconds, 1), "peak_rss_mb": None if peak is None else round(peak / 1e6), "error": error}
+    report = {
+        "notebook": path.name,
+        "seconds": round(seconds, 1),
+        "peak_rss_mb": None if peak is None else round(peak / 1e6),
+        "error": error,
+    }
     nb.metadata["course_execution"] = {"key": key, "report": report, "error": error}
     OUT.mkdir(parents=True, exist_ok=True)
     tmp = out.with_suffix(".tmp")
@@ -109,7 +116,11 @@ def main(argv=None) -> int:
     total = sum(r["seconds"] for r in rows)
     print(f"{'total':34s} {total:8.1f}   (budgets: {BUDGET_S:.0f} s and {BUDGET_MB} MB per notebook, 900 s in all)")
     (ROOT / "build").mkdir(exist_ok=True)
-    (ROOT / "build" / "timings.json").write_text(json.dumps({"budget_s": BUDGET_S, "budget_mb": BUDGET_MB, "notebooks": rows, "total_s": round(total, 1)}, indent=1))
+    (ROOT / "build" / "timings.json").write_text(
+        json.dumps(
+            {"budget_s": BUDGET_S, "budget_mb": BUDGET_MB, "notebooks": rows, "total_s": round(total, 1)}, indent=1
+        )
+    )
     bad = [r for r in rows if r["error"] or r["seconds"] > BUDGET_S or (r["peak_rss_mb"] or 0) > BUDGET_MB]
     return 1 if bad else 0
 

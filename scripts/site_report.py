@@ -11,7 +11,9 @@ def main(html_dir: str = "book/_build/html") -> int:
     if not (root / "index.html").is_file():
         print(f"no site at {root}", file=sys.stderr)
         return 1
-    pages = sorted(p for p in root.rglob("*.html") if "_static" not in p.parts and p.name not in {"search.html", "genindex.html"})
+    pages = sorted(
+        p for p in root.rglob("*.html") if "_static" not in p.parts and p.name not in {"search.html", "genindex.html"}
+    )
     total = sum(p.stat().st_size for p in root.rglob("*") if p.is_file())
     vendor = sum(p.stat().st_size for p in (root / "_static" / "vendor").rglob("*") if p.is_file())
     biggest = max(pages, key=lambda p: p.stat().st_size)

@@ -38,7 +38,9 @@ def main() -> int:
     shutil.copytree(NODE / "mathjax" / "es5", OUT / "mathjax")
     shutil.copy2(Path(plotly.__file__).parent / "package_data" / "plotly.min.js", OUT / "plotly.min.js")
     size = sum(p.stat().st_size for p in OUT.rglob("*") if p.is_file())
-    print(f"vendored {sum(1 for p in OUT.rglob('*') if p.is_file())} files, {size / 1e6:.1f} MB, into {OUT.relative_to(ROOT)}")
+    print(
+        f"vendored {sum(1 for p in OUT.rglob('*') if p.is_file())} files, {size / 1e6:.1f} MB, into {OUT.relative_to(ROOT)}"
+    )
     return 0
 
 

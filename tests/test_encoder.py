@@ -4,7 +4,12 @@ import torch
 from course_lib import data, encoder
 
 pytestmark = pytest.mark.skipif(not encoder.is_available(), reason="MiniLM wheel not installed")
-TEXTS = ["The Eiffel Tower is in Paris.", "Photosynthesis turns light into chemical energy.", "A short one.", "Ceci n'est pas une pipe."]
+TEXTS = [
+    "The Eiffel Tower is in Paris.",
+    "Photosynthesis turns light into chemical energy.",
+    "A short one.",
+    "Ceci n'est pas une pipe.",
+]
 
 
 def test_embeddings_normalised_and_order_preserved():
@@ -25,7 +30,13 @@ def test_matches_sentence_transformers():
 
 
 def test_semantics_sanity():
-    e = encoder.embed(["A film directed by Stanley Kubrick", "2001: A Space Odyssey is a 1968 science fiction film", "Mitochondria produce ATP in cells"])
+    e = encoder.embed(
+        [
+            "A film directed by Stanley Kubrick",
+            "2001: A Space Odyssey is a 1968 science fiction film",
+            "Mitochondria produce ATP in cells",
+        ]
+    )
     assert e[0] @ e[1] > e[0] @ e[2] + 0.2
 
 

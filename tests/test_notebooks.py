@@ -20,7 +20,9 @@ def _cells(nb):
 
 def test_every_notebook_is_paired():
     assert PY, "no notebooks found"
-    assert [p.stem for p in PY] == [p.stem for p in IPYNB], "each notebooks/NN_x.py needs its NN_x.ipynb (run `make sync`)"
+    assert [p.stem for p in PY] == [p.stem for p in IPYNB], (
+        "each notebooks/NN_x.py needs its NN_x.ipynb (run `make sync`)"
+    )
 
 
 @pytest.mark.parametrize("py", PY, ids=lambda p: p.stem)
@@ -44,14 +46,18 @@ def test_chapter_shape(py):
     nb = jupytext.read(py)
     md = "\n".join(c.source for c in nb.cells if c.cell_type == "markdown")
     code = [c for c in nb.cells if c.cell_type == "code"]
-    assert nb.cells[0].cell_type == "markdown" and nb.cells[0].source.startswith(f"# {py.stem[:2]} ·"), "title cell first"
+    assert nb.cells[0].cell_type == "markdown" and nb.cells[0].source.startswith(f"# {py.stem[:2]} ·"), (
+        "title cell first"
+    )
     assert all(s in md for s in ("What you'll build", "What you'll learn", "What you'll need")), "the what-you'll box"
     assert "bootstrap" in code[0].metadata.get("tags", []), "first code cell is the Colab bootstrap"
     assert "start(seed=" in code[0].source
     assert re.search(r"^## Summary", md, re.M) and re.search(r"^## References", md, re.M)
     assert re.search(r"^## Exercise", md, re.M), "each chapter ends with exercises"
     solutions = [c for c in code if "solution" in c.metadata.get("tags", [])]
-    assert solutions and all("assert check_" in c.source for c in solutions), "solution cells prove their checker passes"
+    assert solutions and all("assert check_" in c.source for c in solutions), (
+        "solution cells prove their checker passes"
+    )
 
 
 def test_bootstrap_url_is_the_one_repository_setting():

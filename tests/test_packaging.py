@@ -30,7 +30,11 @@ def test_environment_yml_mirrors_pyproject():
 
 
 def test_constraints_pin_torch_and_everything_in_pyproject():
-    pins = dict(_split(line) for line in (ROOT / "constraints.txt").read_text().splitlines() if line and not line.startswith("#"))
+    pins = dict(
+        _split(line)
+        for line in (ROOT / "constraints.txt").read_text().splitlines()
+        if line and not line.startswith("#")
+    )
     assert pins["torch"] == "==2.13.0"
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     for req in project["dependencies"] + project["optional-dependencies"]["dev"]:

@@ -32,7 +32,9 @@ def add_display_tags(app, docname: str, source: list[str]) -> None:
 def drop_thebe(app) -> None:
     """Disconnect every event handler sphinx-thebe registered (it cannot be unloaded)."""
     for listeners in app.events.listeners.values():
-        listeners[:] = [lst for lst in listeners if not getattr(lst.handler, "__module__", "").startswith("sphinx_thebe")]
+        listeners[:] = [
+            lst for lst in listeners if not getattr(lst.handler, "__module__", "").startswith("sphinx_thebe")
+        ]
 
 
 def setup(app):

@@ -83,8 +83,14 @@ def test_run_all_then_move_a_slider(lab, browser, screenshots):
     ctx = browser.new_context(viewport={"width": 1400, "height": 1000})
     page = ctx.new_page()
     page.goto(f"{lab['url']}/lab/tree/{NOTEBOOK}?token={lab['token']}")
-    page.wait_for_function("() => window.jupyterapp && window.jupyterapp.shell.currentWidget && window.jupyterapp.shell.currentWidget.sessionContext", timeout=120000)
-    page.wait_for_function("() => { const k = window.jupyterapp.shell.currentWidget.sessionContext.session; return k && k.kernel && k.kernel.status === 'idle'; }", timeout=120000)
+    page.wait_for_function(
+        "() => window.jupyterapp && window.jupyterapp.shell.currentWidget && window.jupyterapp.shell.currentWidget.sessionContext",
+        timeout=120000,
+    )
+    page.wait_for_function(
+        "() => { const k = window.jupyterapp.shell.currentWidget.sessionContext.session; return k && k.kernel && k.kernel.status === 'idle'; }",
+        timeout=120000,
+    )
     page.evaluate("() => window.jupyterapp.commands.execute('notebook:run-all-cells')")
     deadline = time.time() + 600
     state = None
@@ -100,7 +106,9 @@ def test_run_all_then_move_a_slider(lab, browser, screenshots):
     page.evaluate("""() => { const nb = window.jupyterapp.shell.currentWidget.content;
         const i = [...nb.model.cells].findIndex(c => c.type === 'code' && JSON.stringify(c.outputs.toJSON()).includes('widget-view'));
         nb.activeCellIndex = i; return nb.scrollToItem(i); }""")
-    slider = page.locator(".jp-OutputArea .widget-slider .noUi-handle, .jp-OutputArea .widget-hslider .noUi-handle").first
+    slider = page.locator(
+        ".jp-OutputArea .widget-slider .noUi-handle, .jp-OutputArea .widget-hslider .noUi-handle"
+    ).first
     slider.wait_for(timeout=30000)
     box = slider.locator("xpath=ancestor::div[contains(@class,'widget-vbox')][1]").element_handle()
     text_js = "b => { const f = b.querySelector('.js-plotly-plot, .plotly-graph-div'); return f ? f.innerText : null; }"

@@ -15,8 +15,18 @@ import pytest
 
 SITE = Path(__file__).resolve().parents[2] / "book" / "_build" / "html"
 
-PAGES = sorted(str(p.relative_to(SITE)) for p in SITE.rglob("*.html") if "_static" not in p.parts and p.name not in {"search.html", "genindex.html"}) if SITE.is_dir() else []
-CDN = re.compile(r"""(?:src|href)=["'](?:https?:)?//(?:cdn|unpkg|cdnjs|[\w.-]*jsdelivr|[\w.-]*googleapis|[\w.-]*plot\.ly)[^"']*""")
+PAGES = (
+    sorted(
+        str(p.relative_to(SITE))
+        for p in SITE.rglob("*.html")
+        if "_static" not in p.parts and p.name not in {"search.html", "genindex.html"}
+    )
+    if SITE.is_dir()
+    else []
+)
+CDN = re.compile(
+    r"""(?:src|href)=["'](?:https?:)?//(?:cdn|unpkg|cdnjs|[\w.-]*jsdelivr|[\w.-]*googleapis|[\w.-]*plot\.ly)[^"']*"""
+)
 
 
 def test_site_has_every_chapter():
@@ -61,9 +71,13 @@ def test_page_renders_offline(page, browser, site_url, screenshots):
     # plotly: every figure div has drawn its SVG
     n_fig = pg.evaluate("() => document.querySelectorAll('.plotly-graph-div').length")
     if n_fig:
-        pg.wait_for_function("n => document.querySelectorAll('.plotly-graph-div .main-svg').length >= n", arg=n_fig, timeout=30000)
+        pg.wait_for_function(
+            "n => document.querySelectorAll('.plotly-graph-div .main-svg').length >= n", arg=n_fig, timeout=30000
+        )
     # images: alt text everywhere
-    no_alt = pg.evaluate("() => [...document.images].filter(i => !(i.getAttribute('alt') || '').trim()).map(i => i.src)")
+    no_alt = pg.evaluate(
+        "() => [...document.images].filter(i => !(i.getAttribute('alt') || '').trim()).map(i => i.src)"
+    )
     pg.screenshot(path=str(screenshots / (page.replace("/", "__").removesuffix(".html") + ".png")), full_page=False)
     ctx.close()
     assert not foreign, f"requests left localhost: {foreign[:5]}"
@@ -80,7 +94,9 @@ def test_chapter_pages_have_download_and_colab_buttons(browser, site_url):
         pg.goto(f"{site_url}/{page}")
         html = pg.content()
         assert re.search(r'href="[^"]*_sources/notebooks/[^"]+\.ipynb"', html), f"{page}: no .ipynb download"
-        assert re.search(r"https://colab\.research\.google\.com/github/[\w.-]+/[\w.-]+/blob/main/notebooks/[\w-]+\.ipynb", html), f"{page}: no Colab link"
+        assert re.search(
+            r"https://colab\.research\.google\.com/github/[\w.-]+/[\w.-]+/blob/main/notebooks/[\w-]+\.ipynb", html
+        ), f"{page}: no Colab link"
     ctx.close()
 
 
