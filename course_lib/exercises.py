@@ -350,7 +350,6 @@ def check_remove_neurons(fn: Callable) -> CheckResult:
 
 
 # ---------------------------------------------------------------- chapter 08: retrieval-augmented generation
-# (chapter 08 checkers go here)
 
 
 def check_rrf(fn: Callable) -> CheckResult:

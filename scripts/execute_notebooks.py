@@ -9,7 +9,10 @@ outputs). A notebook is executed again only when its source, the library, the zo
 this script changed: the hash of all of them is stored in the executed copy.
 
 Prints a table of seconds and kernel peak memory per notebook, writes build/timings.json,
-and exits 1 when a notebook fails or exceeds its budget (design §9: 90 s, 3 GB).
+and exits 1 when a notebook fails, exceeds its memory budget (3 GB), or takes more than
+twice its time budget (design §9: 90 s). Wall time depends on how busy the machine is, so
+a notebook between one and two budgets is flagged OVER BUDGET in the table (and in
+timings.json) without failing the run; twice the budget is a regression no load explains.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "build" / "executed"
 BUDGET_S = 90.0
 BUDGET_MB = 3000
+FAIL_FACTOR = 2.0  # fail at this multiple of the time budget
 
 
 def library_hash() -> str:
@@ -121,7 +125,9 @@ def main(argv=None) -> int:
             {"budget_s": BUDGET_S, "budget_mb": BUDGET_MB, "notebooks": rows, "total_s": round(total, 1)}, indent=1
         )
     )
-    bad = [r for r in rows if r["error"] or r["seconds"] > BUDGET_S or (r["peak_rss_mb"] or 0) > BUDGET_MB]
+    bad = [
+        r for r in rows if r["error"] or r["seconds"] > FAIL_FACTOR * BUDGET_S or (r["peak_rss_mb"] or 0) > BUDGET_MB
+    ]
     return 1 if bad else 0
 
 
