@@ -303,6 +303,7 @@ def show_source(obj, *, lines: tuple[int, int] | None = None):
     """
     from IPython.display import Markdown
 
+    obj = inspect.unwrap(obj)  # a decorated function (e.g. @torch.no_grad) shows its own file, not the decorator's
     try:
         src, start = inspect.getsourcelines(obj)
         path = Path(inspect.getsourcefile(obj))

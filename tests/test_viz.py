@@ -73,3 +73,14 @@ def test_interactive_in_book_build_shows_a_note_not_a_figure(monkeypatch):
     box = viz.interactive(_builder, a=(1, 5, 1))
     assert "Live explorer" in box.children[1].value
     assert box.current_figure().data[0].y[1] == 1
+
+
+def test_show_source_unwraps_decorated_functions():
+    import torch
+
+    @torch.no_grad()
+    def decorated(x):
+        return x
+
+    md = viz.show_source(decorated)
+    assert "tests/test_viz.py" in md.data and "def decorated" in md.data
