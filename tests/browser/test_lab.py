@@ -111,14 +111,21 @@ def test_run_all_then_move_a_slider(lab, browser, screenshots):
     ).first
     slider.wait_for(timeout=30000)
     box = slider.locator("xpath=ancestor::div[contains(@class,'widget-vbox')][1]").element_handle()
-    text_js = "b => { const f = b.querySelector('.js-plotly-plot, .plotly-graph-div'); return f ? f.innerText : null; }"
-    page.wait_for_function(text_js, arg=box, timeout=30000)
+    box.scroll_into_view_if_needed()
+    # textContent, not innerText: Lab skips laying out off-screen cells, and innerText needs layout
+    text_js = "b => { const f = b.querySelector('.js-plotly-plot .main-svg'); return f ? f.textContent : null; }"
+    try:
+        page.wait_for_function(text_js, arg=box, timeout=30000)
+    except Exception:
+        page.screenshot(path=str(screenshots / f"lab_failure_{Path(NOTEBOOK).stem}.png"))
+        html = box.evaluate("b => b.outerHTML")
+        pytest.fail(f"no plotly figure drew in the widget's box within 30 s; its HTML ends:\n{html[-3000:]}")
     before = box.evaluate(text_js)
     slider.focus()
     page.keyboard.press("ArrowRight")
     page.keyboard.press("ArrowRight")
     page.wait_for_function(
-        "([b, old]) => { const f = b.querySelector('.js-plotly-plot, .plotly-graph-div'); return f && f.innerText && f.innerText !== old; }",
+        "([b, old]) => { const f = b.querySelector('.js-plotly-plot .main-svg'); return f && f.textContent && f.textContent !== old; }",
         arg=[box, before],
         timeout=60000,
     )
