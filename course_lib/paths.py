@@ -8,6 +8,7 @@ be present: every entry is rebuilt on a miss.
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -38,3 +39,43 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+#: torch dtype -> safetensors dtype tag (the format's names)
+_SAFETENSORS_DTYPES = {
+    "torch.float64": "F64", "torch.float32": "F32", "torch.float16": "F16", "torch.bfloat16": "BF16",
+    "torch.int64": "I64", "torch.int32": "I32", "torch.int16": "I16", "torch.int8": "I8",
+    "torch.uint8": "U8", "torch.bool": "BOOL",
+}  # fmt: skip
+
+
+def safetensors_bytes(tensors: dict, metadata: dict[str, str] | None = None) -> bytes:
+    """Serialise ``tensors`` as a safetensors file whose bytes depend only on the content.
+
+    ``safetensors.torch.save`` keeps the metadata in a hash map, so saving the same thing
+    twice gives different bytes (and checksums) from one process to the next. This writes
+    the format's own layout with sorted keys: an 8-byte little-endian header length, the
+    JSON header padded with spaces to a multiple of 8, then each tensor's bytes in name
+    order. ``safetensors.torch.load`` / ``safe_open`` read it as usual.
+    """
+    import torch
+
+    if not isinstance(tensors, dict) or not all(isinstance(v, torch.Tensor) for v in tensors.values()):
+        raise TypeError("tensors must be a dict of name -> torch.Tensor")
+    metadata = metadata or {}
+    if not all(isinstance(k, str) and isinstance(v, str) for k, v in metadata.items()):
+        raise TypeError("metadata must map str -> str (the safetensors format stores strings only)")
+    header: dict = {"__metadata__": dict(sorted(metadata.items()))} if metadata else {}
+    blobs, offset = [], 0
+    for name in sorted(tensors):
+        t = tensors[name].detach().cpu().contiguous()
+        tag = _SAFETENSORS_DTYPES.get(str(t.dtype))
+        if tag is None:
+            raise TypeError(f"tensor {name!r} has dtype {t.dtype}, not one of {sorted(_SAFETENSORS_DTYPES)}")
+        data = t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b""
+        header[name] = {"dtype": tag, "shape": list(t.shape), "data_offsets": [offset, offset + len(data)]}
+        blobs.append(data)
+        offset += len(data)
+    text = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode()
+    text += b" " * (-len(text) % 8)
+    return len(text).to_bytes(8, "little") + text + b"".join(blobs)

@@ -46,7 +46,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from course_lib.paths import ZOO_DIR, atomic_write_bytes
+from course_lib.paths import ZOO_DIR, atomic_write_bytes, safetensors_bytes
 
 # --------------------------------------------------------------------------- text
 
@@ -701,29 +701,6 @@ def retrieval_metrics(ranks: np.ndarray, ks: Sequence[int] = (1, 5, 10)) -> dict
     return out
 
 
-def _safetensors_bytes(tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> bytes:
-    """A safetensors file with a *deterministic* header (sorted keys).
-
-    ``safetensors.torch.save`` keeps the metadata in a hash map, so the same content gives
-    different bytes from call to call; a knowledge base should serialise to the same bytes
-    every time (equal files, stable checksums). The layout is the format's own: 8-byte
-    little-endian header length, the JSON header padded with spaces to a multiple of 8,
-    then the tensors' bytes (readable by ``safetensors.torch.load``).
-    """
-    dtypes = {torch.float32: "F32", torch.float16: "F16", torch.uint8: "U8", torch.int8: "I8", torch.int64: "I64"}
-    header: dict = {"__metadata__": dict(sorted(metadata.items()))}
-    blobs, offset = [], 0
-    for name in sorted(tensors):
-        t = tensors[name].detach().cpu().contiguous()
-        data = t.numpy().tobytes()
-        header[name] = {"dtype": dtypes[t.dtype], "shape": list(t.shape), "data_offsets": [offset, offset + len(data)]}
-        blobs.append(data)
-        offset += len(data)
-    text = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode()
-    text += b" " * (-len(text) % 8)
-    return len(text).to_bytes(8, "little") + text + b"".join(blobs)
-
-
 # --------------------------------------------------------------------------- knowledge base
 
 
@@ -923,7 +900,7 @@ class KnowledgeBase:
             "sha256": digest,
         }
         tensors = {"vectors": vectors, "docs": torch.frombuffer(bytearray(docs_json), dtype=torch.uint8)}
-        return _safetensors_bytes(tensors, header)
+        return safetensors_bytes(tensors, header)
 
     def save(self, path) -> Path:
         """Write the base to ``path`` atomically (the old file survives any failure)."""
@@ -1290,7 +1267,7 @@ def build_query_cache(split: str = "test") -> dict:
         "max_abs_error": f"{(q.float() * s - emb).abs().max().item():.2e}",
         "command": "python -m course_lib.rag build",
     }
-    atomic_write_bytes(QUERIES_PATH, _safetensors_bytes({"q": q, "scale": s, "rows": torch.as_tensor(rows)}, meta))
+    atomic_write_bytes(QUERIES_PATH, safetensors_bytes({"q": q, "scale": s, "rows": torch.as_tensor(rows)}, meta))
     return meta
 
 

@@ -23,7 +23,7 @@ import torch
 
 from course_lib.data import eval_batches, random_batch
 from course_lib.model import ModelConfig, TinyLM
-from course_lib.paths import atomic_write_bytes
+from course_lib.paths import atomic_write_bytes, safetensors_bytes
 
 
 @dataclass
@@ -214,9 +214,10 @@ def train(
 
 
 def save_checkpoint(model: TinyLM, path, *, metadata: dict | None = None) -> Path:
-    """Write ``model`` (weights + config + metadata) to a safetensors file, atomically."""
-    from safetensors.torch import save
+    """Write ``model`` (weights + config + metadata) to a safetensors file, atomically.
 
+    The bytes depend only on the weights and metadata (:func:`paths.safetensors_bytes`).
+    """
     if not isinstance(model, TinyLM):
         raise TypeError(f"model must be a TinyLM, got {type(model).__name__}")
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
@@ -228,7 +229,7 @@ def save_checkpoint(model: TinyLM, path, *, metadata: dict | None = None) -> Pat
         "metadata": json.dumps(metadata or {}, sort_keys=True),
     }
     path = Path(path)
-    atomic_write_bytes(path, save(state, metadata=header))
+    atomic_write_bytes(path, safetensors_bytes(state, header))
     return path
 
 
