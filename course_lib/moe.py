@@ -860,9 +860,17 @@ def expert_load_figure(runs: dict, *, aux: bool = True, top_k: int = 2, layer: i
         subplot_titles=(f"layer {layer}, during training", "each layer, validation", f"layer {layer}, by position"),
     )
     hover = "%{x}<br>%{y}: %{z:.1%} of assignments<extra></extra>"
-    fig.add_heatmap(x=r["steps"], y=experts, z=frac[:, layer].T.tolist(), coloraxis="coloraxis", hovertemplate=hover)
     fig.add_heatmap(
-        x=[f"L{i}" for i in range(n_layers)], y=experts, z=final.T.tolist(), coloraxis="coloraxis", hovertemplate=hover
+        x=r["steps"], y=experts, z=frac[:, layer].T.tolist(), coloraxis="coloraxis", hovertemplate=hover, row=1, col=1
+    )
+    fig.add_heatmap(
+        x=[f"L{i}" for i in range(n_layers)],
+        y=experts,
+        z=final.T.tolist(),
+        coloraxis="coloraxis",
+        hovertemplate=hover,
+        row=1,
+        col=2,
     )
     fig.add_heatmap(
         x=[f"{i * b}-{i * b + b - 1}" for i in range(pos.shape[0])],
@@ -870,6 +878,8 @@ def expert_load_figure(runs: dict, *, aux: bool = True, top_k: int = 2, layer: i
         z=pos.T.tolist(),
         coloraxis="coloraxis",
         hovertemplate=hover,
+        row=1,
+        col=3,
     )
     fig.update_xaxes(title_text="training step", row=1, col=1)
     fig.update_xaxes(title_text="layer", row=1, col=2)

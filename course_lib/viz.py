@@ -56,12 +56,15 @@ class _BookRenderer:
     """
 
     def __init__(self):
-        self.count = 0
+        # plotly renders with a shallow *copy* of the renderer, so a plain int counter
+        # would restart at 1 for every figure (duplicate ids: only the first div draws);
+        # the copies share this one iterator.
+        self._ids = itertools.count(1)
 
     def to_mimebundle(self, fig_dict):
         import plotly.io as pio
 
-        self.count += 1
+        self.count = next(self._ids)
         height = (fig_dict.get("layout") or {}).get("height") or 450
         html = pio.to_html(
             fig_dict,

@@ -450,6 +450,7 @@ def test_figure_builders_on_precomputed_runs():
     assert len(fig.data) == 3 and "moe-k1-noaux" in fig.layout.title.text
     e = runs["runs"]["moe-k1-noaux"]["config"]["mlp_options"]["n_experts"]
     assert all(len(tr.z) == e for tr in fig.data)  # experts on the y axis
+    assert [tr.xaxis for tr in fig.data] == ["x", "x2", "x3"]  # one heatmap per panel, not three stacked in one
     with pytest.raises(ValueError, match="layer"):
         moe.expert_load_figure(runs, layer=9)
     with pytest.raises(ValueError, match="no precomputed run"):

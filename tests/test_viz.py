@@ -84,3 +84,22 @@ def test_show_source_unwraps_decorated_functions():
 
     md = viz.show_source(decorated)
     assert "tests/test_viz.py" in md.data and "def decorated" in md.data
+
+
+def test_book_renderer_gives_every_figure_its_own_div(monkeypatch):
+    """Plotly renders through a copy of the renderer; ids must still count up (duplicates draw once)."""
+    import re
+
+    import plotly.graph_objects as go
+    import plotly.io as pio
+
+    monkeypatch.setenv("COURSE_BOOK_BUILD", "1")
+    before = pio.renderers.default
+    try:
+        assert viz.configure_plotly_renderer() == "course_book"
+        html = [go.Figure(go.Scatter(y=[1, 2]))._repr_mimebundle_()["text/html"] for _ in range(3)]
+        ids = [re.search(r'id="(course-fig-\d+)"', h).group(1) for h in html]
+        assert len(set(ids)) == 3
+        assert all("plotly.min.js" not in h and "<script src" not in h for h in html)  # the site's one copy
+    finally:
+        pio.renderers.default = before

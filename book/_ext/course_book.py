@@ -37,8 +37,22 @@ def drop_thebe(app) -> None:
         ]
 
 
+#: Theme options added to (never replacing) the ones Jupyter Book derives from _config.yml
+THEME_OPTIONS = {"use_download_button": True, "use_fullscreen_button": False, "show_toc_level": 2}
+
+
+def add_theme_options(app, config) -> None:
+    """Merge :data:`THEME_OPTIONS` into ``html_theme_options``.
+
+    Setting ``html_theme_options`` in _config.yml replaces the whole dict, which drops the
+    repository URL and the launch (Colab) buttons Jupyter Book puts there.
+    """
+    config.html_theme_options = {**config.html_theme_options, **THEME_OPTIONS}
+
+
 def setup(app):
     os.environ["COURSE_BOOK_BUILD"] = "1"
+    app.connect("config-inited", add_theme_options)
     app.connect("builder-inited", drop_thebe)
     app.connect("source-read", add_display_tags)
     return {"version": "1.0", "parallel_read_safe": True, "parallel_write_safe": True}

@@ -12,6 +12,7 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 import pytest
+from playwright.sync_api import TimeoutError as PlaywrightTimeout
 
 SITE = Path(__file__).resolve().parents[2] / "book" / "_build" / "html"
 
@@ -59,7 +60,10 @@ def test_page_renders_offline(page, browser, site_url, screenshots):
     pg.route("**/*", route)
     pg.set_default_timeout(120_000)  # a 2-core CI machine parsing plotly.js and MathJax
     pg.goto(f"{site_url}/{page}", wait_until="load")
-    pg.wait_for_load_state("networkidle")
+    try:  # late requests (fonts, widget state) usually settle here; some pages never report idle
+        pg.wait_for_load_state("networkidle", timeout=10_000)
+    except PlaywrightTimeout:
+        pass  # what matters is asserted below: math typeset, figures drawn, no errors, nothing foreign
     # math: the site's MathJax typesets every $...$ and $$...$$ into mjx-container elements
     has_math = pg.evaluate("() => !!document.querySelector('.math, span.math, div.math')")
     if has_math:
