@@ -11,9 +11,10 @@ TORCH_PIN := torch==2.13.0
 NPM_DIR := build/npm
 VENDOR_STAMP := book/_vendor/.stamp
 HTML := book/_build/html
-# The notebook the live-JupyterLab browser test runs top to bottom. That run is its second
-# execution, so the determinism check (nbval) skips it: no notebook runs more than twice.
-LAB_NOTEBOOK ?= 01_baseline.ipynb
+# The notebook the live-JupyterLab browser test runs top to bottom, then drives its widget
+# (chapter 03's attention-mask explorer). That run is its second execution, so the
+# determinism check (nbval) skips it: no notebook runs more than twice.
+LAB_NOTEBOOK ?= 03_sparse_attention.ipynb
 export PYTHONHASHSEED := 0
 export TOKENIZERS_PARALLELISM := false
 export HF_HUB_OFFLINE := 1

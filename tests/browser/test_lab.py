@@ -23,7 +23,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 
-NOTEBOOK = os.environ.get("LAB_NOTEBOOK", "01_baseline.ipynb")
+NOTEBOOK = os.environ.get("LAB_NOTEBOOK", "03_sparse_attention.ipynb")
 
 
 def _free_port() -> int:
@@ -113,7 +113,8 @@ def test_run_all_then_move_a_slider(lab, browser, screenshots):
     box = slider.locator("xpath=ancestor::div[contains(@class,'widget-vbox')][1]").element_handle()
     box.scroll_into_view_if_needed()
     # textContent, not innerText: Lab skips laying out off-screen cells, and innerText needs layout
-    text_js = "b => { const f = b.querySelector('.js-plotly-plot .main-svg'); return f ? f.textContent : null; }"
+    # the whole plot's text (all its SVG layers: the title lives in the info layer, not the first)
+    text_js = "b => { const f = b.querySelector('.js-plotly-plot'); return f && f.querySelector('.main-svg') ? f.textContent : null; }"
     try:
         page.wait_for_function(text_js, arg=box, timeout=30000)
     except Exception:
@@ -125,7 +126,7 @@ def test_run_all_then_move_a_slider(lab, browser, screenshots):
     page.keyboard.press("ArrowRight")
     page.keyboard.press("ArrowRight")
     page.wait_for_function(
-        "([b, old]) => { const f = b.querySelector('.js-plotly-plot .main-svg'); return f && f.textContent && f.textContent !== old; }",
+        "([b, old]) => { const f = b.querySelector('.js-plotly-plot'); return f && f.querySelector('.main-svg') && f.textContent !== old; }",
         arg=[box, before],
         timeout=60000,
     )
