@@ -450,6 +450,51 @@ def sample_next(logits, *, temperature: float = 0.0, top_k: int | None = None, g
     return torch.multinomial(F.softmax(logits, dim=-1), 1, generator=generator)
 
 
+def to_transformers_llama(model: TinyLM):
+    """The same network as transformers' ``LlamaForCausalLM``, weights copied in (eval mode).
+
+    TinyLM follows Llama's design and naming closely enough that only a few prefixes differ;
+    the tests use this to cross-check the patient (and chapters built on it) against the
+    reference implementation. Needs ``transformers`` (a dev dependency).
+    """
+    if not isinstance(model, TinyLM):
+        raise TypeError(f"model must be a TinyLM, got {type(model).__name__}")
+    import transformers
+
+    c = model.config
+    hf = transformers.LlamaForCausalLM(
+        transformers.LlamaConfig(
+            vocab_size=c.vocab_size,
+            hidden_size=c.d_model,
+            intermediate_size=c.d_ff,
+            num_hidden_layers=c.n_layers,
+            num_attention_heads=c.n_heads,
+            num_key_value_heads=c.n_kv_heads,
+            max_position_embeddings=c.max_seq_len,
+            rope_theta=c.rope_theta,
+            rms_norm_eps=c.norm_eps,
+            tie_word_embeddings=c.tie_embeddings,
+            pad_token_id=None,
+            bos_token_id=None,
+            eos_token_id=None,
+        )
+    ).eval()
+    rename = {
+        "embed.": "model.embed_tokens.",
+        "blocks.": "model.layers.",
+        "attn_norm": "input_layernorm",
+        "mlp_norm": "post_attention_layernorm",
+        ".attn.": ".self_attn.",
+    }
+    state = {}
+    for key, v in model.state_dict().items():
+        for a, b in rename.items():
+            key = key.replace(a, b)
+        state["model.norm.weight" if key == "norm.weight" else key] = v
+    hf.load_state_dict(state, strict=True)
+    return hf
+
+
 def replace_linears(model: nn.Module, make: Callable, *, where: Callable | None = None) -> list[str]:
     """Swap Linear layers in place: ``make(name, linear) -> new module`` for each chosen one.
 

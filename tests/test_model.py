@@ -4,7 +4,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from course_lib.model import ModelConfig, RMSNorm, TinyLM, apply_rope, replace_linears, rope_cache
+from course_lib.model import (
+    ModelConfig,
+    RMSNorm,
+    TinyLM,
+    apply_rope,
+    replace_linears,
+    rope_cache,
+    to_transformers_llama,
+)
 
 
 def test_forward_shapes(tiny_model, tiny_config):
@@ -95,35 +103,9 @@ def test_rope_is_relative(p, q):
 
 def test_matches_transformers_llama(tiny_config):
     """Cross-check: with weights copied in, TinyLM == transformers' LlamaForCausalLM."""
-    transformers = pytest.importorskip("transformers")
     torch.manual_seed(0)
     m = TinyLM(tiny_config).eval()
-    hc = transformers.LlamaConfig(
-        vocab_size=tiny_config.vocab_size,
-        hidden_size=tiny_config.d_model,
-        intermediate_size=tiny_config.d_ff,
-        num_hidden_layers=tiny_config.n_layers,
-        num_attention_heads=tiny_config.n_heads,
-        num_key_value_heads=tiny_config.n_kv_heads,
-        max_position_embeddings=tiny_config.max_seq_len,
-        rope_theta=tiny_config.rope_theta,
-        rms_norm_eps=tiny_config.norm_eps,
-        tie_word_embeddings=True,
-    )
-    hf = transformers.LlamaForCausalLM(hc).eval()
-    rename = {
-        "embed.": "model.embed_tokens.",
-        "blocks.": "model.layers.",
-        "attn_norm": "input_layernorm",
-        "mlp_norm": "post_attention_layernorm",
-        ".attn.": ".self_attn.",
-    }
-    state = {}
-    for k, v in m.state_dict().items():
-        for a, b in rename.items():
-            k = k.replace(a, b)
-        state["model.norm.weight" if k == "norm.weight" else k] = v
-    hf.load_state_dict(state, strict=True)
+    hf = to_transformers_llama(m)  # transformers is a dev dependency: no skip
     x = torch.randint(0, tiny_config.vocab_size, (2, 30))
     with torch.no_grad():
         assert torch.allclose(m(x), hf(x).logits, atol=1e-5)
@@ -181,3 +163,8 @@ def test_model_bad_input(tiny_model):
         tiny_model.generate(x, 100)
     with pytest.raises(ValueError, match="seq_len"):
         tiny_model.flops_per_token(0)
+
+
+def test_to_transformers_llama_rejects_other_modules():
+    with pytest.raises(TypeError, match="model must be a TinyLM"):
+        to_transformers_llama(nn.Linear(2, 2))
