@@ -16,6 +16,10 @@ HTML := book/_build/html
 # determinism check (nbval) skips it: no notebook runs more than twice.
 LAB_NOTEBOOK ?= 03_sparse_attention.ipynb
 export PYTHONHASHSEED := 0
+# OpenMP threads that sleep instead of spinning while they wait: with one busy process
+# beside it, a 2-thread matmul loop ran 14x slower with spinning threads (design §7).
+# Set before any Python starts torch; a value in the caller's environment wins.
+export OMP_WAIT_POLICY ?= PASSIVE
 export TOKENIZERS_PARALLELISM := false
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
@@ -33,7 +37,8 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q $(TORCH_PIN)
 	$(PY) -m pip install -q -c constraints.txt -e ".[dev]"
-	$(PY) -m ipykernel install --sys-prefix --name python3 --display-name "Python 3 (course)" >/dev/null
+	$(PY) -m ipykernel install --sys-prefix --name python3 --display-name "Python 3 (course)" \
+	  --env OMP_WAIT_POLICY PASSIVE >/dev/null
 	touch $(STAMP)
 
 venv: $(STAMP)  ## create .venv and install everything (idempotent)

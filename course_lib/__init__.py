@@ -17,34 +17,22 @@ torch; ``course_lib.model`` (or ``from course_lib import model``) pays torch's i
 from __future__ import annotations
 
 import importlib
+import os
+import pkgutil
+import sys
 
 __version__ = "0.1.0"
 
-_SUBMODULES = {
-    "attention",
-    "cascade",
-    "conditional",
-    "configs",
-    "curation",
-    "data",
-    "encoder",
-    "exercises",
-    "hardware",
-    "measure",
-    "model",
-    "moe",
-    "netguard",
-    "notebook",
-    "paths",
-    "prune",
-    "quant",
-    "rag",
-    "scaling",
-    "tools",
-    "train",
-    "viz",
-    "zoo",
-}
+# torch's OpenMP threads spin (burn a core) while they wait for work. With another busy
+# process on a 2-core machine that made a 2-thread matmul loop 14x slower; PASSIVE threads
+# sleep instead, at no measurable cost on an idle machine. libgomp reads the variable when
+# torch is first imported, so it is set here, before any course module imports torch. A
+# value the user set wins. ``notebook.start`` warns when torch was imported first.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+TORCH_IMPORTED_FIRST = "torch" in sys.modules
+
+# The submodules are whatever modules the package holds (not a list to keep in step).
+_SUBMODULES = {m.name for m in pkgutil.iter_modules(__path__) if not m.name.startswith("_")}
 
 
 def __getattr__(name: str):

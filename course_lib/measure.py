@@ -1,12 +1,25 @@
-"""Measuring efficiency honestly: timings, peak memory, and the report card (chapter 01).
+"""Measuring efficiency honestly: one timing protocol, peak memory, the report card (chapter 01).
 
-Rules every chapter follows through this module:
+Every chapter, benchmark and test times code through this module, with one protocol:
 
-* **Median after warm-up.** The first calls pay for allocation and kernel selection; we
-  discard them and report the median of the rest, which shrugs off a stray slow run.
+* **Warm up, then fill a minimum time.** The first calls pay for allocation and kernel
+  selection and are discarded. Then whole rounds run until at least ``min_time`` seconds
+  and ``repeats`` rounds have passed (like :func:`timeit.Timer.autorange`): a 50 µs op gets
+  thousands of samples, a 2 s one gets ``repeats``. We report the **median** and the
+  spread (relative interquartile range), never one un-warmed call.
 * **Side by side, interleaved.** Variants are timed A B C A B C ... in one run (the order
-  rotating each round), so a machine that slows down or speeds up mid-measurement hurts
-  every variant alike, and we report *ratios* to a baseline, never absolute claims.
+  rotating each round), so a machine that slows down mid-measurement hurts every variant
+  alike, and we report *ratios* to a baseline, never absolute claims.
+* **A load probe.** Each round also times a small reference matmul. Its rate is compared
+  with the best rate this process has seen for it (this machine's roof for that shape):
+  a run where the probe ran at under 1/``NOISY_LOAD`` of its best was disturbed by other
+  work, so it is measured once more and the calmer run is kept; if it is still disturbed
+  the result says so (``Timings.noisy``) and prose generated from it can say so too.
+* **Words from numbers.** :func:`compare` and :func:`speed_phrase` turn two timings into
+  "2.3× faster", "1.4× slower" or "within noise" — three ways, with the noise band taken
+  from the measured spread — and :func:`growth` turns a size sweep into "flat", "grows
+  about linearly", "grows about quadratically" from the fitted exponent. A notebook never
+  types such a word over a timing.
 * **Memory measured, not estimated.** On CPU we reset and read the process's peak resident
   set size (Linux ``/proc/self/clear_refs`` + ``VmHWM``); on CUDA, the allocator's peak.
 """
@@ -27,11 +40,18 @@ from course_lib.viz import Table
 
 # --------------------------------------------------------------------------- timing
 
+#: A run whose load probe ran this many times slower than its best is "noisy".
+NOISY_LOAD = 1.5
+#: Ratios within this relative band of 1 are "within noise" even when the spread is tiny.
+MIN_NOISE = 0.10
+#: Most rounds one measurement takes, however short the functions.
+MAX_ROUNDS = 1000
+
 
 def _check_counts(warmup: int, repeats: int) -> None:
-    if not isinstance(warmup, int) or warmup < 0:
+    if isinstance(warmup, bool) or not isinstance(warmup, int) or warmup < 0:
         raise ValueError(f"warmup must be an int >= 0, got {warmup!r}")
-    if not isinstance(repeats, int) or repeats < 1:
+    if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 1:
         raise ValueError(f"repeats must be an int >= 1, got {repeats!r}")
 
 
@@ -49,11 +69,6 @@ def _time_once(fn: Callable, setup: Callable | None) -> float:
     return time.perf_counter() - t0
 
 
-def time_fn(fn: Callable, *, setup: Callable | None = None, warmup: int = 2, repeats: int = 7) -> float:
-    """Median seconds of ``fn()`` (or ``fn(setup())`` with the setup untimed) after warm-up."""
-    return interleaved({"fn": (setup, fn) if setup else fn}, warmup=warmup, repeats=repeats)["fn"].median
-
-
 @dataclass
 class Timing:
     """Samples of one variant, in seconds."""
@@ -65,38 +80,126 @@ class Timing:
         return statistics.median(self.samples)
 
     @property
+    def best(self) -> float:
+        return min(self.samples)
+
+    @property
     def spread(self) -> float:
-        """Relative interquartile range, a quick noise gauge (0.05 = ±2.5 % around the median)."""
+        """Relative interquartile range, a noise gauge (0.05 = ±2.5 % around the median); nan below 4 samples."""
         if len(self.samples) < 4:
             return float("nan")
         q = statistics.quantiles(self.samples, n=4)
         return (q[2] - q[0]) / self.median
 
 
-def interleaved(variants: dict, *, warmup: int = 2, repeats: int = 7) -> dict[str, Timing]:
-    """Time several variants round-robin; each value is ``fn`` or ``(setup, fn)``.
+class Timings(dict):
+    """``{variant: Timing}`` plus how the run went: threads, load probe, noisy, re-measured."""
 
-    Every round runs each variant once, rotating the starting variant, so drift (thermal,
-    other processes) is shared. Returns a :class:`Timing` per variant.
-    """
-    _check_counts(warmup, repeats)
-    if not variants:
-        raise ValueError("variants must not be empty")
+    threads: int = 1
+    rounds: int = 0
+    load: float = 1.0  # probe median / the best probe time this process has seen
+    remeasured: bool = False
+
+    @property
+    def noisy(self) -> bool:
+        """True when other work on the machine slowed this run (the probe ran > NOISY_LOAD x its best)."""
+        return self.load > NOISY_LOAD
+
+    def note(self) -> str:
+        """One line for a caption: rounds, threads, and whether the machine was busy."""
+        busy = (
+            f"; the machine was busy (probe ×{self.load:.1f} slower than its best), treat close calls as noise"
+            if self.noisy
+            else ""
+        )
+        return f"median of {self.rounds} interleaved rounds, {self.threads} threads{busy}"
+
+
+# The load probe: a (64, 256) @ (256, 256) fp32 matmul, ~8 MFLOP, ~0.1-1 ms on a laptop core.
+_PROBE: dict = {}
+
+
+def _probe_fn() -> Callable:
+    if "fn" not in _PROBE:
+        g = torch.Generator().manual_seed(0)
+        a, w = torch.rand(64, 256, generator=g), torch.rand(256, 256, generator=g)
+        _PROBE["fn"] = lambda: a @ w
+        _PROBE["best"] = min(_time_once(_PROBE["fn"], None) for _ in range(20))
+    return _PROBE["fn"]
+
+
+def probe_best() -> float:
+    """The fastest the load probe has run in this process, in seconds (measures it the first time)."""
+    _probe_fn()
+    return _PROBE["best"]
+
+
+def _normalise(variants: dict) -> dict:
+    if not isinstance(variants, dict) or not variants:
+        raise ValueError("variants must be a non-empty dict {name: fn or (setup, fn)}")
     norm = {}
     for name, v in variants.items():
         setup, fn = v if isinstance(v, tuple) else (None, v)
         if not callable(fn) or (setup is not None and not callable(setup)):
             raise TypeError(f"variant {name!r} must be a callable or a (setup, fn) pair of callables")
         norm[name] = (setup, fn)
+    return norm
+
+
+def _run(norm: dict, *, warmup: int, repeats: int, min_time: float, probe: bool) -> Timings:
     names = list(norm)
-    for _ in range(warmup):
-        for n in names:
-            _time_once(norm[n][1], norm[n][0])
+    round_s = 0.0
+    for _ in range(max(warmup, 1) if min_time > 0 else warmup):  # >= 1 warm-up round sizes the run
+        round_s = sum(_time_once(norm[n][1], norm[n][0]) for n in names)
+    rounds = repeats if round_s <= 0 else max(repeats, min(MAX_ROUNDS, math.ceil(min_time / round_s)))
     samples: dict[str, list[float]] = {n: [] for n in names}
-    for r in range(repeats):
+    probes = []
+    pfn = _probe_fn() if probe else None
+    for r in range(rounds):
         for n in names[r % len(names) :] + names[: r % len(names)]:
             samples[n].append(_time_once(norm[n][1], norm[n][0]))
-    return {n: Timing(s) for n, s in samples.items()}
+        if pfn is not None:
+            probes.append(_time_once(pfn, None))
+    out = Timings({n: Timing(s) for n, s in samples.items()})
+    out.threads, out.rounds = torch.get_num_threads(), rounds
+    if probes:
+        _PROBE["best"] = min(_PROBE["best"], min(probes))
+        out.load = statistics.median(probes) / _PROBE["best"]
+    return out
+
+
+def interleaved(
+    variants: dict,
+    *,
+    warmup: int = 2,
+    repeats: int = 7,
+    min_time: float = 0.2,
+    probe: bool = True,
+    remeasure: bool = True,
+) -> Timings:
+    """Time several variants round-robin; each value is ``fn`` or ``(setup, fn)`` (setup untimed).
+
+    At least ``warmup`` rounds are discarded, then at least ``repeats`` rounds are kept and
+    more until ``min_time`` seconds are filled (``min_time=0``: exactly ``repeats``). Every
+    round runs each variant once, rotating the starting variant, so drift is shared, and
+    times the load probe once (``probe=False`` skips it). A noisy run is measured once more
+    (``remeasure``) and the calmer of the two kept. Returns :class:`Timings`.
+    """
+    _check_counts(warmup, repeats)
+    if not (isinstance(min_time, (int, float)) and not isinstance(min_time, bool) and 0 <= min_time <= 60):
+        raise ValueError(f"min_time must be a number of seconds in [0, 60], got {min_time!r}")
+    norm = _normalise(variants)
+    out = _run(norm, warmup=warmup, repeats=repeats, min_time=min_time, probe=probe)
+    if probe and remeasure and out.noisy:
+        again = _run(norm, warmup=0, repeats=repeats, min_time=min_time, probe=probe)
+        out = again if again.load < out.load else out
+        out.remeasured = True
+    return out
+
+
+def time_fn(fn: Callable, *, setup: Callable | None = None, warmup: int = 2, repeats: int = 7, **kw) -> float:
+    """Median seconds of ``fn()`` (or ``fn(setup())`` with the setup untimed) under the protocol."""
+    return interleaved({"fn": (setup, fn) if setup else fn}, warmup=warmup, repeats=repeats, **kw)["fn"].median
 
 
 def speedups(timings: dict[str, Timing], baseline: str) -> dict[str, float]:
@@ -105,6 +208,104 @@ def speedups(timings: dict[str, Timing], baseline: str) -> dict[str, float]:
         raise ValueError(f"baseline {baseline!r} is not one of {list(timings)}")
     base = timings[baseline].median
     return {n: base / t.median for n, t in timings.items()}
+
+
+# --------------------------------------------------------------------------- words from numbers
+
+
+def noise_band(*timings: Timing) -> float:
+    """Relative band inside which a ratio of these timings is "within noise": max(MIN_NOISE, mean spread)."""
+    spreads = [t.spread for t in timings if isinstance(t, Timing) and not math.isnan(t.spread)]
+    return max(MIN_NOISE, statistics.fmean(spreads) if spreads else MIN_NOISE)
+
+
+def speed_word(speedup: float, *, noise: float = MIN_NOISE) -> str:
+    """'faster', 'slower' or 'within noise' for ``speedup`` = baseline time / variant time."""
+    if not (isinstance(speedup, (int, float)) and speedup > 0 and math.isfinite(speedup)):
+        raise ValueError(f"speedup must be a positive finite number, got {speedup!r}")
+    if not (isinstance(noise, (int, float)) and 0 <= noise < 1):
+        raise ValueError(f"noise must be a number in [0, 1), got {noise!r}")
+    if speedup > 1 + noise:
+        return "faster"
+    if speedup < 1 / (1 + noise):
+        return "slower"
+    return "within noise"
+
+
+def speed_phrase(speedup: float, *, than: str = "", noise: float = MIN_NOISE) -> str:
+    """'2.3× faster than X', '1.4× slower than X' or 'as fast as X (×0.97, within noise)'."""
+    word = speed_word(speedup, noise=noise)
+    tail = f" than {than}" if than else ""
+    if word == "within noise":
+        return f"as fast as {than or 'the baseline'} (×{speedup:.2f}, within noise)"
+    x = speedup if word == "faster" else 1 / speedup
+    return f"{x:.1f}× {word}{tail}" if x < 10 else f"{x:.0f}× {word}{tail}"
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """A variant against a baseline, timed in one run: speed-up, noise band, verdict and phrase."""
+
+    variant: str
+    baseline: str
+    speedup: float  # baseline median / variant median
+    noise: float
+    word: str  # 'faster' | 'slower' | 'within noise'
+    phrase: str
+
+
+def compare(timings: dict, variant: str, baseline: str) -> Comparison:
+    """Compare two entries of one :func:`interleaved` run; the noise band comes from their spreads."""
+    for name in (variant, baseline):
+        if name not in timings:
+            raise ValueError(f"{name!r} is not one of {list(timings)}")
+    s = timings[baseline].median / timings[variant].median
+    noise = noise_band(timings[variant], timings[baseline])
+    if getattr(timings, "noisy", False):
+        noise = max(noise, 0.25)  # a disturbed run earns a wider band
+    return Comparison(
+        variant, baseline, s, noise, speed_word(s, noise=noise), speed_phrase(s, than=baseline, noise=noise)
+    )
+
+
+@dataclass(frozen=True)
+class Growth:
+    """How a cost grows with a size: the fitted exponent k of cost ∝ size^k, and its word."""
+
+    exponent: float
+    word: str
+
+
+def growth(sizes, costs, *, flat_below: float = 0.25) -> Growth:
+    r"""Least-squares slope of :math:`\log c` against :math:`\log n`, and a word for it.
+
+    ``|k| < flat_below`` is "flat"; k near 1 "grows about linearly", near 2 "grows about
+    quadratically" (within ±0.25); anything else is stated as the exponent.
+    """
+    sizes, costs = list(sizes), list(costs)
+    if len(sizes) != len(costs) or len(sizes) < 2:
+        raise ValueError(
+            f"sizes and costs must be equal-length sequences of >= 2 values, got {len(sizes)} and {len(costs)}"
+        )
+    if any(not (isinstance(v, (int, float)) and v > 0 and math.isfinite(v)) for v in sizes + costs):
+        raise ValueError("sizes and costs must be positive finite numbers")
+    xs, ys = [math.log(v) for v in sizes], [math.log(v) for v in costs]
+    mx, my = statistics.fmean(xs), statistics.fmean(ys)
+    sxx = sum((x - mx) ** 2 for x in xs)
+    if sxx == 0:
+        raise ValueError("sizes must not all be equal")
+    k = sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / sxx
+    if abs(k) < flat_below:
+        word = "flat"
+    elif abs(k - 1) <= 0.25:
+        word = "grows about linearly"
+    elif abs(k - 2) <= 0.25:
+        word = "grows about quadratically"
+    elif k < 0:
+        word = f"falls (like n^{k:.1f})"
+    else:
+        word = f"grows like n^{k:.1f}"
+    return Growth(k, word)
 
 
 # --------------------------------------------------------------------------- memory
