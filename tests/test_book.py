@@ -7,6 +7,8 @@ import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 BOOK = ROOT / "book"
+#: Pages `make book` writes before building the site (never committed).
+GENERATED = {"article_checked"}
 
 
 def _toc_files(node) -> list[str]:
@@ -31,7 +33,7 @@ def test_every_notebook_is_in_the_toc():
     listed_nbs = [f for f in files if f.startswith("notebooks/")]
     assert listed_nbs == sorted(listed_nbs), "chapters in numeric order"
     for f in files:
-        if not f.startswith("notebooks/"):
+        if not f.startswith("notebooks/") and f not in GENERATED:
             assert (BOOK / f"{f}.md").is_file(), f"toc lists {f} but book/{f}.md does not exist"
 
 
