@@ -61,3 +61,64 @@ def test_atomic_write_leaves_no_partial_file(tmp_path):
         atomic_write_bytes(path, "not bytes")  # fails before anything replaces the old file
     assert path.read_bytes() == b"old"
     assert [p.name for p in tmp_path.iterdir()] == ["f.bin"]
+
+
+def test_manifest_lists_every_shipped_file_and_they_verify():
+    from course_lib import paths
+
+    shipped = {p.name for p in paths.ZOO_DIR.iterdir() if p.is_file() and p.name != "MANIFEST.json"}
+    assert set(paths.manifest()) == shipped, "run paths.record_artefact for new zoo_data files"
+    for name in shipped:
+        assert paths.zoo_file(name) == paths.ZOO_DIR / name
+    assert all(e["rebuild"].startswith("python ") for e in paths.manifest().values())
+
+
+def test_zoo_file_refuses_damaged_missing_and_unknown(tmp_path, monkeypatch):
+    import shutil
+
+    from course_lib import paths
+
+    shutil.copy(paths.ZOO_DIR / "tiny.json", tmp_path / "tiny.json")
+    monkeypatch.setattr(paths, "ZOO_DIR", tmp_path)
+    monkeypatch.setattr(paths, "MANIFEST_PATH", tmp_path / "MANIFEST.json")
+    paths.record_artefact(tmp_path / "tiny.json", rebuild="python -m course_lib.build zoo build tiny")
+    assert paths.zoo_file("tiny.json") == tmp_path / "tiny.json"
+    raw = bytearray((tmp_path / "tiny.json").read_bytes())
+    raw[10] ^= 1  # one flipped bit, same size
+    (tmp_path / "tiny.json").write_bytes(bytes(raw))
+    with pytest.raises(ValueError, match=r"tiny\.json does not match its sha256.*course_lib\.build zoo build tiny"):
+        paths.zoo_file("tiny.json")
+    (tmp_path / "tiny.json").write_bytes(bytes(raw[:-5]))
+    with pytest.raises(ValueError, match="bytes, expected"):
+        paths.zoo_file("tiny.json")
+    (tmp_path / "tiny.json").unlink()
+    with pytest.raises(ValueError, match="is missing"):
+        paths.zoo_file("tiny.json")
+    for bad in ("nope.json", "../x", "", 3):
+        with pytest.raises(ValueError, match="name|not a shipped"):
+            paths.zoo_file(bad)
+    with pytest.raises(ValueError, match="rebuild"):
+        paths.record_artefact(tmp_path / "MANIFEST.json", rebuild="make it")
+
+
+def test_killed_writers_leave_no_stray_files(tmp_path):
+    """SIGKILL a writer mid-write 5 times: the target is old-or-new, never half; no temporaries survive."""
+    import os
+    import signal
+    import time
+
+    target = tmp_path / "big.bin"
+    atomic_write_bytes(target, b"old")
+    code = (
+        "import sys; from course_lib.paths import atomic_write_bytes; "
+        f"atomic_write_bytes(__import__('pathlib').Path({str(target)!r}), b'x' * 200_000_000)"
+    )
+    for i in range(5):
+        p = subprocess.Popen([sys.executable, "-c", code])
+        time.sleep(0.8 + 0.2 * i)
+        os.kill(p.pid, signal.SIGKILL)
+        p.wait()
+        assert target.read_bytes()[:3] in (b"old", b"xxx")
+    atomic_write_bytes(target, b"new")  # the next write sweeps the dead writers' temporaries
+    assert target.read_bytes() == b"new"
+    assert [p.name for p in tmp_path.iterdir()] == ["big.bin"]
