@@ -8,12 +8,15 @@ import torch
 
 from course_lib import attention as A
 from course_lib import measure, zoo
+from course_lib.experiments import attention as attention_runs
 from course_lib.model import TinyLM
 
 
 def bench_scaling() -> list[dict]:
     """Dense SDPA (causal; with a window mask) vs the blocked kernel, window 256, batch 1, 2 heads of 64."""
-    rows = A.measure_scaling((1024, 2048, 4096, 8192), window=256, block_size=64, n_heads=2, head_dim=64, repeats=5)
+    rows = attention_runs.measure_scaling(
+        (1024, 2048, 4096, 8192), window=256, block_size=64, n_heads=2, head_dim=64, repeats=5
+    )
     base = {r["seq_len"]: r["ms"] for r in rows if r["variant"] == "SDPA causal (dense)"}
     return [
         {

@@ -6,6 +6,8 @@ import numpy as np
 
 from course_lib import cascade as cc
 from course_lib import encoder, measure, zoo
+from course_lib import speculative as sd
+from course_lib.experiments.cascade import precomputed_logits
 
 
 def bench_cascade_matched_accuracy() -> list[dict]:
@@ -14,8 +16,8 @@ def bench_cascade_matched_accuracy() -> list[dict]:
     y, dev, held = task.labels, task.train, task.heldout
     logits = {
         "bow": cc.naive_bayes_predictions(task),
-        "mini32": cc.precomputed_logits("mini32"),
-        "minilm": cc.precomputed_logits("minilm"),
+        "mini32": precomputed_logits("mini32"),
+        "minilm": precomputed_logits("minilm"),
     }
     temps = {m: cc.fit_temperature(z[dev], y[dev]) for m, z in logits.items()}
     pred = {m: z.argmax(1) for m, z in logits.items()}
@@ -83,8 +85,8 @@ def bench_speculative() -> list[dict]:
         small.encode(s)
         for s in ("The Moon is", "Albert Einstein was a", "Python is a programming", "The French Revolution")
     ]
-    sc = cc.step_costs(small.model, tiny.model, context=16, k=4, warmup=3, repeats=21)
-    rows = cc.speculative_benchmark(small.model, tiny.model, prompts, ks=(1, 2, 3, 4, 6, 8), new_tokens=64, repeats=5)
+    sc = sd.step_costs(small.model, tiny.model, context=16, k=4, warmup=3, repeats=21)
+    rows = sd.speculative_benchmark(small.model, tiny.model, prompts, ks=(1, 2, 3, 4, 6, 8), new_tokens=64, repeats=5)
     for r in rows:
         r["benchmark"] = "speculative decoding"
         r["predicted speed-up"] = r["tokens_per_pass"] / (r["k"] * sc["c"] + sc["v"]) if r["k"] else 1.0

@@ -8,6 +8,7 @@ import torch
 
 from course_lib import measure
 from course_lib import prune as P
+from course_lib.experiments import prune as prune_runs
 from course_lib.model import SwiGLU
 
 
@@ -63,11 +64,13 @@ def bench_patient() -> list[dict]:
     """The zoo patient at 50 %: masked, CSR and structured (MLP neurons), prefill 128 and decode 16 tokens."""
     from course_lib import zoo
 
-    base = zoo.load(P.PATIENT).model
+    base = zoo.load(prune_runs.PATIENT).model
     variants = {
         "dense": base,
-        "50% unstructured (zeros)": P.pruned_patient(base, method="magnitude", structure="unstructured", sparsity=0.5),
-        "50% structured MLP": P.pruned_patient(base, method="magnitude", structure="structured", sparsity=0.5),
+        "50% unstructured (zeros)": prune_runs.pruned_patient(
+            base, method="magnitude", structure="unstructured", sparsity=0.5
+        ),
+        "50% structured MLP": prune_runs.pruned_patient(base, method="magnitude", structure="structured", sparsity=0.5),
     }
     variants["50% unstructured, CSR"] = copy.deepcopy(variants["50% unstructured (zeros)"])
     P.to_csr(variants["50% unstructured, CSR"])

@@ -11,6 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from course_lib import data, measure, rag
+from course_lib.experiments import rag as rag_runs
 
 NLIST = 100
 NPROBES = (1, 4, 16)
@@ -19,9 +20,9 @@ N_TIMED = 100  # queries per timed round
 
 def _setup():
     embedder = rag.get_embedder([a.extract for a in data.load_articles()])
-    X = rag.corpus_vectors(embedder)
-    rows, texts = rag.eval_queries("test")
-    Q = rag.query_vectors(embedder, "test")
+    X = rag_runs.corpus_vectors(embedder)
+    rows, texts = rag_runs.eval_queries("test")
+    Q = rag_runs.query_vectors(embedder, "test")
     return embedder, X, rows, texts, Q
 
 

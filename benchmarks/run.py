@@ -17,10 +17,11 @@ import argparse
 import datetime as dt
 import importlib
 import json
-import platform
 import sys
 import time
 from pathlib import Path
+
+from course_lib import fingerprint  # first: sets OMP_WAIT_POLICY before a benchmark imports torch
 
 HERE = Path(__file__).resolve().parent
 
@@ -36,32 +37,33 @@ def discover() -> dict[str, callable]:
 
 
 def machine() -> dict:
-    import torch
+    """The machine fingerprint (course_lib.fingerprint) and the date: stored with every result."""
+    return {"date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"), **fingerprint.machine()}
 
-    return {
-        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "cpu": platform.processor() or platform.machine(),
-        "threads": torch.get_num_threads(),
-        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-    }
+
+def where(m: dict) -> str:
+    """The fingerprint line without the load average (which differs between any two runs)."""
+    return fingerprint.machine_line({**m, "load_average": None})
 
 
 def to_markdown(results: dict) -> str:
     m = results["machine"]
+    header = fingerprint.machine_line(m)
     lines = [
         "# Benchmark results",
         "",
-        f"Measured {m['date']} on {m['cpu']}, {m['threads']} threads, torch {m['torch']}"
-        + (f", GPU {m['cuda']}" if m["cuda"] else ", no GPU")
-        + ". Regenerate with `make bench`.",
+        f"Measured {m.get('date', 'at an unrecorded date')} on {header}"
+        + (f", GPU {m['cuda']}" if m.get("cuda") else ", no GPU")
+        + ". Regenerate with `make bench`; compare ratios within a table, not absolute times across machines.",
         "",
     ]
     for name, entry in results["benchmarks"].items():
         rows = entry["rows"]
         cols = list(dict.fromkeys(k for r in rows for k in r if k != "benchmark"))
-        lines += [f"## {name}", "", entry.get("doc", ""), "", "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+        lines += [f"## {name}", "", entry.get("doc", ""), ""]
+        if entry.get("machine") and entry["machine"] != where(m):  # kept from an earlier run elsewhere
+            lines += [f"*Measured {entry.get('date', '')} on {entry['machine']}.*", ""]
+        lines += ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
         for r in rows:
             cells = []
             for c in cols:
@@ -93,6 +95,9 @@ def main(argv=None) -> int:
             "doc": (fn.__doc__ or "").strip().split("\n")[0],
             "rows": rows,
             "seconds": round(time.perf_counter() - t0, 1),
+            # A later partial run (`python -m benchmarks.run <filter>`) keeps this entry: say where it ran.
+            "machine": where(results["machine"]),
+            "date": results["machine"]["date"],
         }
     results["benchmarks"] = dict(sorted(results["benchmarks"].items()))
     path.write_text(json.dumps(results, indent=1) + "\n")

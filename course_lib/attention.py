@@ -42,38 +42,31 @@ tolerance; ``tests/test_attention.py`` checks each against ``F.scaled_dot_produc
 attention_options={"pattern": "sliding_window", "window": 64, ...})``. Its parameters are
 named like :class:`course_lib.model.Attention`'s, so a full-attention checkpoint loads unchanged.
 
-Precomputed results (the tiny recipe trained with sliding windows; the zoo's full-attention
-patients with windows switched on) come from one deterministic command::
+The chapter's runs — the time/memory sweep, and the precomputed results (the tiny recipe
+trained with sliding windows; the zoo's full-attention patients with windows switched on) —
+are in :mod:`course_lib.experiments.attention`, built by one deterministic command::
 
-    python -m course_lib.attention build      # ~20 min on an idle 2-core CPU -> zoo_data/attention_quality.json
-    python -m course_lib.attention build --only "window 16"   # one item (items are cached; run several at once)
+    python -m course_lib.build attention      # ~20 min on an idle 2-core CPU -> zoo_data/attention_quality.json
+    python -m course_lib.build attention --only "window 16"   # one item (items are cached; run several at once)
 """
 
 from __future__ import annotations
 
-import argparse
 import functools
-import json
 import math
-import sys
-import time
 from dataclasses import asdict, dataclass, replace
 
 import torch
 import torch.nn.functional as F
+from plotly.subplots import make_subplots
 
+from course_lib import viz
+from course_lib.checks import check_bool, check_choice, check_int, check_keys, check_tensor
+from course_lib.data import eval_batches
 from course_lib.model import Attention, ModelConfig
 
 KINDS = ("dense", "sliding_window", "dilated", "block_sparse")
 IMPLS = ("blocked", "masked", "flex")
-QUALITY_FILE = "attention_quality.json"
-
-
-def _check_int(name: str, value, lo: int, hi: int | None = None) -> int:
-    if not isinstance(value, int) or isinstance(value, bool) or value < lo or (hi is not None and value > hi):
-        rng = f">= {lo}" if hi is None else f"in [{lo}, {hi}]"
-        raise ValueError(f"{name} must be an int {rng}, got {value!r}")
-    return value
 
 
 def _positions(seq_len: int, device=None):
@@ -116,7 +109,7 @@ def _in_layout(i, j, layout, block_size: int):
 
 def causal_mask(seq_len: int, *, device=None) -> torch.Tensor:
     """(T, T) bool, True where query i may read key j: the lower triangle, j <= i."""
-    _check_int("seq_len", seq_len, 1)
+    check_int("seq_len", seq_len, min=1)
     return _causal(*_positions(seq_len, device))
 
 
@@ -126,29 +119,29 @@ def sliding_window_mask(seq_len: int, window: int, *, causal: bool = True, devic
     Bidirectional (``causal=False``): |i - j| < w, i.e. w - 1 keys on each side (Longformer's
     window of size W corresponds to w = W/2 + 1).
     """
-    _check_int("seq_len", seq_len, 1)
-    _check_int("window", window, 1)
+    check_int("seq_len", seq_len, min=1)
+    check_int("window", window, min=1)
     return _window(*_positions(seq_len, device), window, causal)
 
 
 def dilated_window_mask(seq_len: int, window: int, dilation: int, *, causal: bool = True, device=None):
     """``window`` keys spaced ``dilation`` apart: i - j in {0, d, 2d, ..., (w-1)d}."""
-    _check_int("seq_len", seq_len, 1)
-    _check_int("window", window, 1)
-    _check_int("dilation", dilation, 1)
+    check_int("seq_len", seq_len, min=1)
+    check_int("window", window, min=1)
+    check_int("dilation", dilation, min=1)
     return _dilated(*_positions(seq_len, device), window, dilation, causal)
 
 
 def global_tokens_mask(seq_len: int, n_global: int, *, device=None) -> torch.Tensor:
     """The rows and columns of the first ``n_global`` tokens (combine with ``|`` and ``&``)."""
-    _check_int("seq_len", seq_len, 1)
-    _check_int("n_global", n_global, 0, seq_len)
+    check_int("seq_len", seq_len, min=1)
+    check_int("n_global", n_global, min=0, max=seq_len)
     return _global(*_positions(seq_len, device), n_global)
 
 
 def _check_blocks(seq_len: int, block_size: int) -> int:
-    _check_int("seq_len", seq_len, 1)
-    _check_int("block_size", block_size, 1)
+    check_int("seq_len", seq_len, min=1)
+    check_int("block_size", block_size, min=1)
     if seq_len % block_size:
         raise ValueError(
             f"block_size ({block_size}) must divide seq_len ({seq_len}): blocks tile the sequence "
@@ -164,8 +157,8 @@ def random_block_layout(n_blocks: int, n_random: int, *, causal: bool = True, se
     bidirectional: among all blocks but I. Row I depends only on (seed, I), so a layout
     for more blocks extends, never changes, a shorter one (decoding relies on this).
     """
-    _check_int("n_blocks", n_blocks, 1)
-    _check_int("n_random", n_random, 0)
+    check_int("n_blocks", n_blocks, min=1)
+    check_int("n_random", n_random, min=0)
     return _random_layout(n_blocks, n_random, causal, seed).clone()
 
 
@@ -194,8 +187,8 @@ def random_blocks_mask(
 
 def block_local_layout(n_blocks: int, window_blocks: int, *, causal: bool = True) -> torch.Tensor:
     """(nb, nb) bool: query block I reads key blocks I - window_blocks < J <= I."""
-    _check_int("n_blocks", n_blocks, 1)
-    _check_int("window_blocks", window_blocks, 1)
+    check_int("n_blocks", n_blocks, min=1)
+    check_int("window_blocks", window_blocks, min=1)
     i = torch.arange(n_blocks)
     return _window(i[:, None], i[None, :], window_blocks, causal)
 
@@ -204,7 +197,7 @@ def block_sparse_mask(layout: torch.Tensor, block_size: int) -> torch.Tensor:
     """Expand a (nb, nb) block layout to the (nb·b, nb·b) token mask: every entry of a block."""
     if not torch.is_tensor(layout) or layout.dtype != torch.bool or layout.dim() != 2:
         raise TypeError("layout must be a 2-D bool tensor (query blocks x key blocks)")
-    _check_int("block_size", block_size, 1)
+    check_int("block_size", block_size, min=1)
     return layout.repeat_interleave(block_size, 0).repeat_interleave(block_size, 1)
 
 
@@ -213,7 +206,7 @@ def block_sparse_mask(layout: torch.Tensor, block_size: int) -> torch.Tensor:
 
 def causal_pairs(seq_len: int) -> int:
     """Pairs a causal query-key product needs: n(n+1)/2."""
-    _check_int("seq_len", seq_len, 1)
+    check_int("seq_len", seq_len, min=1)
     return seq_len * (seq_len + 1) // 2
 
 
@@ -224,8 +217,8 @@ def sliding_window_pairs(seq_len: int, window: int, *, causal: bool = True) -> i
     :math:`w \ge n`, else :math:`w\,n - w(w-1)/2`. Bidirectional: the band
     :math:`|i-j| < w` holds :math:`n + 2\sum_{k=1}^{w'-1}(n-k)` pairs with :math:`w' = \min(w, n)`.
     """
-    _check_int("seq_len", seq_len, 1)
-    _check_int("window", window, 1)
+    check_int("seq_len", seq_len, min=1)
+    check_int("window", window, min=1)
     n, w = seq_len, min(window, seq_len)
     if causal:
         return w * n - w * (w - 1) // 2
@@ -234,9 +227,9 @@ def sliding_window_pairs(seq_len: int, window: int, *, causal: bool = True) -> i
 
 def dilated_pairs(seq_len: int, window: int, dilation: int) -> int:
     r"""Allowed pairs of a causal dilated window: row i reads :math:`\min(w, \lfloor i/d \rfloor + 1)` keys."""
-    _check_int("seq_len", seq_len, 1)
-    _check_int("window", window, 1)
-    _check_int("dilation", dilation, 1)
+    check_int("seq_len", seq_len, min=1)
+    check_int("window", window, min=1)
+    check_int("dilation", dilation, min=1)
     m = min(seq_len, window * dilation)  # rows before the window is full
     q, r = divmod(m, dilation)
     return dilation * q * (q + 1) // 2 + r * (q + 1) + (seq_len - m) * window
@@ -274,16 +267,14 @@ class SparsePattern:
     seed: int = 0
 
     def __post_init__(self):
-        if self.kind not in KINDS:
-            raise ValueError(f"pattern must be one of {KINDS}, got {self.kind!r}")
-        _check_int("window", self.window, 1)
-        _check_int("dilation", self.dilation, 1)
-        _check_int("n_global", self.n_global, 0)
-        _check_int("n_random_blocks", self.n_random_blocks, 0)
-        _check_int("block_size", self.block_size, 1)
-        _check_int("seed", self.seed, 0)
-        if not isinstance(self.causal, bool):
-            raise TypeError(f"causal must be a bool, got {self.causal!r}")
+        check_choice("pattern", self.kind, KINDS)
+        check_int("window", self.window, min=1)
+        check_int("dilation", self.dilation, min=1)
+        check_int("n_global", self.n_global, min=0)
+        check_int("n_random_blocks", self.n_random_blocks, min=0)
+        check_int("block_size", self.block_size, min=1)
+        check_int("seed", self.seed, min=0)
+        check_bool("causal", self.causal)
         if self.dilation > 1 and self.kind != "dilated":
             raise ValueError(
                 f"dilation applies to pattern 'dilated' only, got dilation={self.dilation} with {self.kind!r}"
@@ -298,16 +289,11 @@ class SparsePattern:
     @classmethod
     def from_options(cls, options: dict) -> SparsePattern:
         """From ``ModelConfig.attention_options`` (key ``pattern`` names the kind)."""
-        if not isinstance(options, dict):
-            raise TypeError(f"attention_options must be a dict, got {type(options).__name__}")
-        opts = dict(options)
+        allowed = ["pattern", "impl"] + [k for k in cls.__dataclass_fields__ if k != "kind"]
+        opts = check_keys("attention_options", options, allowed)
         opts.pop("impl", None)
         if "pattern" in opts:
             opts["kind"] = opts.pop("pattern")
-        unknown = set(opts) - set(cls.__dataclass_fields__)
-        if unknown:
-            allowed = sorted(["pattern", "impl"] + [k for k in cls.__dataclass_fields__ if k != "kind"])
-            raise ValueError(f"unknown attention_options {sorted(unknown)}; allowed: {allowed}")
         return cls(**opts)
 
     def to_options(self) -> dict:
@@ -348,7 +334,7 @@ class SparsePattern:
 
     def check_seq_len(self, seq_len: int) -> None:
         """Raise a ValueError when ``seq_len`` is not a valid length for this pattern."""
-        _check_int("seq_len", seq_len, 1)
+        check_int("seq_len", seq_len, min=1)
         if self.n_global > seq_len:
             raise ValueError(f"n_global ({self.n_global}) must be <= seq_len ({seq_len})")
 
@@ -406,8 +392,8 @@ class SparsePattern:
         meets the allowed differences. Exact when b divides T (a superset otherwise, which
         costs time, not correctness: the kernel masks inside blocks).
         """
-        _check_int("seq_len", seq_len, 1)
-        b = self.block_size if block_size is None else _check_int("block_size", block_size, 1)
+        check_int("seq_len", seq_len, min=1)
+        b = self.block_size if block_size is None else check_int("block_size", block_size, min=1)
         nb = -(-seq_len // b)
         blk = torch.arange(nb)
         I, J = blk[:, None], blk[None, :]  # noqa: E741 (block indices)
@@ -454,12 +440,12 @@ class SparsePattern:
         Memory O(T·m·b) for m key blocks per query block: O(T·(w + b)) for windows; a
         bidirectional pattern's global rows read every block, which widens m to all of them.
         """
-        _check_int("seq_len", seq_len, 1)
+        check_int("seq_len", seq_len, min=1)
         return _plan(self, seq_len, self.block_size).mask.sum(-1).flatten()[:seq_len]
 
     def pairs(self, seq_len: int) -> int:
         """Allowed (query, key) pairs: closed form for plain causal windows, else counted per block."""
-        _check_int("seq_len", seq_len, 1)
+        check_int("seq_len", seq_len, min=1)
         if self.causal and not self.n_global and not self.n_random_blocks:
             if self.kind == "dense":
                 return causal_pairs(seq_len)
@@ -546,8 +532,7 @@ def _plan_on(pattern: SparsePattern, seq_len: int, b: int, device: str) -> Block
 
 def _check_qkv(q, k, v) -> tuple[int, int, int, int, int]:
     for name, t in (("q", q), ("k", k), ("v", v)):
-        if not torch.is_tensor(t) or t.dim() != 4:
-            raise ValueError(f"{name} must be a 4-D tensor (batch, heads, seq_len, head_dim)")
+        check_tensor(name, t, dims=("batch", "heads", "seq_len", "head_dim"))
     b, h, t, d = q.shape
     if k.shape != v.shape or k.shape[0] != b or k.shape[3] != d:
         raise ValueError(f"k and v must be (batch, kv_heads, seq_len, head_dim) like q {tuple(q.shape)}")
@@ -699,7 +684,7 @@ class RollingKVCache:
             ("window", window, 1),
             ("n_global", n_global, 0),
         ):
-            _check_int(name, val, lo)
+            check_int(name, val, min=lo)
         shape = (batch_size, n_kv_heads, window, head_dim)
         self.k = torch.zeros(shape, dtype=dtype, device=device)
         self.v = torch.zeros(shape, dtype=dtype, device=device)
@@ -708,6 +693,7 @@ class RollingKVCache:
         self.gk = torch.zeros(gshape, dtype=dtype, device=device)
         self.gv = torch.zeros(gshape, dtype=dtype, device=device)
         self.pos = 0  # absolute position of the next token
+        self.lookback: int | None = None  # the served pattern's reach (None: unbounded), set by attend
 
     @property
     def window(self) -> int:
@@ -720,12 +706,40 @@ class RollingKVCache:
     def nbytes(self) -> int:
         return sum(t.nbytes for t in (self.k, self.v, self.gk, self.gv))
 
+    def truncate(self, length: int) -> None:
+        r"""Forget every position from ``length`` on (speculative decoding's rollback).
+
+        The global tokens below ``length`` stay; ring slots holding forgotten positions are
+        emptied, so the next query cannot read a rejected key. A ring cannot give back what
+        it has overwritten: a query at position :math:`L` reads keys back to
+        :math:`L - \text{lookback}`, and when the slots of those positions were reused by the
+        positions being forgotten, decoding on would be silently wrong — that raises a
+        ``ValueError`` instead. With ``window`` = lookback + 1 slots a full ring can roll back
+        one position; patterns of unbounded reach keep every position and can roll back to any.
+        """
+        check_int("length", length, min=0, max=self.pos)
+        if length == self.pos:
+            return
+        reach = length if self.lookback is None else self.lookback
+        lo = max(length - reach, self.n_global)  # first position the next query reads from the ring
+        need = torch.arange(lo, length, device=self.slot_pos.device)
+        missing = need[~torch.isin(need, self.slot_pos)]
+        if len(missing):
+            raise ValueError(
+                f"length {length}: this RollingKVCache holds {self.pos} positions in a ring of {self.window} slots and "
+                f"has overwritten position {int(missing[0])}, which the next query reads (lookback {reach}); "
+                f"it can roll back at most {max(self.window - reach, 0)} positions once full"
+            )
+        self.slot_pos[self.slot_pos >= length] = -1
+        self.pos = length
+
     def attend(self, q, k, v, pattern: SparsePattern, layout=None):
         """Attend queries (B, H, t, d) at positions pos..pos+t-1 and store their keys.
 
         Long inputs go in chunks of at most ``window`` tokens (Mistral's chunked prefill), so
         the scores never exceed (window x (G + 2·window)).
         """
+        self.lookback = pattern.lookback
         outs = []
         for s in range(0, q.shape[2], self.window):
             e = s + self.window
@@ -773,22 +787,31 @@ class SparseAttention(Attention):
 
     def __init__(self, config: ModelConfig, layer_idx: int = 0):
         super().__init__(config, layer_idx)
+        pattern, self.impl = self.pattern_of(config)
+        self.pattern = replace(pattern, seed=pattern.seed + 1000 * layer_idx)
+        self.max_seq_len = config.max_seq_len
+
+    @staticmethod
+    def pattern_of(config: ModelConfig) -> tuple[SparsePattern, str]:
+        """(pattern, impl) from ``config.attention_options``, checked against the config."""
         opts = dict(config.attention_options)
-        self.impl = opts.pop("impl", "blocked")
-        if self.impl not in IMPLS:
-            raise ValueError(f"attention_options['impl'] must be one of {IMPLS}, got {self.impl!r}")
+        impl = check_choice("attention_options['impl']", opts.pop("impl", "blocked"), IMPLS)
         pattern = SparsePattern.from_options(opts)
         if not pattern.causal:
             raise ValueError("a language model's attention must be causal: attention_options['causal'] must be True")
-        self.pattern = replace(pattern, seed=pattern.seed + 1000 * layer_idx)
-        self.pattern.check_seq_len(config.max_seq_len)
-        self.max_seq_len = config.max_seq_len
+        pattern.check_seq_len(config.max_seq_len)
+        return pattern, impl
+
+    @classmethod
+    def check_config(cls, config: ModelConfig) -> None:
+        """Called when a ``ModelConfig(attention="sparse", ...)`` is made: bad options fail there."""
+        cls.pattern_of(config)
 
     def _layout(self, device):
         return self.pattern.random_layout(self.max_seq_len, device)
 
     def new_cache(self, batch_size: int, max_len: int, *, dtype=torch.float32, device=None) -> RollingKVCache:
-        _check_int("max_len", max_len, 1)
+        check_int("max_len", max_len, min=1)
         back = self.pattern.lookback
         window = max_len if back is None else min(back + 1, max_len)
         g = min(self.pattern.n_global, max_len) if back is not None else 0  # unbounded: the ring holds all
@@ -797,6 +820,7 @@ class SparseAttention(Attention):
         )
 
     def mean_context(self, seq_len: int) -> float:
+        """Keys a query reads on average under the pattern (fewer than full attention's (T + 1) / 2)."""
         return self.pattern.mean_context(seq_len)
 
     def forward(self, x, cos, sin, cache: RollingKVCache | None = None):  # x (B, T, C)
@@ -839,10 +863,9 @@ def receptive_field(mask: torch.Tensor, n_layers: int, *, query: int = -1) -> to
     """
     if not torch.is_tensor(mask) or mask.dtype != torch.bool or mask.dim() != 2 or mask.shape[0] != mask.shape[1]:
         raise TypeError("mask must be a square 2-D bool tensor")
-    _check_int("n_layers", n_layers, 1)
+    check_int("n_layers", n_layers, min=1)
     t = mask.shape[0]
-    if not -t <= query < t:
-        raise ValueError(f"query must be in [-{t}, {t - 1}], got {query}")
+    check_int("query", query, min=-t, max=t - 1)
     m = mask.float()
     reach = [mask[query]]
     for _ in range(n_layers - 1):
@@ -853,8 +876,6 @@ def receptive_field(mask: torch.Tensor, n_layers: int, *, query: int = -1) -> to
 @torch.no_grad()
 def loss_by_position(model, tokens, *, seq_len: int, batch_size: int = 16, max_batches: int | None = 8) -> torch.Tensor:
     """(seq_len,) mean next-token cross-entropy (nats) at each position of the window."""
-    from course_lib.data import eval_batches
-
     was = model.training
     model.eval()
     dev = next(model.parameters()).device
@@ -900,10 +921,6 @@ def mask_figure(
     last token after 1..``n_layers`` layers. A setting the pattern rejects (e.g. a block
     size that does not divide the length) gives a figure saying why, not an exception.
     """
-    from plotly.subplots import make_subplots
-
-    from course_lib import viz
-
     viz.use_style()
     fig = make_subplots(
         rows=1,
@@ -966,257 +983,7 @@ def mask_figure(
 
 def preset_figure(preset: str = "sliding window (Mistral)", window: int = 16, *, seq_len: int = 64, n_layers: int = 4):
     """:func:`mask_figure` for one of :data:`PRESETS` (blocks of 8 tokens) — the static twin's builder."""
-    if preset not in PRESETS:
-        raise ValueError(f"preset must be one of {list(PRESETS)}, got {preset!r}")
+    check_choice("preset", preset, PRESETS)
     return mask_figure(
         **{**PRESETS[preset], "window": window, "block_size": 8, "seq_len": seq_len, "n_layers": n_layers}
     )
-
-
-# --------------------------------------------------------------------------- measuring
-
-
-def scaling_variants(q, k, v, pattern: SparsePattern, *, with_reference: bool = False) -> dict:
-    """The functions the time/memory sweep compares at one length (each returns the output)."""
-    t = q.shape[2]
-    variants = {
-        "SDPA causal (dense)": lambda: sdpa_attention(q, k, v, is_causal=True),
-        "SDPA + mask (dense)": lambda: sdpa_attention(q, k, v, pattern.mask(t)),
-        "blocked sparse (ours)": lambda: block_sparse_attention(q, k, v, pattern),
-    }
-    if with_reference:
-        variants["explicit softmax (dense)"] = lambda: dense_attention(q, k, v, pattern.mask(t))
-    return variants
-
-
-def exact_rss_peaks() -> bool:
-    """Make the process's peak RSS see every large allocation (Linux/glibc; else a no-op).
-
-    glibc serves frees of up to 32 MB back from its heap and keeps them resident, so a
-    second call that needs 20 MB shows no RSS growth and :func:`course_lib.measure.peak_memory`
-    reads 0. Fixing the mmap threshold at 64 kB (``mallopt(M_MMAP_THRESHOLD)``) makes each
-    large tensor its own mapping, returned on free: every call then pays, and shows, its
-    own memory. Process-wide and permanent; it costs page faults, not correctness.
-    """
-    import ctypes
-    import ctypes.util
-
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        return bool(libc.mallopt(-3, 64 * 1024))  # M_MMAP_THRESHOLD = -3
-    except (OSError, AttributeError):
-        return False
-
-
-@torch.no_grad()
-def measure_scaling(
-    lengths=(1024, 2048, 4096, 8192),
-    *,
-    window: int = 256,
-    block_size: int = 64,
-    n_heads: int = 2,
-    head_dim: int = 64,
-    with_reference: bool = False,
-    reference_max: int = 4096,
-    repeats: int = 3,
-    single_above: int = 4096,
-    seed: int = 0,
-) -> list[dict]:
-    """Time and peak memory of dense SDPA vs sliding-window attention, batch 1, per length.
-
-    Times are medians of ``repeats`` interleaved calls (one call each above
-    ``single_above`` tokens, where a call takes seconds). The explicit-softmax reference
-    (``with_reference``) runs up to ``reference_max`` tokens: its n² scores need GBs beyond.
-    Peak memory is measured with :func:`course_lib.measure.peak_memory` around one more
-    call of each variant — it counts everything the call allocates, the mask included (see
-    :func:`exact_rss_peaks`).
-    """
-    from course_lib.measure import interleaved, peak_memory
-
-    exact_rss_peaks()
-    pattern = SparsePattern("sliding_window", window=window, block_size=block_size)
-    rows = []
-    gen = torch.Generator().manual_seed(seed)
-    for t in lengths:
-        q, k, v = (torch.randn(1, n_heads, t, head_dim, generator=gen) for _ in range(3))
-        variants = scaling_variants(q, k, v, pattern, with_reference=with_reference and t <= reference_max)
-        pattern.plan(t)  # the block plan is built once per length, like flex's create_block_mask
-        big = t > single_above
-        timings = interleaved(variants, warmup=0 if big else 1, repeats=1 if big else repeats)
-        for name, fn in variants.items():
-            peak = peak_memory(fn)
-            rows.append(
-                {
-                    "seq_len": t,
-                    "variant": name,
-                    "ms": timings[name].median * 1e3,
-                    "peak_mb": None if peak is None else peak / 1e6,
-                }
-            )
-    return rows
-
-
-# --------------------------------------------------------------------------- build: quality experiment
-
-#: Variants of the "tiny" zoo recipe, same steps, batches and seed (name -> attention options).
-#: "full" is the zoo's own tiny patient (trained by ``python -m course_lib.zoo build tiny``).
-QUALITY_VARIANTS = {
-    "full": None,
-    "window 64": dict(pattern="sliding_window", window=64, block_size=16),
-    "window 16": dict(pattern="sliding_window", window=16, block_size=16),
-}
-
-
-def _recipe_key(mcfg, tcfg, tok_sha: str, opts) -> str:
-    import hashlib
-
-    blob = json.dumps([mcfg.to_dict(), asdict(tcfg), tok_sha, opts], sort_keys=True, default=str)
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]
-
-
-#: Zoo patients whose full-attention weights are evaluated with a window switched on (no retraining).
-SWITCH_PATIENTS = ("tiny", "small")
-SWITCH_WINDOWS = (16, 64)
-
-
-def _switched_on(patient, val_ids, seq_len: int) -> dict:
-    """Loss by position of a full-attention patient, as is and with each window switched on."""
-    from course_lib.model import TinyLM
-
-    out = {}
-    for w in (None, *SWITCH_WINDOWS):
-        model = patient.model
-        if w is not None:
-            model = TinyLM(sparse_config(patient.model.config, window=w, block_size=16)).eval()
-            model.load_state_dict(patient.model.state_dict())
-        pos = loss_by_position(model, val_ids, seq_len=seq_len, batch_size=16, max_batches=None)
-        out["full" if w is None else f"window {w}"] = {
-            "val_loss": round(pos.mean().item(), 4),
-            "loss_by_position": [round(x, 4) for x in pos.tolist()],
-        }
-    return out
-
-
-def build(names: list[str] | None = None, *, progress: bool = True) -> dict | None:
-    """Train the tiny recipe with each windowed variant; evaluate them and the zoo's patients.
-
-    Items: the :data:`QUALITY_VARIANTS` (trained with the window from the start; "full" is
-    the zoo's tiny patient) and ``switched on: <patient>`` (the zoo's full-attention
-    patients with windows of :data:`SWITCH_WINDOWS` switched on, no retraining). Each item
-    is cached (``course_lib`` cache, keyed by recipe and checkpoint), so items can be built
-    by separate processes (``build --only "window 16"``). Once all exist, writes
-    ``zoo_data/attention_quality.json``: validation loss on the whole validation split, the
-    loss at each position of the 256-token window, and the training curves.
-    """
-    from course_lib import data, zoo
-    from course_lib.model import TinyLM
-    from course_lib.paths import ZOO_DIR, atomic_write_bytes, cache_dir
-    from course_lib.train import evaluate, train
-
-    items = list(QUALITY_VARIANTS) + [f"switched on: {p}" for p in SWITCH_PATIENTS]
-    names = items if not names else names
-    unknown = set(names) - set(items)
-    if unknown:
-        raise ValueError(f"unknown items {sorted(unknown)}; choose from {items}")
-    mcfg, tcfg = zoo.RECIPES["tiny"]
-    tok = data.get_tokenizer(mcfg.vocab_size)
-    tok_sha = data.tokenizer_sha256(tok)
-    train_ids, val_ids = data.encode_split("train", tok), data.encode_split("val", tok)
-    full = zoo.load("tiny")
-    if full.meta["model_config"] != mcfg.to_dict() or full.meta["train_config"] != asdict(tcfg) | {
-        "betas": list(tcfg.betas)
-    }:
-        raise ValueError(
-            "the zoo's tiny patient was built with another recipe: run  python -m course_lib.zoo build tiny"
-        )
-    cache = cache_dir("attention_quality")
-    shas = {p: zoo.card(p)["sha256"] for p in SWITCH_PATIENTS}
-
-    def path_of(item: str):
-        if item.startswith("switched on: "):
-            patient = item.removeprefix("switched on: ")
-            return cache / f"switched-{patient}-{shas[patient][:12]}-{tok_sha[:8]}.json"
-        return cache / f"{_recipe_key(mcfg, tcfg, tok_sha, QUALITY_VARIANTS[item])}-{full.meta['sha256'][:8]}.json"
-
-    for name in names:
-        if path_of(name).is_file():
-            continue
-        t0 = time.perf_counter()
-        if name.startswith("switched on: "):
-            result = _switched_on(zoo.load(name.removeprefix("switched on: ")), val_ids, tcfg.seq_len)
-            atomic_write_bytes(path_of(name), json.dumps(result).encode())
-            if progress:
-                print(f"{name}: { ({k: v['val_loss'] for k, v in result.items()}) }", flush=True)
-            continue
-        opts = QUALITY_VARIANTS[name]
-        if opts is None:
-            model, curve = full.model, full.meta["curve"]
-        else:
-            torch.manual_seed(tcfg.seed)  # the same initial weights and batches as the zoo patient
-            model = TinyLM(sparse_config(mcfg, **opts))
-            hist = train(model, train_ids, val_ids, tcfg, progress=progress, desc=f"attention:{name}")
-            curve = {"step": hist.val_step, "val_loss": [round(x, 4) for x in hist.val_loss]}
-        val = evaluate(model, val_ids, seq_len=tcfg.seq_len, batch_size=16, max_batches=None)
-        pos = loss_by_position(model, val_ids, seq_len=tcfg.seq_len, batch_size=16, max_batches=None)
-        result = {
-            "attention_options": model.config.attention_options,
-            "val_loss": round(val, 4),
-            "loss_by_position": [round(x, 4) for x in pos.tolist()],
-            "curve": curve,
-            "seconds": round(time.perf_counter() - t0, 1),
-            "threads": torch.get_num_threads(),
-            "mean_context": round(
-                model.blocks[0].attn.mean_context(tcfg.seq_len) if opts else (tcfg.seq_len + 1) / 2, 2
-            ),
-        }
-        atomic_write_bytes(path_of(name), json.dumps(result).encode())
-        if progress:
-            print(f"{name}: val loss {val:.4f}", flush=True)
-    missing = [item for item in items if not path_of(item).is_file()]
-    if missing:
-        print(f"not written yet: {missing} not built", flush=True)
-        return None
-    out = {
-        "model_config": mcfg.to_dict(),
-        "train_config": asdict(tcfg),
-        "zoo_sha256": shas,
-        "tokenizer_sha256": tok_sha,
-        "variants": {name: json.loads(path_of(name).read_text()) for name in QUALITY_VARIANTS},
-        "switched_on": {p: json.loads(path_of(f"switched on: {p}").read_text()) for p in SWITCH_PATIENTS},
-        "torch": torch.__version__,
-        "command": "python -m course_lib.attention build",
-    }
-    atomic_write_bytes(ZOO_DIR / QUALITY_FILE, (json.dumps(out, indent=1) + "\n").encode())
-    return out
-
-
-def load_quality() -> dict:
-    """The precomputed full-vs-window training results (``python -m course_lib.attention build``)."""
-    from course_lib.paths import ZOO_DIR
-
-    path = ZOO_DIR / QUALITY_FILE
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} is missing; build it with:  python -m course_lib.attention build")
-    return json.loads(path.read_text())
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m course_lib.attention", description=__doc__.split("\n")[0])
-    sub = parser.add_subparsers(dest="cmd", required=True)
-    b = sub.add_parser("build", help=f"train the quality variants -> zoo_data/{QUALITY_FILE}")
-    b.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
-    b.add_argument(
-        "--only", action="append", help="build only this variant (repeatable); the JSON is written once all exist"
-    )
-    args = parser.parse_args(argv)
-    if args.cmd == "build":
-        if args.threads:
-            torch.set_num_threads(args.threads)
-        t = time.perf_counter()
-        if build(args.only) is not None:
-            print(f"wrote {QUALITY_FILE} in {time.perf_counter() - t:.0f} s")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

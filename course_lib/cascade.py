@@ -1,4 +1,4 @@
-r"""Specialist cascades and speculative decoding: pay for the big model only when it is needed (chapter 10).
+r"""Specialist cascades: pay for the big model only when it is needed (chapter 10).
 
 **Cascades.** Several models of very different cost solve one task — here the corpus'
 12-class topic classification (``data.Article.label``; the query is the article's extract;
@@ -32,20 +32,14 @@ the tests), and latency is measured per query at batch size 1 on this machine
 (``measure.interleaved``, all models side by side), never read off a cache of
 precomputed embeddings.
 
-**Speculative decoding** (Leviathan et al. 2023; Chen et al. 2023): a cheap *draft* model
-proposes :math:`k` tokens one at a time; the *target* model scores all of them in **one**
-forward pass and keeps the longest prefix it agrees with (:func:`verify`,
-:func:`verify_greedy`), plus one token of its own. Greedy speculative output is identical
-to the target's greedy output, and the sampling version draws exactly from the target's
-distribution. :func:`speculative_generate` does this with both models' KV caches; a
-rejected draft is rolled back by setting each layer cache's ``pos`` back
-(:func:`rollback`). :func:`expected_speedup` is the paper's cost model, fed by
-:func:`step_costs`; :func:`speculative_benchmark` measures the real thing.
+Speculative decoding, chapter 10's cascade for generation, is :mod:`course_lib.speculative`.
 
 The two MiniLM models' cross-fitted logits (10 head fits, and ~10 k MiniLM passes over the
-first 32 tokens of every extract) are precomputed by one deterministic command::
+first 32 tokens of every extract) are precomputed by one deterministic command in
+:mod:`course_lib.experiments.cascade`, which also reads them back
+(``precomputed_logits``)::
 
-    python -m course_lib.cascade build    # writes course_lib/zoo_data/cascade_logits.safetensors
+    python -m course_lib.build cascade    # writes course_lib/zoo_data/cascade_logits.safetensors
 
 Naive Bayes, one head on the cached full-length embeddings, calibration, routing and every
 sweep run in seconds and are recomputed by the notebook.
@@ -53,15 +47,16 @@ sweep run in seconds and are recomputed by the notebook.
 
 from __future__ import annotations
 
+import itertools
 import math
-import sys
-import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+from course_lib import data, encoder
 
 CONFIDENCE_KINDS = ("max_prob", "margin", "entropy")
 #: hashed feature space of the bag-of-words model: 4096 BPE unigrams + bigram buckets
@@ -223,8 +218,6 @@ def fit_temperature(logits, labels, *, bounds: tuple[float, float] = (0.01, 1000
 
 def token_ids(texts: Sequence[str], tokenizer=None, *, max_tokens: int | None = None) -> list[list[int]]:
     """The course BPE token ids of each text (optionally cut to the first ``max_tokens``)."""
-    from course_lib import data
-
     if isinstance(texts, str) or not isinstance(texts, (list, tuple)):
         raise TypeError("texts must be a list of strings")
     tokenizer = data.get_tokenizer() if tokenizer is None else tokenizer
@@ -270,8 +263,6 @@ class NaiveBayesBoW:
             raise ValueError(f"n_classes must be an int >= 2, got {n_classes!r}")
         if not alpha > 0:
             raise ValueError(f"alpha must be > 0, got {alpha!r}")
-        from course_lib import data
-
         self.n_classes, self.bits, self.alpha = n_classes, bits, alpha
         self.tokenizer = data.get_tokenizer() if tokenizer is None else tokenizer
         self.vocab_size = self.tokenizer.get_vocab_size()
@@ -388,8 +379,6 @@ def minilm_flops(n_tokens, model=None, *, n_classes: int = 12) -> np.ndarray:
     width :math:`d`, and :math:`2 \cdot 384 K` for the head. Embedding lookups, norms,
     softmax and GELU are not counted (as in ``torch.utils.flop_counter``).
     """
-    from course_lib import encoder
-
     model = encoder._shared_model() if model is None else model
     lin = sum(m.in_features * m.out_features for m in model.encoder.modules() if isinstance(m, torch.nn.Linear))
     cfg = model.config
@@ -399,8 +388,6 @@ def minilm_flops(n_tokens, model=None, *, n_classes: int = 12) -> np.ndarray:
 
 def minilm_tokens(texts: Sequence[str], *, max_length: int = 256) -> np.ndarray:
     """How many MiniLM tokens ([CLS] and [SEP] included) each text becomes after truncation."""
-    from course_lib import encoder
-
     tok = encoder.load_tokenizer()
     return np.array([len(i) for i in tok(list(texts), truncation=True, max_length=max_length)["input_ids"]])
 
@@ -420,8 +407,6 @@ class TopicTask:
 
 
 def topic_task() -> TopicTask:
-    from course_lib import data
-
     arts = data.load_articles()
     split = np.array([data.split_of(a.title) for a in arts])
     return TopicTask(
@@ -603,8 +588,6 @@ def sweep(predictions, scores, costs, labels, grid: Sequence[float] | Sequence[S
     Same numbers as :func:`run_cascade` at each setting (the tests check), computed from
     per-stage correctness and cumulative costs so a 41 x 41 grid takes a fraction of a second.
     """
-    import itertools
-
     n_thr = len(predictions) - 1
     grid = list(grid)
     combos = grid if grid and isinstance(grid[0], (tuple, list)) else list(itertools.product(grid, repeat=n_thr))
@@ -731,416 +714,3 @@ def fit_router(features, small_correct, *, weight_decay: float = 1e-3, max_iter:
 
     opt.step(closure)
     return Router(mean, std, w.detach().numpy(), float(b.detach()))
-
-
-# =========================================================================== speculative decoding
-
-
-def rollback(cache: list, pos: int) -> None:
-    """Forget every cached position from ``pos`` on, in every layer's cache.
-
-    A ``KVCache`` keeps keys and values in preallocated tensors and attends to
-    ``[:pos]`` only, so moving ``pos`` back *is* the rollback: the stale entries beyond it
-    are never read and are overwritten by the next ``update``.
-    """
-    if not isinstance(pos, int) or pos < 0:
-        raise ValueError(f"pos must be an int >= 0, got {pos!r}")
-    for c in cache:
-        if not hasattr(c, "pos"):
-            raise TypeError(f"cache entries must have a `pos` field (KVCache), got {type(c).__name__}")
-        if pos > c.pos:
-            raise ValueError(f"cannot roll a cache at position {c.pos} forward to {pos}")
-        c.pos = pos
-
-
-def token_probs(logits, *, temperature: float = 1.0, top_k: int | None = None):
-    """The distribution ``model.sample_next`` samples from: softmax(logits / T), restricted to
-    the ``top_k`` largest logits when given. logits (..., V) -> probabilities (..., V)."""
-    if not temperature > 0:
-        raise ValueError(f"temperature must be > 0 for sampling, got {temperature!r}")
-    z = logits.float() / temperature
-    if top_k is not None and top_k < z.size(-1):
-        kth = torch.topk(z, top_k, dim=-1).values[..., -1:]
-        z = z.masked_fill(z < kth, float("-inf"))
-    return torch.softmax(z, dim=-1)
-
-
-def verify(p, q, drafted, *, generator=None) -> tuple[int, int]:
-    r"""Speculative sampling's accept/reject step (Leviathan et al. 2023, Chen et al. 2023).
-
-    ``p`` (k+1, V): the target's distributions after the prefix and after each drafted
-    token; ``q`` (k, V): the draft's distributions the ``drafted`` tokens (k,) were
-    sampled from. Token :math:`x_i` is accepted with probability
-    :math:`\min(1, p_i(x_i)/q_i(x_i))`; at the first rejection the next token is drawn from
-    the residual :math:`\mathrm{norm}(\max(0, p_i - q_i))`; if all :math:`k` pass, a bonus
-    token comes from :math:`p_k`. The emitted token is then distributed exactly as
-    :math:`p_i` — whatever :math:`q` is. Returns (number accepted, the next token).
-    """
-    k = len(drafted)
-    if p.shape[0] != k + 1 or q.shape[0] != k or (k and p.shape[1] != q.shape[1]):
-        raise ValueError(
-            f"p must be (k+1, V) and q (k, V) for k = {k} drafted tokens, got {tuple(p.shape)}, {tuple(q.shape)}"
-        )
-    n = 0
-    if k:
-        x = torch.as_tensor(drafted, device=p.device)
-        rows = torch.arange(k, device=p.device)
-        u = torch.rand(k, generator=generator, device=p.device)
-        ok = u * q[rows, x] < p[rows, x]  # u < p/q without dividing by a tiny q
-        n = k if bool(ok.all()) else int((~ok).int().argmax())
-    if n == k:
-        dist = p[k]
-    else:
-        residual = (p[n] - q[n]).clamp(min=0)
-        dist = residual if residual.sum() > 0 else p[n]
-    return n, int(torch.multinomial(dist / dist.sum(), 1, generator=generator))
-
-
-def verify_greedy(target_logits, drafted) -> tuple[int, int]:
-    """Greedy verification: keep drafted tokens while they equal the target's argmax, then
-    emit the target's own argmax. target_logits (k+1, V). Returns (number accepted, next token)."""
-    best = target_logits.argmax(-1).tolist()  # (k+1,)
-    n = 0
-    while n < len(drafted) and drafted[n] == best[n]:
-        n += 1
-    return n, best[n]
-
-
-@dataclass
-class SpeculativeStats:
-    """What one speculative generation did."""
-
-    k: int
-    rounds: int = 0
-    drafted: int = 0
-    accepted: int = 0
-    emitted: int = 0
-    accepted_per_round: list[int] = field(default_factory=list)
-
-    @property
-    def acceptance_rate(self) -> float:
-        """Fraction of drafted tokens the target kept."""
-        return self.accepted / self.drafted if self.drafted else float("nan")
-
-    @property
-    def tokens_per_round(self) -> float:
-        """Tokens emitted per target forward pass (1 for plain decoding)."""
-        return self.emitted / self.rounds if self.rounds else float("nan")
-
-
-def _check_pair(target, draft) -> None:
-    for name, m in (("target", target), ("draft", draft)):
-        if not (hasattr(m, "config") and hasattr(m, "new_cache")):
-            raise TypeError(f"{name} must be a TinyLM-like model (config, new_cache, forward(idx, cache=))")
-    if target.config.vocab_size != draft.config.vocab_size:
-        raise ValueError(
-            f"draft and target must share a vocabulary: draft vocab_size = {draft.config.vocab_size}, "
-            f"target vocab_size = {target.config.vocab_size}"
-        )
-
-
-@torch.no_grad()
-def speculative_generate(
-    target,
-    draft,
-    idx,
-    max_new_tokens: int,
-    *,
-    k: int = 4,
-    temperature: float = 0.0,
-    top_k: int | None = None,
-    generator=None,
-):
-    r"""Continue ``idx`` (1, T) by ``max_new_tokens`` tokens with speculative decoding.
-
-    Each round the draft proposes :math:`k` tokens (its KV cache advancing one position at
-    a time), the target runs **one** forward pass over the last emitted token and the
-    :math:`k` proposals, :func:`verify` (or :func:`verify_greedy` at ``temperature = 0``)
-    keeps :math:`n \le k` of them and adds one token of the target's own, and both caches
-    are rolled back to the accepted length. Invariant: each cache holds every token of the
-    sequence except the last; whatever a cache lacks is fed at the start of the next round.
-
-    Greedy output equals ``target.generate(idx, max_new_tokens)``; sampled output is
-    distributed as the target's sampling with the same ``temperature`` and ``top_k``.
-    Returns ``(tokens (1, T + max_new_tokens), SpeculativeStats)``.
-    """
-    _check_pair(target, draft)
-    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-        raise ValueError(f"k (draft length) must be an int >= 1, got {k!r}")
-    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 0:
-        raise ValueError(f"max_new_tokens must be an int >= 0, got {max_new_tokens!r}")
-    if temperature < 0:
-        raise ValueError(f"temperature must be >= 0, got {temperature!r}")
-    if top_k is not None and (not isinstance(top_k, int) or top_k < 1):
-        raise ValueError(f"top_k must be None or an int >= 1, got {top_k!r}")
-    if not torch.is_tensor(idx) or idx.dim() != 2 or idx.shape[0] != 1 or idx.shape[1] < 1:
-        raise ValueError(f"idx must be a (1, T) tensor of token ids with T >= 1, got {getattr(idx, 'shape', idx)!r}")
-    goal = idx.shape[1] + max_new_tokens
-    limit = min(target.config.max_seq_len, draft.config.max_seq_len)
-    if goal > limit:
-        raise ValueError(f"prompt + max_new_tokens = {goal} exceeds max_seq_len = {limit}")
-    device = target.embed.weight.device
-    tokens = idx[0].tolist()
-    stats = SpeculativeStats(k)
-    t_cache, d_cache = target.new_cache(1, goal), draft.new_cache(1, goal)
-    greedy = temperature == 0
-    while len(tokens) < goal:
-        kk = min(k, goal - len(tokens) - 1)  # never draft past the end
-        drafted, q_rows = [], []
-        feed = tokens[d_cache[0].pos :]  # what the draft's cache lacks (>= 1 token)
-        for _ in range(kk):
-            logits = draft(torch.tensor([feed], device=device), cache=d_cache)[0, -1]  # (V,)
-            if greedy:
-                x = int(logits.argmax())
-            else:
-                q = token_probs(logits, temperature=temperature, top_k=top_k)
-                x = int(torch.multinomial(q, 1, generator=generator))
-                q_rows.append(q)
-            drafted.append(x)
-            feed = [x]
-        feed = tokens[t_cache[0].pos :] + drafted
-        logits = target(torch.tensor([feed], device=device), cache=t_cache)[0, -(kk + 1) :]  # (kk+1, V)
-        if greedy:
-            n, nxt = verify_greedy(logits, drafted)
-        else:
-            p = token_probs(logits, temperature=temperature, top_k=top_k)
-            q = torch.stack(q_rows) if q_rows else p[:0]
-            n, nxt = verify(p, q, drafted, generator=generator)
-        tokens += drafted[:n] + [nxt]
-        rollback(t_cache, len(tokens) - 1)
-        rollback(d_cache, min(d_cache[0].pos, len(tokens) - 1))
-        stats.rounds += 1
-        stats.drafted += kk
-        stats.accepted += n
-        stats.emitted += n + 1
-        stats.accepted_per_round.append(n)
-    return torch.tensor([tokens], device=idx.device), stats
-
-
-def expected_tokens_per_round(alpha: float, k: int) -> float:
-    r"""Tokens per target pass when each draft token is accepted with probability
-    :math:`\alpha` independently: :math:`\frac{1 - \alpha^{k+1}}{1 - \alpha}` (Leviathan et al. 2023, eq. 1)."""
-    if not 0 <= alpha <= 1:
-        raise ValueError(f"alpha must be in [0, 1], got {alpha!r}")
-    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-        raise ValueError(f"k must be an int >= 1, got {k!r}")
-    return float(k + 1) if alpha == 1 else (1 - alpha ** (k + 1)) / (1 - alpha)
-
-
-def expected_speedup(alpha: float, k: int, cost_ratio: float, *, verify_cost: float = 1.0) -> float:
-    r"""Predicted speed-up over plain decoding: :math:`\frac{1 - \alpha^{k+1}}{(1 - \alpha)(k c + v)}`,
-    where :math:`c` = draft step time / target step time and :math:`v` = the target's
-    :math:`k{+}1`-token verify pass / its 1-token step (1 when it is memory- or overhead-bound)."""
-    if cost_ratio < 0 or verify_cost <= 0:
-        raise ValueError(f"cost_ratio must be >= 0 and verify_cost > 0, got {cost_ratio!r}, {verify_cost!r}")
-    return expected_tokens_per_round(alpha, k) / (k * cost_ratio + verify_cost)
-
-
-def acceptance_probability(p, q) -> float:
-    r"""Probability that one token drafted from :math:`q` is accepted when the target's
-    distribution is :math:`p`: :math:`\beta = \sum_x q(x)\min(1, p(x)/q(x)) = \sum_x \min(p(x), q(x))`,
-    i.e. one minus the total-variation distance (Leviathan et al. 2023, section 3.5)."""
-    p, q = torch.as_tensor(p, dtype=torch.float64), torch.as_tensor(q, dtype=torch.float64)
-    if p.shape != q.shape or p.ndim != 1:
-        raise ValueError(f"p and q must be 1-D distributions of the same size, got {tuple(p.shape)}, {tuple(q.shape)}")
-    return float(torch.minimum(p, q).sum())
-
-
-def step_costs(target, draft, *, context: int = 32, k: int = 4, warmup: int = 2, repeats: int = 7) -> dict:
-    """Measured ingredients of :func:`expected_speedup`, interleaved, batch 1, after ``context``
-    cached tokens: ``c`` = draft 1-token step / target 1-token step, ``v`` = target
-    (k+1)-token verify pass / target 1-token step, and ``c_flops``, the same ratio counted in FLOPs."""
-    from course_lib import measure
-
-    _check_pair(target, draft)
-    gen = torch.Generator().manual_seed(0)
-    dev = target.embed.weight.device
-    prompt = torch.randint(0, target.config.vocab_size, (1, context), generator=gen).to(dev)
-    step = torch.randint(0, target.config.vocab_size, (1, k + 1), generator=gen).to(dev)
-
-    def variant(model, n):
-        @torch.no_grad()
-        def setup():
-            cache = model.new_cache(1, context + k + 1)
-            model(prompt, cache=cache)
-            return cache
-
-        @torch.no_grad()
-        def run(cache):
-            model(step[:, :n], cache=cache)
-
-        return setup, run
-
-    t = measure.interleaved(
-        {"target": variant(target, 1), "draft": variant(draft, 1), "verify": variant(target, k + 1)},
-        warmup=warmup,
-        repeats=repeats,
-    )
-    base = t["target"].median
-    flops = draft.flops_per_token(context + 1)["total"] / target.flops_per_token(context + 1)["total"]
-    return {
-        "c": t["draft"].median / base,
-        "v": t["verify"].median / base,
-        "c_flops": flops,
-        "target_step_s": base,
-        "draft_step_s": t["draft"].median,
-    }
-
-
-def speculative_benchmark(
-    target,
-    draft,
-    prompts: Sequence,
-    *,
-    ks: Sequence[int] = (1, 2, 4),
-    new_tokens: int = 48,
-    warmup: int = 1,
-    repeats: int = 3,
-) -> list[dict]:
-    """Greedy speculative decoding against ``target.generate``, side by side.
-
-    For each draft length ``k``: the acceptance rate and tokens per target pass over all
-    ``prompts`` (each (1, T)), whether every output equals the target's own greedy output,
-    and the speed-up, timed interleaved (each timed call decodes every prompt).
-    Returns one row per variant, the plain target first.
-    """
-    from course_lib import measure
-
-    if not prompts:
-        raise ValueError("prompts must not be empty")
-    reference = [target.generate(p, new_tokens) for p in prompts]
-    rows = [{"variant": "target alone", "k": 0, "acceptance": float("nan"), "tokens_per_pass": 1.0, "identical": True}]
-    for k in ks:
-        outs = [speculative_generate(target, draft, p, new_tokens, k=k) for p in prompts]
-        acc = sum(s.accepted for _, s in outs) / sum(s.drafted for _, s in outs)
-        rounds = sum(s.rounds for _, s in outs)
-        rows.append(
-            {
-                "variant": f"speculative k={k}",
-                "k": k,
-                "acceptance": acc,
-                "tokens_per_pass": len(prompts) * new_tokens / rounds,
-                "identical": all(torch.equal(o, r) for (o, _), r in zip(outs, reference)),
-            }
-        )
-    fns = {"target alone": lambda: [target.generate(p, new_tokens) for p in prompts]}
-    for k in ks:
-        fns[f"speculative k={k}"] = lambda k=k: [
-            speculative_generate(target, draft, p, new_tokens, k=k) for p in prompts
-        ]
-    t = measure.interleaved(fns, warmup=warmup, repeats=repeats)
-    n_tokens = len(prompts) * new_tokens
-    for r in rows:
-        r["tokens_per_s"] = n_tokens / t[r["variant"]].median
-        r["speedup"] = t["target alone"].median / t[r["variant"]].median
-    return rows
-
-
-# =========================================================================== build
-
-#: the precomputed logits: name -> what the model reads
-PRECOMPUTED = {"mini32": MINI_TOKENS, "minilm": 256}
-
-
-def logits_path():
-    from course_lib.paths import ZOO_DIR
-
-    return ZOO_DIR / "cascade_logits.safetensors"
-
-
-def mini32_embeddings(*, batch_size: int = 64) -> torch.Tensor:
-    """(N, 384) MiniLM embeddings of the first :data:`MINI_TOKENS` tokens of every extract.
-
-    About 10 k forward passes (minutes on 2 cores), so they are cached in the user cache
-    (``course_lib.paths.cache_dir``), keyed by the corpus hash; a miss recomputes them.
-    """
-    import io
-
-    from course_lib import data, encoder
-    from course_lib.paths import atomic_write_bytes, cache_dir
-
-    path = cache_dir("cascade") / f"mini{MINI_TOKENS}-{data.CORPUS_SHA256[:16]}.pt"
-    if path.is_file():
-        return torch.load(path, weights_only=True)
-    emb = encoder.embed(topic_task().texts, batch_size=batch_size, max_length=MINI_TOKENS)
-    buf = io.BytesIO()
-    torch.save(emb, buf)
-    atomic_write_bytes(path, buf.getvalue())
-    return emb
-
-
-def build() -> dict:
-    """Fit the linear heads of the two MiniLM models (:func:`head_predictions`: out-of-fold
-    on training rows, a head fit on all training rows for held-out rows) and store their
-    (N, 12) logits, row-max subtracted, as float16 (~0.5 MB for both).
-
-    ``minilm`` reads the cached full-length embeddings (``encoder.corpus_embeddings``);
-    ``mini32`` embeds the first 32 tokens (:func:`mini32_embeddings`). The embeddings
-    themselves (3.9 MB each as int8) would not fit the chapter's 1 MB budget.
-    """
-    import hashlib
-
-    from course_lib import data, encoder
-    from course_lib.paths import atomic_write_bytes, safetensors_bytes
-
-    task = topic_task()
-    t0 = time.perf_counter()
-    features = {"mini32": mini32_embeddings(), "minilm": encoder.corpus_embeddings("extract")}
-    tensors, meta = {}, {}
-    for name, x in features.items():
-        z = head_predictions(x, task)
-        tensors[name] = torch.from_numpy(z - z.max(1, keepdims=True)).to(torch.float16)
-        heldout = task.heldout
-        meta[f"{name}_heldout_accuracy"] = f"{(z[heldout].argmax(1) == task.labels[heldout]).mean():.4f}"
-    meta.update(
-        {
-            "what": "logits (row max subtracted) of linear heads on all-MiniLM-L6-v2 embeddings of each extract, "
-            "truncated to 32 (mini32) or 256 (minilm) tokens; training rows out-of-fold (5 folds, seed 0), "
-            "held-out rows from a head fit on all training rows",
-            "n": str(len(task.texts)),
-            "weight_decay": str(HEAD_WEIGHT_DECAY),
-            "corpus_sha256": data.CORPUS_SHA256,
-            "seconds": f"{time.perf_counter() - t0:.1f}",
-            "command": "python -m course_lib.cascade build",
-        }
-    )
-    blob = safetensors_bytes(tensors, meta)
-    atomic_write_bytes(logits_path(), blob)
-    meta["sha256"] = hashlib.sha256(blob).hexdigest()
-    meta["bytes"] = str(len(blob))
-    return meta
-
-
-def precomputed_logits(name: str) -> np.ndarray:
-    """(N, 12) logits of ``mini32`` or ``minilm`` (row i = ``data.load_articles()[i]``),
-    laid out like :func:`head_predictions` returns them."""
-    from safetensors import safe_open
-
-    from course_lib import data
-
-    if name not in PRECOMPUTED:
-        raise ValueError(f"name must be one of {sorted(PRECOMPUTED)}, got {name!r}")
-    path = logits_path()
-    if not path.is_file():
-        raise FileNotFoundError(f"no {path.name}; build it with:  python -m course_lib.cascade build")
-    with safe_open(str(path), framework="pt") as f:
-        meta = f.metadata()
-        logits = f.get_tensor(name)
-    if meta.get("corpus_sha256") != data.CORPUS_SHA256 or int(meta["n"]) != len(data.load_articles()):
-        raise ValueError(f"{path} was built for another corpus; rebuild with  python -m course_lib.cascade build")
-    return logits.double().numpy()
-
-
-def main(argv=None) -> int:
-    import json
-
-    argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] != ["build"]:
-        print("usage: python -m course_lib.cascade build", file=sys.stderr)
-        return 2
-    print(json.dumps(build()))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

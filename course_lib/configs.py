@@ -31,6 +31,8 @@ from __future__ import annotations
 import copy
 import math
 
+from course_lib.checks import check_bool, check_choice, check_int, check_keys, check_type
+
 __all__ = [
     "MODELS",
     "DTYPE_BYTES",
@@ -209,18 +211,13 @@ def names() -> list[str]:
 
 def get(name: str) -> dict:
     """A deep copy of the published config ``name`` (so callers may edit it freely)."""
-    if not isinstance(name, str):
-        raise TypeError(f"name must be a str, got {type(name).__name__}")
-    if name not in MODELS:
-        raise ValueError(f"unknown model {name!r}; known models: {', '.join(names())}")
-    return copy.deepcopy(MODELS[name])
+    check_type("name", name, str)
+    return copy.deepcopy(MODELS[check_choice("name", name, names())])
 
 
 def dtype_bytes(dtype: str) -> float:
     """Bytes per value of ``dtype`` (one of :data:`DTYPE_BYTES`; int4 is 0.5)."""
-    if dtype not in DTYPE_BYTES:
-        raise ValueError(f"dtype must be one of {sorted(DTYPE_BYTES)}, got {dtype!r}")
-    return DTYPE_BYTES[dtype]
+    return DTYPE_BYTES[check_choice("dtype", dtype, sorted(DTYPE_BYTES))]
 
 
 # --------------------------------------------------------------------------- validation
@@ -231,18 +228,12 @@ def _int(config: dict, key: str, *, default=None, minimum: int = 1) -> int:
         if default is None:
             raise ValueError(f"config is missing required key {key!r}")
         return default
-    value = config[key]
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ValueError(f"config[{key!r}] must be an int, got {value!r}")
-    if value < minimum:
-        raise ValueError(f"config[{key!r}] must be >= {minimum}, got {value}")
-    return value
+    return check_int(f"config[{key!r}]", config[key], min=minimum)
 
 
 def _dims(config: dict) -> dict:
     """Validated dimensions and layout of ``config`` (HF defaults for optional keys)."""
-    if not isinstance(config, dict):
-        raise TypeError(f"config must be a dict (Hugging Face style), got {type(config).__name__}")
+    check_type("config", config, dict, what="a dict (Hugging Face style)")
     d = {k: _int(config, k) for k in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers")}
     d["num_attention_heads"] = heads = _int(config, "num_attention_heads")
     d["num_key_value_heads"] = _int(config, "num_key_value_heads", default=heads)
@@ -258,23 +249,17 @@ def _dims(config: dict) -> dict:
         )
     else:
         d["head_dim"] = d["hidden_size"] // heads
-    tie = config.get("tie_word_embeddings", False)  # LlamaConfig's default
-    if not isinstance(tie, bool):
-        raise ValueError(f"config['tie_word_embeddings'] must be a bool, got {tie!r}")
-    d["tie_word_embeddings"] = tie
+    d["tie_word_embeddings"] = check_bool(
+        "config['tie_word_embeddings']",
+        config.get("tie_word_embeddings", False),  # LlamaConfig's default
+    )
     d["num_local_experts"] = experts = _int(config, "num_local_experts", default=1)
     if experts > 1 and "num_experts_per_tok" not in config:
         raise ValueError("config has num_local_experts > 1 but is missing required key 'num_experts_per_tok'")
     d["num_experts_per_tok"] = k = _int(config, "num_experts_per_tok", default=1)
     if k > experts:
         raise ValueError(f"num_experts_per_tok ({k}) must be <= num_local_experts ({experts})")
-    arch = config.get("architecture") or {}
-    if not isinstance(arch, dict):
-        raise ValueError(f"config['architecture'] must be a dict, got {arch!r}")
-    unknown = set(arch) - set(_ARCH_DEFAULTS)
-    if unknown:
-        raise ValueError(f"unknown architecture keys {sorted(unknown)}; allowed: {sorted(_ARCH_DEFAULTS)}")
-    arch = {**_ARCH_DEFAULTS, **arch}
+    arch = {**_ARCH_DEFAULTS, **check_keys("config['architecture']", config.get("architecture") or {}, _ARCH_DEFAULTS)}
     arch["expert_mlp"] = arch["expert_mlp"] or arch["mlp"]
     for key, allowed in (
         ("mlp", ("gated", "plain")),
@@ -282,12 +267,9 @@ def _dims(config: dict) -> dict:
         ("norm", ("rmsnorm", "layernorm")),
         ("position", ("rope", "learned")),
     ):
-        if arch[key] not in allowed:
-            raise ValueError(f"architecture[{key!r}] must be one of {allowed}, got {arch[key]!r}")
-    if not isinstance(arch["linear_bias"], bool):
-        raise ValueError(f"architecture['linear_bias'] must be a bool, got {arch['linear_bias']!r}")
-    if isinstance(arch["moe_every"], bool) or not isinstance(arch["moe_every"], int) or arch["moe_every"] < 1:
-        raise ValueError(f"architecture['moe_every'] must be an int >= 1, got {arch['moe_every']!r}")
+        check_choice(f"architecture[{key!r}]", arch[key], allowed)
+    check_bool("architecture['linear_bias']", arch["linear_bias"])
+    check_int("architecture['moe_every']", arch["moe_every"], min=1)
     if arch["position"] == "learned":
         d["max_position_embeddings"] = _int(config, "max_position_embeddings")
     d["arch"] = arch
@@ -389,8 +371,7 @@ def weight_bytes(config: dict, dtype: str = "fp16", *, group_size: int | None = 
         return stored
     if dtype not in ("int8", "int4"):
         raise ValueError(f"group_size only applies to int8/int4, got dtype={dtype!r}")
-    if isinstance(group_size, bool) or not isinstance(group_size, int) or group_size < 1:
-        raise ValueError(f"group_size must be an int >= 1, got {group_size!r}")
+    check_int("group_size", group_size, min=1)
     scales = sum(n * rows * math.ceil(cols / group_size) for n, rows, cols in _matrix_rows_cols(config))
     return stored + 2 * scales
 
@@ -405,9 +386,9 @@ def kv_cache_bytes(
     the default counts every position, as a plain (Hugging Face default) cache does.
     """
     c = _dims(config)
-    for name, value in (("seq_len", seq_len), ("batch_size", batch_size)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+    check_int("seq_len", seq_len, min=1)
+    check_int("batch_size", batch_size, min=1)
+    check_bool("rolling_buffer", rolling_buffer)
     positions = seq_len
     window = config.get("sliding_window")
     if rolling_buffer and window:
@@ -420,8 +401,7 @@ def from_model_config(config) -> dict:
     """The Hugging Face-style dict of a course :class:`~course_lib.model.ModelConfig` (dense SwiGLU)."""
     from course_lib.model import ModelConfig
 
-    if not isinstance(config, ModelConfig):
-        raise TypeError(f"config must be a ModelConfig, got {type(config).__name__}")
+    check_type("config", config, ModelConfig)
     if config.mlp != "swiglu":
         raise ValueError(f"from_model_config handles the dense SwiGLU patient only, got mlp={config.mlp!r}")
     return {

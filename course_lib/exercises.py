@@ -19,6 +19,8 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from course_lib.checks import check_callable
+
 
 class ExerciseFailed(AssertionError):
     """The reader's function disagrees with the reference on a case."""
@@ -61,8 +63,7 @@ def _close(a, b, rel: float) -> bool:
 
 def run_cases(exercise: str, fn: Callable, cases: list[tuple[dict, object]], *, rel: float = 1e-6) -> CheckResult:
     """Call ``fn(**kwargs)`` for each ``(kwargs, expected)``; see the module doc for outcomes."""
-    if not callable(fn):
-        raise TypeError(f"{exercise}: pass your function itself (not its result), got {type(fn).__name__}")
+    check_callable(f"{exercise}: your answer (pass the function itself, not its result)", fn)
     for kwargs, expected in cases:
         try:
             got = fn(**kwargs)
@@ -127,10 +128,7 @@ def check_compute_optimal(fn: Callable) -> CheckResult:
 
     from course_lib import scaling
 
-    if not callable(fn):
-        raise TypeError(
-            f"00 · compute-optimal split: pass your function itself (not its result), got {type(fn).__name__}"
-        )
+    check_callable("00 · compute-optimal split: your answer (pass the function itself, not its result)", fn)
 
     def as_pair(**kwargs):
         return torch.tensor([float(v) for v in fn(**kwargs)], dtype=torch.float64)
@@ -412,17 +410,17 @@ def check_expected_calibration_error(fn: Callable) -> CheckResult:
 def check_acceptance_probability(fn: Callable) -> CheckResult:
     """10 — ``fn(p, q) -> float``: probability that a token drafted from ``q`` passes speculative sampling against ``p``.
 
-    Reference: :func:`course_lib.cascade.acceptance_probability`, :math:`\\sum_x \\min(p(x), q(x))`.
+    Reference: :func:`course_lib.speculative.acceptance_probability`, :math:`\\sum_x \\min(p(x), q(x))`.
     """
     import numpy as np
 
-    from course_lib import cascade
+    from course_lib import speculative
 
     cases = []
     for seed, v, conc in [(0, 5, 1.0), (1, 50, 0.3), (2, 2, 5.0)]:
         rng = np.random.default_rng(seed)
         p, q = rng.dirichlet(np.ones(v) * conc), rng.dirichlet(np.ones(v) * conc)
-        cases.append((dict(p=p, q=q), cascade.acceptance_probability(p, q)))
+        cases.append((dict(p=p, q=q), speculative.acceptance_probability(p, q)))
     same = np.full(8, 1 / 8)
     cases += [(dict(p=same, q=same), 1.0), (dict(p=np.array([1.0, 0.0]), q=np.array([0.0, 1.0])), 0.0)]
     return run_cases("10 · acceptance probability", fn, cases, rel=1e-9)
@@ -482,3 +480,81 @@ def check_ridge_batch(fn: Callable) -> CheckResult:
     ]
     cases.append((dict(k=64, n=64, peak_flops=1e15, bandwidth=1e9, bytes_per_element=4), None))  # never compute-bound
     return run_cases("11 · smallest compute-bound batch", fn, cases)
+
+
+# ---------------------------------------------------------------- chapter 12: case studies
+
+
+def _c12_number(exercise: str, fn: Callable) -> Callable:
+    """Wrap a learner's function for chapter 12's checkers: a clear message for a missing
+    ``return``, a non-number, or an exception raised inside it (``NotImplementedError`` passes
+    through, so the stub reads *not attempted yet*)."""
+
+    def call(**kwargs):
+        try:
+            got = fn(**kwargs)
+        except NotImplementedError:
+            raise
+        except Exception as e:  # the learner's own error, shown as the checker's message
+            raise ExerciseFailed(f"{exercise}: for {kwargs} your function raised {type(e).__name__}: {e}") from e
+        if got is None:
+            raise ExerciseFailed(f"{exercise}: your function returned None — did you forget `return`?")
+        if isinstance(got, bool) or not isinstance(got, (int, float)) or not math.isfinite(got):
+            raise ExerciseFailed(f"{exercise}: for {kwargs} expected a finite number, got {got!r}")
+        return float(got)
+
+    return call
+
+
+def check_p_all_experts(fn: Callable) -> CheckResult:
+    """12 — ``fn(n_experts, top_k, batch_size)``: probability that ``batch_size`` tokens, each choosing
+    ``top_k`` distinct experts uniformly, together touch every expert.
+
+    Reference: exact enumeration of every batch for the small cases (each token's choice is one
+    of C(E, k) equally likely sets), and the inclusion–exclusion sum for the larger ones,
+    which the enumeration confirms where both run.
+    """
+    import itertools
+    from math import comb
+
+    def enumerate_exact(e, k, b):
+        sets = list(itertools.combinations(range(e), k))
+        hit = sum(1 for batch in itertools.product(sets, repeat=b) if len(set().union(*batch)) == e)
+        return hit / len(sets) ** b
+
+    def inclusion_exclusion(e, k, b):
+        return sum((-1) ** j * comb(e, j) * (comb(e - j, k) / comb(e, k)) ** b for j in range(e + 1))
+
+    small = [(2, 1, 1), (2, 1, 3), (4, 2, 2), (4, 1, 4), (5, 2, 3), (3, 3, 1), (6, 2, 4)]
+    for e, k, b in small:  # the reference checked against brute force
+        assert abs(enumerate_exact(e, k, b) - inclusion_exclusion(e, k, b)) < 1e-12
+    cases = [(dict(n_experts=e, top_k=k, batch_size=b), enumerate_exact(e, k, b)) for e, k, b in small]
+    cases += [
+        (dict(n_experts=e, top_k=k, batch_size=b), inclusion_exclusion(e, k, b))
+        for e, k, b in [(8, 2, 1), (8, 2, 4), (8, 2, 8), (8, 2, 32), (64, 2, 64), (64, 2, 512), (16, 4, 10)]
+    ]
+    return run_cases(
+        "12 · probability a batch reads every expert", _c12_number("12 · every expert", fn), cases, rel=1e-9
+    )
+
+
+def check_speedup_ceiling(fn: Callable) -> CheckResult:
+    """12 — ``fn(fast, slow, batch_size)``: the most a decode step of ``fast`` can beat ``slow`` on equal
+    hardware: max(weight bytes per step ratio (bf16, uniform routing, no KV cache), active-parameter ratio).
+
+    Reference: :func:`course_lib.cases.step_bytes` and :func:`course_lib.configs.count_params`.
+    """
+    from course_lib import cases as case_studies
+    from course_lib import configs
+
+    def reference(fast, slow, b):
+        w = [case_studies.step_bytes(c, dtype="bf16", batch_size=b)["weights"] for c in (fast, slow)]
+        return max(w[1] / w[0], configs.count_params(slow)[1] / configs.count_params(fast)[1])
+
+    pairs = [("mixtral-8x7b", "llama-2-70b"), ("glam-1.2t", "gpt-3-175b"), ("phi-3-mini", "llama-2-7b")]
+    cases = []
+    for fast, slow in pairs:
+        for b in (1, 3, 8, 64):
+            f, s = case_studies.config(fast), case_studies.config(slow)
+            cases.append((dict(fast=f, slow=s, batch_size=b), reference(f, s, b)))
+    return run_cases("12 · speed-up ceiling", _c12_number("12 · speed-up ceiling", fn), cases, rel=1e-9)

@@ -150,7 +150,9 @@ def isa_summary(fp: dict) -> str:
         parts.append("BF16")
     if isa & {"amx_bf16", "amx_int8"}:
         parts.append("AMX")
-    return " + ".join(parts) if len(parts) > 1 else f"{parts[0]} only"
+    if len(parts) > 1:
+        return " + ".join(parts)
+    return "no AVX2" if parts[0] == "no AVX2" else f"{parts[0]} only"
 
 
 def machine_line(fp: dict | None = None) -> str:

@@ -28,6 +28,9 @@ This module measures both roofs live on the reader's machine — nothing is type
 * :func:`batch_sweep` — latency vs throughput of prefill and decode across batch sizes;
 * :func:`footprint` / :func:`edge_fit` — weights + KV cache + activations of real models
   (through :mod:`course_lib.configs`), and which fit in 1, 4 or 8 GiB at which precision;
+* :func:`wait_policy_experiment` — a small multi-threaded matmul loop under
+  ``OMP_WAIT_POLICY=ACTIVE`` (threads spin) and ``PASSIVE`` (threads sleep), on the machine
+  as it is and beside one busy process per core: why the course does not let threads spin;
 * :func:`decode_bound` — decoding one token must read every active weight once, so
   :math:`\text{tokens/s} \le B \cdot \text{batch} / \text{bytes per step}`.
 
@@ -39,11 +42,14 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import math
 import os
-import platform
+import queue
+import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -52,7 +58,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from course_lib import configs, measure
+from course_lib import configs, fingerprint, measure
+from course_lib.checks import check_callable, check_choice, check_float, check_int, check_type
 
 # --------------------------------------------------------------------------- dtypes
 
@@ -83,9 +90,8 @@ def bytes_per_element(dtype) -> float:
 
 
 def _pos_int(name: str, value) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be an int >= 1, got {value!r}")
-    return value
+    """A count: an int >= 1 (:func:`course_lib.checks.check_int`)."""
+    return check_int(name, value, min=1)
 
 
 def _device(device) -> torch.device:
@@ -99,45 +105,23 @@ def _device(device) -> torch.device:
 
 # --------------------------------------------------------------------------- the machine
 
-_ISA_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_bf16", "amx_int8")
-
 
 def llc_bytes() -> int | None:
-    """Size of the last-level (L3) cache of CPU 0 in bytes, from sysfs; None where unknown."""
-    base = Path("/sys/devices/system/cpu/cpu0/cache")
-    best = None
-    for idx in sorted(base.glob("index*")) if base.is_dir() else []:
-        try:
-            level = int((idx / "level").read_text())
-            text = (idx / "size").read_text().strip().upper()
-        except (OSError, ValueError):
-            continue
-        scale = {"K": 1024, "M": 1024**2, "G": 1024**3}.get(text[-1:], 1)
-        size = int(text.rstrip("KMG")) * scale
-        if best is None or level > best[0]:
-            best = (level, size)
-    return None if best is None else best[1]
+    """Size of the last-level cache of CPU 0 in bytes (course_lib.fingerprint); None where unknown."""
+    caches = fingerprint.cache_bytes()
+    return caches[max(caches)] if caches else None
 
 
 def cpu_info() -> dict:
     """What decides this CPU's roofs: model, cores, torch's vector ISA, matmul-relevant flags, L3."""
-    model, flags = platform.processor() or platform.machine(), set()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name") and model in ("", platform.machine(), platform.processor()):
-                model = line.split(":", 1)[1].strip()
-            elif line.startswith("flags"):
-                flags = set(line.split(":", 1)[1].split())
-                break
-    except OSError:
-        pass
+    fp = fingerprint.machine()
     llc = llc_bytes()
     return {
-        "cpu": model,
-        "logical cpus": os.cpu_count(),
-        "torch threads": torch.get_num_threads(),
-        "torch vector ISA": torch.backends.cpu.get_cpu_capability(),
-        "matmul ISA flags": ", ".join(f for f in _ISA_FLAGS if f in flags) or "unknown",
+        "cpu": fp["cpu"],
+        "logical cpus": fp["logical_cpus"],
+        "torch threads": fp["torch_threads"],
+        "torch vector ISA": fp["torch_isa"],
+        "matmul ISA flags": ", ".join(fp["isa"]) or "unknown",
         "L3 cache (MiB)": None if llc is None else llc / 2**20,
     }
 
@@ -289,8 +273,7 @@ _STREAM = {"read": (1, 0), "copy": (2, 0), "triad": (3, 2)}  # kind -> (arrays m
 
 def stream_cost(kind: str, n: int, *, dtype="fp32") -> OpCost:
     """STREAM kernels on ``n`` elements: read (``sum(b)``), copy (``a = b``), triad (``a = b + s·c``)."""
-    if kind not in _STREAM:
-        raise ValueError(f"kind must be one of {list(_STREAM)}, got {kind!r}")
+    check_choice("kind", kind, list(_STREAM))
     n = _pos_int("n", n)
     arrays, fl = _STREAM[kind]
     return OpCost(
@@ -357,14 +340,15 @@ def peak_flops(
     :math:`2n^3 / t` seen.
     """
     dt, dev = _dtype_name(dtype), _device(device)
-    if dt not in MATMUL_DTYPES:
-        raise ValueError(f"dtype must be one of {MATMUL_DTYPES}, got {dtype!r}")
+    check_choice("dtype", dt, MATMUL_DTYPES)
     max_n = max_n if max_n is not None else (8192 if dev.type == "cuda" else 2048)
     min_n, max_n = _pos_int("min_n", min_n), _pos_int("max_n", max_n)
     if min_n < 32 or min_n % 8 or max_n < min_n:
         raise ValueError(f"need 32 <= min_n <= max_n with min_n a multiple of 8, got min_n={min_n}, max_n={max_n}")
-    if not (isinstance(max_call_s, (int, float)) and isinstance(short_s, (int, float)) and 0 < short_s <= max_call_s):
-        raise ValueError(f"need 0 < short_s <= max_call_s, got short_s={short_s!r}, max_call_s={max_call_s!r}")
+    check_float("short_s", short_s, min=0, min_inclusive=False)
+    check_float("max_call_s", max_call_s, min=0, min_inclusive=False)
+    if short_s > max_call_s:
+        raise ValueError(f"short_s ({short_s}) must be <= max_call_s ({max_call_s})")
     mm, tried, n = _matmul(dt), [], min_n
     while n <= max_n:
         a, w = _square_operands(dt, n, dev)
@@ -408,8 +392,7 @@ def memory_bandwidth(
     write that misses the cache usually also reads the line first (write-allocate); like
     STREAM we do not count that, so copy and triad can read lower than a pure read.
     """
-    if kind not in _STREAM:
-        raise ValueError(f"kind must be one of {list(_STREAM)}, got {kind!r}")
+    check_choice("kind", kind, list(_STREAM))
     dev = _device(device)
     array_bytes = working_set_bytes() if array_bytes is None else _pos_int("array_bytes", array_bytes)
     n = max(1, array_bytes // 4)
@@ -432,8 +415,7 @@ class Roofline:
         if not self.peaks or not self.bandwidths:
             raise ValueError("a roofline needs at least one peak and one bandwidth")
         for label, v in {**self.peaks, **self.bandwidths}.items():
-            if not (isinstance(v, (int, float)) and math.isfinite(v) and v > 0):
-                raise ValueError(f"roof {label!r} must be a positive finite number, got {v!r}")
+            check_float(f"roof {label!r}", v, min=0, min_inclusive=False)
 
     @property
     def bandwidth(self) -> float:
@@ -452,8 +434,7 @@ class Roofline:
 
     def attainable(self, intensity: float, dtype="fp32") -> float:
         """:math:`\\min(P_{peak}, I \\cdot B)` in FLOP/s."""
-        if not (isinstance(intensity, (int, float)) and intensity > 0):
-            raise ValueError(f"intensity must be > 0, got {intensity!r}")
+        check_float("intensity", intensity, min=0, min_inclusive=False, finite=False)  # inf: no bytes moved
         return min(self.peak(dtype), intensity * self.bandwidth)
 
     def to_dict(self) -> dict:
@@ -505,10 +486,8 @@ class Placement:
 
 def place(cost: OpCost, seconds: float, roof: Roofline) -> Placement:
     """Put an op that took ``seconds`` on ``roof`` (against the ceiling of its own format)."""
-    if not isinstance(cost, OpCost):
-        raise TypeError(f"cost must be an OpCost, got {type(cost).__name__}")
-    if not (isinstance(seconds, (int, float)) and seconds > 0 and math.isfinite(seconds)):
-        raise ValueError(f"seconds must be a positive finite number, got {seconds!r}")
+    check_type("cost", cost, OpCost, what="an OpCost")
+    check_float("seconds", seconds, min=0, min_inclusive=False)
     dtype = cost.dtype if cost.dtype in roof.peaks else "fp32"
     bound = "memory" if cost.intensity * roof.bandwidth < roof.peak(dtype) else "compute"
     achieved = cost.flops / seconds
@@ -653,6 +632,193 @@ def roofline_figure(
     return fig
 
 
+# --------------------------------------------------------------------------- OpenMP wait policy
+
+#: Values of ``OMP_WAIT_POLICY`` that :func:`wait_policy_experiment` compares.
+WAIT_POLICIES = ("ACTIVE", "PASSIVE")
+
+# The child process of the experiment: plain torch (course_lib would set the policy itself),
+# one (m, k) @ (k, n) fp32 matmul loop per "run" line on stdin, one JSON line per answer.
+# The operands are created at the first run, so no OpenMP team exists before it.
+_WAIT_CHILD = r"""
+import json, sys, time
+import torch
+threads, m, k, n, iterations, warmup, max_seconds = json.loads(sys.argv[1])
+torch.set_num_threads(threads)
+print(json.dumps({"ready": True}), flush=True)
+a = w = None
+for _ in sys.stdin:
+    if a is None:
+        g = torch.Generator().manual_seed(0)
+        a, w = torch.rand(m, k, generator=g), torch.rand(k, n, generator=g)
+    t0 = time.perf_counter()
+    for _ in range(warmup):  # untimed; cut short when one matmul takes long (a spinning team under load)
+        a @ w
+        if time.perf_counter() - t0 > max_seconds / 2:
+            break
+    done, t0 = 0, time.perf_counter()
+    while done < iterations:
+        a @ w
+        done += 1
+        if time.perf_counter() - t0 > max_seconds:
+            break
+    print(json.dumps({"done": done, "seconds": time.perf_counter() - t0}), flush=True)
+"""
+
+
+def usable_cpus() -> int:
+    """CPUs this process may run on (its affinity mask where the OS exposes one)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def _line_queue(proc) -> queue.Queue:
+    """A queue fed with ``proc``'s stdout lines by a daemon thread (None at end of file)."""
+    lines: queue.Queue = queue.Queue()
+
+    def pump():
+        for line in proc.stdout:
+            lines.put(line)
+        lines.put(None)
+
+    threading.Thread(target=pump, daemon=True).start()
+    return lines
+
+
+def _answer(proc, lines: queue.Queue, timeout: float) -> dict:
+    try:
+        line = lines.get(timeout=timeout)
+    except queue.Empty:
+        raise RuntimeError(f"the wait-policy child did not answer within {timeout} s") from None
+    if line is None:
+        proc.wait()
+        raise RuntimeError(f"the wait-policy child exited ({proc.returncode}): {proc.stderr.read()[-2000:]}")
+    return json.loads(line)
+
+
+def _stop(procs) -> None:
+    for p in procs:
+        if p.poll() is None:
+            p.kill()
+    for p in procs:
+        p.wait()
+
+
+def wait_policy_experiment(
+    *,
+    policies=WAIT_POLICIES,
+    busy=(False, True),
+    threads: int = 2,
+    shape=(64, 256, 1024),
+    iterations: int = 750,
+    warmup: int = 20,
+    max_seconds: float = 1.0,
+    timeout: float = 120.0,
+) -> list[dict]:
+    """Time a small multi-threaded matmul loop under each OpenMP wait policy, idle and beside busy processes.
+
+    An OpenMP thread that reaches the end of a parallel region waits for the next one. With
+    ``OMP_WAIT_POLICY=ACTIVE`` it **spins** (keeps its core busy checking for work); with
+    ``PASSIVE`` it **sleeps** in the kernel until woken. GNU libgomp, the OpenMP runtime of
+    the PyTorch wheels, documents both (and ``GOMP_SPINCOUNT``, how long the default spins):
+    https://gcc.gnu.org/onlinedocs/libgomp/OMP_005fWAIT_005fPOLICY.html. On an idle machine
+    spinning saves the microseconds of a wake-up. When other processes want the cores, a
+    spinning thread burns the time slice that the thread it waits for (or the other
+    process) needs, and a loop of short parallel regions can slow down many times over.
+
+    For each policy a fresh ``python -c`` child (the policy is read once, when OpenMP
+    starts) runs ``iterations`` fp32 matmuls of ``shape`` = (m, k, n) on ``threads`` threads
+    after ``warmup`` untimed ones. For each entry of ``busy`` it does so on the machine as it
+    is (False) or with one ``python -c "while True: pass"`` per usable CPU started beside it
+    (True); those are killed right after the loop, and in a ``finally`` whatever happens.
+    The children start together, so their torch imports overlap, and run one at a time (each
+    exits before the next runs, so a spinning team never disturbs another's loop). A loop
+    that would take longer than ``max_seconds`` stops there and its time is extrapolated
+    from the matmuls it ran (``extrapolated``), which keeps the experiment short however
+    slow the spinning case gets.
+
+    Returns one row per (policy, busy): ``OMP_WAIT_POLICY``, ``busy processes``,
+    ``threads``, ``matmuls``, ``matmuls run``, ``seconds`` (for all ``matmuls``),
+    ``ms per matmul``, ``extrapolated``, ``load average`` (1 minute, before the loop).
+    """
+    if isinstance(policies, str) or not isinstance(policies, (tuple, list)) or not policies:
+        raise ValueError(f"policies must be a non-empty tuple of values from {WAIT_POLICIES}, got {policies!r}")
+    if any(p not in WAIT_POLICIES for p in policies) or len(set(policies)) != len(policies):
+        raise ValueError(f"policies must be distinct values from {WAIT_POLICIES}, got {policies!r}")
+    if not isinstance(busy, (tuple, list)) or not busy or any(not isinstance(b, bool) for b in busy):
+        raise ValueError(f"busy must be a non-empty tuple of bools (False: the machine as it is), got {busy!r}")
+    threads, iterations = _pos_int("threads", threads), _pos_int("iterations", iterations)
+    if isinstance(warmup, bool) or not isinstance(warmup, int) or warmup < 0:
+        raise ValueError(f"warmup must be an int >= 0, got {warmup!r}")
+    if not isinstance(shape, (tuple, list)) or len(shape) != 3:
+        raise ValueError(f"shape must be a tuple (m, k, n) of three ints >= 1, got {shape!r}")
+    m, k, n = (_pos_int("each entry of shape", v) for v in shape)
+    for name, value, hi in (("max_seconds", max_seconds, 60), ("timeout", timeout, 3600)):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= hi:
+            raise ValueError(f"{name} must be a number of seconds in (0, {hi}], got {value!r}")
+
+    args = json.dumps([threads, m, k, n, iterations, warmup, max_seconds])
+    n_busy = usable_cpus()
+    children: dict = {}
+    busy_procs: list = []
+    rows = []
+    try:
+        for policy in policies:
+            env = {**os.environ, "OMP_WAIT_POLICY": policy, "OMP_NUM_THREADS": str(threads)}
+            proc = subprocess.Popen(
+                [sys.executable, "-c", _WAIT_CHILD, args],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+                env=env,
+            )
+            children[policy] = (proc, _line_queue(proc))
+        for proc, lines in children.values():
+            _answer(proc, lines, timeout)  # {"ready": true}: torch is imported
+        for policy, (proc, lines) in children.items():
+            for b in busy:
+                if b:
+                    busy_procs = [
+                        subprocess.Popen(
+                            [sys.executable, "-c", "while True: pass"],
+                            stdin=subprocess.DEVNULL,
+                            stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL,
+                        )
+                        for _ in range(n_busy)
+                    ]
+                    time.sleep(0.1)  # let them start spinning
+                load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+                proc.stdin.write("run\n")
+                proc.stdin.flush()
+                res = _answer(proc, lines, timeout)
+                _stop(busy_procs)
+                busy_procs = []
+                per = res["seconds"] / res["done"]
+                rows.append(
+                    {
+                        "OMP_WAIT_POLICY": policy,
+                        "busy processes": n_busy if b else 0,
+                        "threads": threads,
+                        "matmuls": iterations,
+                        "matmuls run": res["done"],
+                        "seconds": per * iterations,
+                        "ms per matmul": per * 1e3,
+                        "extrapolated": res["done"] < iterations,
+                        "load average": load,
+                    }
+                )
+            proc.stdin.close()  # the child exits, and a spinning team with it
+            proc.wait(timeout=timeout)
+    finally:
+        _stop(busy_procs)
+        _stop([proc for proc, _ in children.values()])
+    return rows
+
+
 # --------------------------------------------------------------------------- profiling
 
 
@@ -760,10 +926,8 @@ def profile(
     from torch.profiler import ProfilerActivity
     from torch.profiler import profile as torch_profile
 
-    if not callable(fn):
-        raise TypeError(f"fn must be callable, got {type(fn).__name__}")
-    if isinstance(warmup, bool) or not isinstance(warmup, int) or warmup < 0:
-        raise ValueError(f"warmup must be an int >= 0, got {warmup!r}")
+    check_callable("fn", fn)
+    check_int("warmup", warmup, min=0)
     _pos_int("repeats", repeats)
     for _ in range(warmup):
         fn()
@@ -840,8 +1004,7 @@ def op_traffic(fn: Callable, *args, **kwargs) -> dict:
     each aten op) gives that traffic; a fused kernel needs only the function's own inputs
     and outputs. Returns ``{"bytes", "ops": [(op, bytes)], "kernels"}``.
     """
-    if not callable(fn):
-        raise TypeError(f"fn must be callable, got {type(fn).__name__}")
+    check_callable("fn", fn)
     mode = _Traffic()
     with torch.no_grad(), mode:
         fn(*args, **kwargs)
@@ -932,8 +1095,10 @@ def batch_sweep(
     reads all weights per step whatever B is, so until the matmuls turn compute-bound a
     bigger batch buys throughput almost for free; latency per step barely moves.
     """
-    if not batch_sizes or any(isinstance(b, bool) or not isinstance(b, int) or b < 1 for b in batch_sizes):
+    if not batch_sizes:
         raise ValueError(f"batch_sizes must be a non-empty sequence of ints >= 1, got {batch_sizes!r}")
+    for i, b in enumerate(batch_sizes):
+        _pos_int(f"batch_sizes[{i}]", b)
     _pos_int("prompt_len", prompt_len), _pos_int("new_tokens", new_tokens)
     model.eval()
     pre = measure.interleaved(
@@ -1063,8 +1228,10 @@ def edge_fit(
     the KV cache stays in ``kv_dtype``. A model "fits" when its :func:`footprint` total is
     at most the budget — before the OS, the runtime and the app take their share.
     """
-    if not budgets_gib or any(not (isinstance(b, (int, float)) and b > 0) for b in budgets_gib):
-        raise ValueError(f"budgets_gib must be positive numbers, got {budgets_gib!r}")
+    if not budgets_gib:
+        raise ValueError(f"budgets_gib must be a non-empty sequence of positive numbers, got {budgets_gib!r}")
+    for i, b in enumerate(budgets_gib):
+        check_float(f"budgets_gib[{i}]", b, min=0, min_inclusive=False)
     rows = []
     for m in models:
         for dt in dtypes:
@@ -1111,10 +1278,8 @@ def decode_bound(bytes_per_step: float, bandwidth: float, *, batch_size: int = 1
     Each decode step produces one token per sequence and must stream every active weight
     (and each sequence's KV cache) from memory at least once.
     """
-    if not (isinstance(bytes_per_step, (int, float)) and bytes_per_step > 0):
-        raise ValueError(f"bytes_per_step must be > 0, got {bytes_per_step!r}")
-    if not (isinstance(bandwidth, (int, float)) and bandwidth > 0 and math.isfinite(bandwidth)):
-        raise ValueError(f"bandwidth must be a positive finite number of bytes/s, got {bandwidth!r}")
+    check_float("bytes_per_step", bytes_per_step, min=0, min_inclusive=False)
+    check_float("bandwidth", bandwidth, min=0, min_inclusive=False)  # bytes/s
     return _pos_int("batch_size", batch_size) * bandwidth / bytes_per_step
 
 

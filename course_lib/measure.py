@@ -36,6 +36,7 @@ from pathlib import Path
 
 import torch
 
+from course_lib.checks import check_choice, check_float, check_int
 from course_lib.viz import Table
 
 # --------------------------------------------------------------------------- timing
@@ -44,15 +45,10 @@ from course_lib.viz import Table
 NOISY_LOAD = 1.5
 #: Ratios within this relative band of 1 are "within noise" even when the spread is tiny.
 MIN_NOISE = 0.10
+#: The widest noise band: a run whose spread exceeds the median (heavy load) still gets a verdict.
+MAX_NOISE = 0.90
 #: Most rounds one measurement takes, however short the functions.
 MAX_ROUNDS = 1000
-
-
-def _check_counts(warmup: int, repeats: int) -> None:
-    if isinstance(warmup, bool) or not isinstance(warmup, int) or warmup < 0:
-        raise ValueError(f"warmup must be an int >= 0, got {warmup!r}")
-    if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 1:
-        raise ValueError(f"repeats must be an int >= 1, got {repeats!r}")
 
 
 def _sync() -> None:
@@ -112,7 +108,8 @@ class Timings(dict):
             if self.noisy
             else ""
         )
-        return f"median of {self.rounds} interleaved rounds, {self.threads} threads{busy}"
+        threads = f"{self.threads} thread{'s' if self.threads != 1 else ''}"
+        return f"median of {self.rounds} interleaved rounds, {threads}{busy}"
 
 
 # The load probe: a (64, 256) @ (256, 256) fp32 matmul, ~8 MFLOP, ~0.1-1 ms on a laptop core.
@@ -185,9 +182,9 @@ def interleaved(
     times the load probe once (``probe=False`` skips it). A noisy run is measured once more
     (``remeasure``) and the calmer of the two kept. Returns :class:`Timings`.
     """
-    _check_counts(warmup, repeats)
-    if not (isinstance(min_time, (int, float)) and not isinstance(min_time, bool) and 0 <= min_time <= 60):
-        raise ValueError(f"min_time must be a number of seconds in [0, 60], got {min_time!r}")
+    check_int("warmup", warmup, min=0)
+    check_int("repeats", repeats, min=1)
+    check_float("min_time", min_time, min=0, max=60)  # seconds
     norm = _normalise(variants)
     out = _run(norm, warmup=warmup, repeats=repeats, min_time=min_time, probe=probe)
     if probe and remeasure and out.noisy:
@@ -204,9 +201,7 @@ def time_fn(fn: Callable, *, setup: Callable | None = None, warmup: int = 2, rep
 
 def speedups(timings: dict[str, Timing], baseline: str) -> dict[str, float]:
     """``median(baseline) / median(variant)``: above 1 means faster than the baseline."""
-    if baseline not in timings:
-        raise ValueError(f"baseline {baseline!r} is not one of {list(timings)}")
-    base = timings[baseline].median
+    base = timings[check_choice("baseline", baseline, timings)].median
     return {n: base / t.median for n, t in timings.items()}
 
 
@@ -214,17 +209,15 @@ def speedups(timings: dict[str, Timing], baseline: str) -> dict[str, float]:
 
 
 def noise_band(*timings: Timing) -> float:
-    """Relative band inside which a ratio of these timings is "within noise": max(MIN_NOISE, mean spread)."""
+    """Relative band inside which a ratio of these timings is "within noise": mean spread, within [MIN_NOISE, MAX_NOISE]."""
     spreads = [t.spread for t in timings if isinstance(t, Timing) and not math.isnan(t.spread)]
-    return max(MIN_NOISE, statistics.fmean(spreads) if spreads else MIN_NOISE)
+    return min(MAX_NOISE, max(MIN_NOISE, statistics.fmean(spreads) if spreads else MIN_NOISE))
 
 
 def speed_word(speedup: float, *, noise: float = MIN_NOISE) -> str:
     """'faster', 'slower' or 'within noise' for ``speedup`` = baseline time / variant time."""
-    if not (isinstance(speedup, (int, float)) and speedup > 0 and math.isfinite(speedup)):
-        raise ValueError(f"speedup must be a positive finite number, got {speedup!r}")
-    if not (isinstance(noise, (int, float)) and 0 <= noise < 1):
-        raise ValueError(f"noise must be a number in [0, 1), got {noise!r}")
+    check_float("speedup", speedup, min=0, min_inclusive=False)
+    check_float("noise", noise, min=0, max=1, max_inclusive=False)
     if speedup > 1 + noise:
         return "faster"
     if speedup < 1 / (1 + noise):
@@ -256,9 +249,8 @@ class Comparison:
 
 def compare(timings: dict, variant: str, baseline: str) -> Comparison:
     """Compare two entries of one :func:`interleaved` run; the noise band comes from their spreads."""
-    for name in (variant, baseline):
-        if name not in timings:
-            raise ValueError(f"{name!r} is not one of {list(timings)}")
+    check_choice("variant", variant, timings)
+    check_choice("baseline", baseline, timings)
     s = timings[baseline].median / timings[variant].median
     noise = noise_band(timings[variant], timings[baseline])
     if getattr(timings, "noisy", False):
@@ -287,8 +279,9 @@ def growth(sizes, costs, *, flat_below: float = 0.25) -> Growth:
         raise ValueError(
             f"sizes and costs must be equal-length sequences of >= 2 values, got {len(sizes)} and {len(costs)}"
         )
-    if any(not (isinstance(v, (int, float)) and v > 0 and math.isfinite(v)) for v in sizes + costs):
-        raise ValueError("sizes and costs must be positive finite numbers")
+    for name, values in (("sizes", sizes), ("costs", costs)):
+        for i, v in enumerate(values):
+            check_float(f"{name}[{i}]", v, min=0, min_inclusive=False)
     xs, ys = [math.log(v) for v in sizes], [math.log(v) for v in costs]
     mx, my = statistics.fmean(xs), statistics.fmean(ys)
     sxx = sum((x - mx) ** 2 for x in xs)
@@ -480,7 +473,12 @@ class Report:
 
     def settings_text(self) -> str:
         s = self.settings
-        return f"prompt {s['prompt_len']} tokens, decode {s['new_tokens']} tokens, batch 1, median of {s['repeats']}, {s['device']}"
+        rounds = s.get("rounds", s["repeats"])
+        busy = "; the machine was busy: treat close calls as noise" if s.get("busy") else ""
+        return (
+            f"prompt {s['prompt_len']} tokens, decode {s['new_tokens']} tokens, batch 1, "
+            f"median of {rounds} rounds, {s['device']}{busy}"
+        )
 
     def _repr_html_(self) -> str:
         return self.table()._repr_html_()
@@ -517,12 +515,9 @@ def report_card(
     for name, m in variants.items():
         if not hasattr(m, "config") or not hasattr(m, "new_cache"):
             raise TypeError(f"variant {name!r} must be a TinyLM-like model (config, new_cache), got {type(m).__name__}")
-    baseline = baseline or next(iter(variants))
-    if baseline not in variants:
-        raise ValueError(f"baseline {baseline!r} is not one of {list(variants)}")
-    for v in (prompt_len, new_tokens):
-        if not isinstance(v, int) or v < 1:
-            raise ValueError(f"prompt_len and new_tokens must be ints >= 1, got {prompt_len!r}, {new_tokens!r}")
+    baseline = check_choice("baseline", baseline or next(iter(variants)), variants)
+    check_int("prompt_len", prompt_len, min=1)
+    check_int("new_tokens", new_tokens, min=1)
 
     cards: dict[str, dict] = {}
     for name, m in variants.items():
@@ -564,6 +559,8 @@ def report_card(
         "prompt_len": prompt_len,
         "new_tokens": new_tokens,
         "repeats": repeats,
+        "rounds": min(pre.rounds, dec.rounds),
+        "busy": pre.noisy or dec.noisy,
         "warmup": warmup,
         "device": str(dev),
         "threads": torch.get_num_threads(),

@@ -27,6 +27,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from course_lib.checks import check_bool, check_choice, check_float, check_int, check_keys, check_tensor, check_type
+
 # --------------------------------------------------------------------------- config
 
 
@@ -51,9 +53,7 @@ class ModelConfig:
 
     def __post_init__(self):
         for name in ("vocab_size", "d_model", "n_layers", "n_heads", "max_seq_len"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+            check_int(name, getattr(self, name), min=1)
         if self.n_kv_heads is None:
             self.n_kv_heads = self.n_heads
         if self.d_ff is None:
@@ -62,18 +62,22 @@ class ModelConfig:
             raise ValueError(f"d_model ({self.d_model}) must be divisible by n_heads ({self.n_heads})")
         if (self.d_model // self.n_heads) % 2:
             raise ValueError(f"head_dim = d_model / n_heads must be even for RoPE, got {self.d_model // self.n_heads}")
-        if not isinstance(self.n_kv_heads, int) or self.n_kv_heads < 1 or self.n_heads % self.n_kv_heads:
-            raise ValueError(
-                f"n_kv_heads must be an int >= 1 dividing n_heads ({self.n_heads}), got {self.n_kv_heads!r}"
-            )
-        if not isinstance(self.d_ff, int) or self.d_ff < 1:
-            raise ValueError(f"d_ff must be an int >= 1, got {self.d_ff!r}")
-        if not self.rope_theta > 0 or not self.norm_eps > 0:
-            raise ValueError(f"rope_theta and norm_eps must be > 0, got {self.rope_theta!r}, {self.norm_eps!r}")
-        if self.mlp not in MLP_REGISTRY:
-            raise ValueError(f"mlp must be one of {sorted(MLP_REGISTRY)}, got {self.mlp!r}")
-        if self.attention not in ATTENTION_REGISTRY:
-            raise ValueError(f"attention must be one of {sorted(ATTENTION_REGISTRY)}, got {self.attention!r}")
+        check_int("n_kv_heads", self.n_kv_heads, min=1, max=self.n_heads)
+        if self.n_heads % self.n_kv_heads:
+            raise ValueError(f"n_kv_heads must divide n_heads ({self.n_heads}), got {self.n_kv_heads}")
+        check_int("d_ff", self.d_ff, min=1)
+        check_float("rope_theta", self.rope_theta, min=0, min_inclusive=False)
+        check_float("norm_eps", self.norm_eps, min=0, min_inclusive=False)
+        check_bool("tie_embeddings", self.tie_embeddings)
+        check_choice("mlp", self.mlp, sorted(MLP_REGISTRY))
+        check_choice("attention", self.attention, sorted(ATTENTION_REGISTRY))
+        check_type("mlp_options", self.mlp_options, dict)
+        check_type("attention_options", self.attention_options, dict)
+        # each plug-in validates its own options now, not when the model is built
+        for registry, name in ((MLP_REGISTRY, self.mlp), (ATTENTION_REGISTRY, self.attention)):
+            check_config = getattr(_resolve(registry, name), "check_config", None)
+            if check_config is not None:
+                check_config(self)
 
     @property
     def head_dim(self) -> int:
@@ -87,18 +91,25 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> ModelConfig:
-        unknown = set(d) - set(cls.__dataclass_fields__)
-        if unknown:
-            raise ValueError(f"unknown ModelConfig keys: {sorted(unknown)}")
-        return cls(**d)
+        return cls(**check_keys("ModelConfig", d, cls.__dataclass_fields__))
 
 
 # --------------------------------------------------------------------------- registries
-# name -> "module:attribute" (imported on first use) or a factory(config, layer_idx) -> nn.Module
+# name -> "module:attribute" (imported on first use) or a factory. The contract of a plug-in:
+#
+# * ``factory(config, layer_idx) -> nn.Module`` builds it in every block;
+# * ``factory.check_config(config)``, when the factory defines it, validates
+#   ``config.mlp_options`` / ``config.attention_options``. ``ModelConfig`` calls it when the
+#   config is made, so ``mlp_options={"n_experst": 4}`` fails there, not when the model is
+#   built. The dense defaults (``SwiGLU``, ``Attention``) take no options.
+# * an attention module implements ``forward(x, cos, sin, cache=None)``,
+#   ``new_cache(batch_size, max_len, dtype=, device=)``, ``mean_context(seq_len)`` (the keys
+#   a query reads on average, what ``flops_per_token`` charges) and has ``n_heads`` and
+#   ``head_dim``; :class:`Attention` is the base to subclass. ``Block`` checks this at build time.
 
 MLP_REGISTRY: dict[str, str | Callable] = {
     "swiglu": "course_lib.model:SwiGLU",
-    "moe": "course_lib.moe:MoEMLP",
+    "moe": "course_lib.moe:moe_mlp",
 }
 ATTENTION_REGISTRY: dict[str, str | Callable] = {
     "full": "course_lib.model:Attention",
@@ -117,6 +128,7 @@ def register_attention(name: str, factory: Callable) -> None:
 
 
 def _resolve(registry: dict, name: str) -> Callable:
+    """The factory registered under ``name`` (a "module:attribute" string is imported now)."""
     entry = registry[name]
     if isinstance(entry, str):
         module, attr = entry.split(":")
@@ -191,6 +203,15 @@ class KVCache:
         self.pos += t
         return self.k[:, :, : self.pos], self.v[:, :, : self.pos]
 
+    def truncate(self, length: int) -> None:
+        """Forget every position from ``length`` on (speculative decoding's rollback).
+
+        Attention reads ``[:pos]`` only, so moving the fill mark back *is* the rollback:
+        the stale entries beyond it are never read and the next ``update`` overwrites them.
+        Every cache kind implements ``truncate``; this one can go back to any length.
+        """
+        self.pos = check_int("length", length, min=0, max=self.pos)
+
     def nbytes(self) -> int:
         return self.k.nbytes + self.v.nbytes
 
@@ -218,8 +239,17 @@ class Attention(nn.Module):
         self.v_proj = nn.Linear(d, self.n_kv_heads * self.head_dim, bias=False)
         self.o_proj = nn.Linear(self.n_heads * self.head_dim, d, bias=False)
 
+    @classmethod
+    def check_config(cls, config: ModelConfig) -> None:
+        """Full attention has no options: refuse any, rather than ignore them."""
+        check_keys("attention_options for attention='full'", config.attention_options, ())
+
     def new_cache(self, batch_size: int, max_len: int, *, dtype=torch.float32, device=None) -> KVCache:
         return KVCache(batch_size, self.n_kv_heads, max_len, self.head_dim, dtype=dtype, device=device)
+
+    def mean_context(self, seq_len: int) -> float:
+        r"""Keys a query reads on average over a causal sequence of ``seq_len``: :math:`(T + 1) / 2`."""
+        return (seq_len + 1) / 2
 
     def project(self, x, cos, sin):
         """x (B, T, C) -> q (B, H, T, d), k and v (B, H_kv, T, d), RoPE applied to q and k."""
@@ -266,8 +296,17 @@ class SwiGLU(nn.Module):
         self.up_proj = nn.Linear(d_model, d_ff, bias=False)
         self.down_proj = nn.Linear(d_ff, d_model, bias=False)
 
+    @staticmethod
+    def check_config(config: ModelConfig) -> None:
+        """The dense MLP has no options: refuse any, rather than ignore them."""
+        check_keys("mlp_options for mlp='swiglu'", config.mlp_options, ())
+
     def forward(self, x):  # (..., C) -> (..., C)
         return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+#: what the model and the decoders call on an attention module (see the registries above)
+ATTENTION_CONTRACT = ("forward", "new_cache", "mean_context", "n_heads", "head_dim")
 
 
 class Block(nn.Module):
@@ -277,6 +316,12 @@ class Block(nn.Module):
         super().__init__()
         self.attn_norm = RMSNorm(config.d_model, config.norm_eps)
         self.attn = _resolve(ATTENTION_REGISTRY, config.attention)(config, layer_idx)
+        missing = [a for a in ATTENTION_CONTRACT if not hasattr(self.attn, a)]
+        if missing:
+            raise TypeError(
+                f"attention={config.attention!r} built a {type(self.attn).__name__} without {missing}; "
+                "an attention module implements forward, new_cache and mean_context (subclass model.Attention)"
+            )
         self.mlp_norm = RMSNorm(config.d_model, config.norm_eps)
         self.mlp = _resolve(MLP_REGISTRY, config.mlp)(config, layer_idx)
 
@@ -290,9 +335,7 @@ class TinyLM(nn.Module):
 
     def __init__(self, config: ModelConfig):
         super().__init__()
-        if not isinstance(config, ModelConfig):
-            raise TypeError(f"config must be a ModelConfig, got {type(config).__name__}")
-        self.config = config
+        self.config = check_type("config", config, ModelConfig)
         self.embed = nn.Embedding(config.vocab_size, config.d_model)
         self.blocks = nn.ModuleList(Block(config, i) for i in range(config.n_layers))
         self.norm = RMSNorm(config.d_model, config.norm_eps)
@@ -323,8 +366,7 @@ class TinyLM(nn.Module):
 
     def forward(self, idx, *, cache: list | None = None):
         """idx (B, T) token ids -> logits (B, T, vocab). With ``cache``, positions continue from it."""
-        if idx.dim() != 2:
-            raise ValueError(f"idx must be (batch, seq_len), got shape {tuple(idx.shape)}")
+        check_tensor("idx", idx, dims=("batch", "seq_len"), floating=False)
         b, t = idx.shape
         start = cache[0].pos if cache else 0
         if start + t > self.config.max_seq_len:
@@ -374,23 +416,18 @@ class TinyLM(nn.Module):
         restricted to the ``top_k`` most likely tokens when given. With ``use_cache`` the
         prompt is processed once (prefill) and each new token costs one position (decode).
         """
-        if not isinstance(max_new_tokens, int) or max_new_tokens < 0:
-            raise ValueError(f"max_new_tokens must be an int >= 0, got {max_new_tokens!r}")
-        if temperature < 0:
-            raise ValueError(f"temperature must be >= 0, got {temperature!r}")
-        if top_k is not None and (not isinstance(top_k, int) or top_k < 1):
-            raise ValueError(f"top_k must be None or an int >= 1, got {top_k!r}")
+        check_int("max_new_tokens", max_new_tokens, min=0)
+        check_float("temperature", temperature, min=0)
+        check_int("top_k", top_k, min=1, allow_none=True)
+        check_bool("use_cache", use_cache)
         total = idx.shape[1] + max_new_tokens
         if total > self.config.max_seq_len:
             raise ValueError(f"prompt + max_new_tokens = {total} exceeds max_seq_len = {self.config.max_seq_len}")
         cache = self.new_cache(idx.shape[0], total) if use_cache else None
-        logits = self(idx, cache=cache)[:, -1]
-        out = idx
-        for _ in range(max_new_tokens):
-            nxt = sample_next(logits, temperature=temperature, top_k=top_k, generator=generator)  # (B, 1)
-            out = torch.cat([out, nxt], dim=1)
-            logits = self(nxt, cache=cache)[:, -1] if use_cache else self(out)[:, -1]
-        return out
+        new, _ = decode_tokens(
+            self, idx, cache, max_new_tokens, temperature=temperature, top_k=top_k, generator=generator
+        )  # (B, max_new_tokens)
+        return torch.cat([idx, new], dim=1)
 
     # -- accounting --------------------------------------------------------------------
 
@@ -413,22 +450,11 @@ class TinyLM(nn.Module):
         :math:`2 \cdot 2 \cdot n_{layers} \cdot \bar{c} \cdot d_{attn}`, where
         :math:`\bar{c} = (T+1)/2` is a causal token's average context over a sequence of T.
         """
-        seq_len = self.config.max_seq_len if seq_len is None else seq_len
-        if not isinstance(seq_len, int) or seq_len < 1:
-            raise ValueError(f"seq_len must be an int >= 1, got {seq_len!r}")
+        seq_len = check_int("seq_len", self.config.max_seq_len if seq_len is None else seq_len, min=1)
         linear = sum(m.in_features * m.out_features for m in self.modules() if _is_linear_like(m))
         linear -= sum(m.inactive_params() for m in self.modules() if hasattr(m, "inactive_params"))
-        # per layer: a pruned attention (chapter 06) may have fewer heads than the config says
-        attn = (
-            2
-            * 2
-            * sum(
-                getattr(b.attn, "mean_context", lambda n: (n + 1) / 2)(seq_len)
-                * getattr(b.attn, "n_heads", self.config.n_heads)
-                * getattr(b.attn, "head_dim", self.config.head_dim)
-                for b in self.blocks
-            )
-        )
+        # per layer: a sparse attention reads fewer keys; a pruned one (chapter 06) has fewer heads
+        attn = 2 * 2 * sum(b.attn.mean_context(seq_len) * b.attn.n_heads * b.attn.head_dim for b in self.blocks)
         return {"matmul": 2 * linear, "attention": attn, "total": 2 * linear + attn}
 
 
@@ -439,15 +465,70 @@ def _is_linear_like(m: nn.Module) -> bool:
     )
 
 
-def sample_next(logits, *, temperature: float = 0.0, top_k: int | None = None, generator=None):
-    """Pick the next token from logits (B, V): greedy when temperature is 0. Returns (B, 1)."""
+# --------------------------------------------------------------------------- sampling and the decode loop
+# The one sampler of the course: ``generate`` and speculative decoding's draft and verify
+# (course_lib.speculative) all draw through ``token_probs``.
+
+
+def token_probs(logits, *, temperature: float = 1.0, top_k: int | None = None):
+    r"""The distribution the model samples from: :math:`\mathrm{softmax}(z / T)`, restricted to
+    the ``top_k`` largest logits when given. logits (..., V) -> probabilities (..., V)."""
+    if not temperature > 0:
+        raise ValueError(f"temperature must be > 0 for sampling, got {temperature!r}")
+    z = logits.float() / temperature
+    if top_k is not None and top_k < z.size(-1):
+        kth = torch.topk(z, top_k, dim=-1).values[..., -1:]
+        z = z.masked_fill(z < kth, float("-inf"))
+    return F.softmax(z, dim=-1)
+
+
+def _sample(logits, temperature: float, top_k: int | None, generator, want_probs: bool):
+    """(next tokens (B, 1), the probabilities they were drawn from (B, V) or None)."""
     if temperature == 0:
-        return logits.argmax(-1, keepdim=True)
-    logits = logits / temperature
-    if top_k is not None and top_k < logits.size(-1):
-        kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]
-        logits = logits.masked_fill(logits < kth, float("-inf"))
-    return torch.multinomial(F.softmax(logits, dim=-1), 1, generator=generator)
+        return logits.argmax(-1, keepdim=True), None
+    probs = token_probs(logits, temperature=temperature, top_k=top_k)
+    return torch.multinomial(probs, 1, generator=generator), (probs if want_probs else None)
+
+
+def sample_next(logits, *, temperature: float = 0.0, top_k: int | None = None, generator=None):
+    """Pick the next token from logits (B, V): greedy when temperature is 0, else a draw from
+    :func:`token_probs`. Returns (B, 1)."""
+    return _sample(logits, temperature, top_k, generator, False)[0]
+
+
+@torch.no_grad()
+def decode_tokens(
+    model,
+    feed,
+    cache: list | None,
+    n: int,
+    *,
+    temperature: float = 0.0,
+    top_k: int | None = None,
+    generator=None,
+    return_probs: bool = False,
+):
+    """The decode loop: ``n`` new tokens after ``feed`` (B, T >= 1), one forward each.
+
+    With a ``cache`` the first forward takes ``feed`` (what the cache lacks: the whole
+    prompt at prefill) and each later one only the token just sampled; without one every
+    forward re-reads the whole sequence. Returns ``(tokens (B, n), probs)``, where
+    ``probs`` (B, n, V) are the distributions the tokens were drawn from when sampling
+    with ``return_probs`` (speculative decoding's draft needs them), else None.
+    ``TinyLM.generate`` and the draft of :mod:`course_lib.speculative` both run this loop.
+    """
+    tokens, probs, seq = [], [], feed
+    for _ in range(n):
+        logits = model(feed if cache is not None else seq, cache=cache)[:, -1]  # (B, V)
+        nxt, p = _sample(logits, temperature, top_k, generator, return_probs)  # (B, 1), (B, V) | None
+        tokens.append(nxt)
+        if p is not None:
+            probs.append(p)
+        feed = nxt
+        if cache is None:
+            seq = torch.cat([seq, nxt], dim=1)
+    out = torch.cat(tokens, dim=1) if tokens else feed.new_zeros((feed.shape[0], 0))
+    return out, (torch.stack(probs, dim=1) if probs else None)
 
 
 def to_transformers_llama(model: TinyLM):
@@ -457,8 +538,7 @@ def to_transformers_llama(model: TinyLM):
     the tests use this to cross-check the patient (and chapters built on it) against the
     reference implementation. Needs ``transformers`` (a dev dependency).
     """
-    if not isinstance(model, TinyLM):
-        raise TypeError(f"model must be a TinyLM, got {type(model).__name__}")
+    check_type("model", model, TinyLM)
     import transformers
 
     c = model.config

@@ -32,10 +32,11 @@ costs grow only with ``k``. The pieces, each a small function here:
 **router statistics** (assignments per expert and per position, drops) that
 :class:`RouterRecorder` reads as a training callback.
 
-Commands (deterministic)::
+The chapter's runs (dense vs MoE patients, their router statistics and figures, the
+expert-parallel demo) are in :mod:`course_lib.experiments.moe`::
 
-    python -m course_lib.moe build [--jobs 3]       # train the chapter's runs -> zoo_data/moe_runs.json
-    python -m course_lib.moe expert-parallel-demo   # 2 processes, gloo all_to_all, == 1 process
+    python -m course_lib.build moe [--jobs 3]               # train the runs -> zoo_data/moe_runs.json
+    python -m course_lib.build moe --expert-parallel-demo   # 2 processes, gloo all_to_all, == 1 process
 
 References: Shazeer et al. 2017 (arXiv:1701.06538), Lepikhin et al. 2020 GShard
 (arXiv:2006.16668), Fedus et al. 2021 Switch Transformer (arXiv:2101.03961), Zoph et al.
@@ -44,24 +45,33 @@ References: Shazeer et al. 2017 (arXiv:1701.06538), Lepikhin et al. 2020 GShard
 
 from __future__ import annotations
 
-import argparse
-import json
 import math
-import sys
-import time
 from collections.abc import Callable
-from dataclasses import dataclass, fields
-from pathlib import Path
+from dataclasses import dataclass, fields, replace
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
+from course_lib.checks import (
+    ArgumentTypeError,
+    check_bool,
+    check_choice,
+    check_float,
+    check_int,
+    check_keys,
+    check_tensor,
+    check_type,
+    show,
+)
+from course_lib.data import eval_batches
 from course_lib.model import ModelConfig, SwiGLU
 
 #: capacity factors for which the router statistics count the drops they *would* cause
 CAPACITY_PROBES = (1.0, 1.25, 2.0)
 DISPATCH_KINDS = ("grouped", "batched", "naive")
+LAYER_SETS = ("all", "even", "odd")
 
 # --------------------------------------------------------------------------- options
 
@@ -91,54 +101,63 @@ class MoEOptions:
 
     @classmethod
     def from_dict(cls, options: dict | None) -> MoEOptions:
-        options = dict(options or {})
-        unknown = set(options) - {f.name for f in fields(cls)}
-        if unknown:
-            raise ValueError(
-                f"unknown mlp_options for mlp='moe': {sorted(unknown)}; allowed: {[f.name for f in fields(cls)]}"
-            )
-        return cls(**options)
+        """From ``ModelConfig.mlp_options``: unknown keys are refused with the allowed ones listed."""
+        return cls(**check_keys("mlp_options for mlp='moe'", options or {}, [f.name for f in fields(cls)]))
 
     def __post_init__(self):
-        if not isinstance(self.n_experts, int) or isinstance(self.n_experts, bool) or self.n_experts < 1:
-            raise ValueError(f"n_experts must be an int >= 1, got {self.n_experts!r}")
-        if not isinstance(self.top_k, int) or isinstance(self.top_k, bool) or not 1 <= self.top_k <= self.n_experts:
-            raise ValueError(f"top_k must be an int in [1, n_experts = {self.n_experts}], got {self.top_k!r}")
-        if self.d_expert is not None and (not isinstance(self.d_expert, int) or self.d_expert < 1):
-            raise ValueError(f"d_expert must be None or an int >= 1, got {self.d_expert!r}")
-        if self.capacity_factor is not None and not (
-            isinstance(self.capacity_factor, (int, float)) and self.capacity_factor > 0
-        ):
-            raise ValueError(f"capacity_factor must be None or a number > 0, got {self.capacity_factor!r}")
-        for name in ("aux_loss_coef", "z_loss_coef"):
-            v = getattr(self, name)
-            if not isinstance(v, (int, float)) or v < 0:
-                raise ValueError(f"{name} must be a number >= 0, got {v!r}")
-        if not isinstance(self.noisy, bool):
-            raise TypeError(f"noisy must be a bool, got {self.noisy!r}")
-        if self.normalize is not None and not isinstance(self.normalize, bool):
-            raise TypeError(f"normalize must be None or a bool, got {self.normalize!r}")
-        if self.dispatch not in DISPATCH_KINDS:
-            raise ValueError(f"dispatch must be one of {DISPATCH_KINDS}, got {self.dispatch!r}")
+        check_int("n_experts", self.n_experts, min=1)
+        check_int("top_k", self.top_k, min=1, max=self.n_experts)
+        check_int("d_expert", self.d_expert, min=1, allow_none=True)
+        check_float("capacity_factor", self.capacity_factor, min=0, min_inclusive=False, allow_none=True)
+        check_float("aux_loss_coef", self.aux_loss_coef, min=0)
+        check_float("z_loss_coef", self.z_loss_coef, min=0)
+        check_bool("noisy", self.noisy)
+        check_bool("normalize", self.normalize, allow_none=True)
+        check_choice("dispatch", self.dispatch, DISPATCH_KINDS)
         if isinstance(self.layers, str):
-            if self.layers not in ("all", "even", "odd"):
-                raise ValueError(f"layers must be 'all', 'even', 'odd' or a list of layer indices, got {self.layers!r}")
-        elif not isinstance(self.layers, (list, tuple)) or not all(
-            isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in self.layers
-        ):
-            raise ValueError(f"layers must be 'all', 'even', 'odd' or a list of ints >= 0, got {self.layers!r}")
+            check_choice("layers", self.layers, LAYER_SETS)
+        elif isinstance(self.layers, (list, tuple)):
+            for i, idx in enumerate(self.layers):
+                check_int(f"layers[{i}]", idx, min=0)
+        else:
+            raise ArgumentTypeError(
+                f"layers must be one of {list(LAYER_SETS)} or a list of layer indices, got {show(self.layers)}"
+            )
 
     @property
     def renormalize(self) -> bool:
         return self.top_k > 1 if self.normalize is None else self.normalize
 
-    def is_moe_layer(self, layer_idx: int, n_layers: int) -> bool:
-        if isinstance(self.layers, str):
-            return {"all": True, "even": layer_idx % 2 == 0, "odd": layer_idx % 2 == 1}[self.layers]
-        bad = [i for i in self.layers if i >= n_layers]
+    def check_layers(self, n_layers: int) -> None:
+        """Raise a ValueError when ``layers`` names a layer a model of ``n_layers`` does not have."""
+        bad = [] if isinstance(self.layers, str) else [i for i in self.layers if i >= n_layers]
         if bad:
             raise ValueError(f"layers {bad} do not exist in a model with n_layers = {n_layers}")
+
+    def is_moe_layer(self, layer_idx: int, n_layers: int) -> bool:
+        """Does block ``layer_idx`` of ``n_layers`` get an MoE MLP (else a dense SwiGLU)?"""
+        self.check_layers(n_layers)
+        if isinstance(self.layers, str):
+            return {"all": True, "even": layer_idx % 2 == 0, "odd": layer_idx % 2 == 1}[self.layers]
         return layer_idx in self.layers
+
+
+def moe_options(config: ModelConfig) -> MoEOptions:
+    """The validated :class:`MoEOptions` of ``config``: known keys, valid values, layers that exist.
+
+    ``ModelConfig(mlp="moe", mlp_options=...)`` calls this when the config is made (it is the
+    registered factory's ``check_config``), so a typo fails at the line that made it.
+    """
+    check_type("config", config, ModelConfig)
+    options = MoEOptions.from_dict(config.mlp_options)
+    options.check_layers(config.n_layers)
+    return options
+
+
+def moe_config(config: ModelConfig, **options) -> ModelConfig:
+    """A copy of ``config`` with MoE MLPs: ``moe_config(cfg, n_experts=8, top_k=2)``, validated now."""
+    check_type("config", config, ModelConfig)
+    return replace(config, mlp="moe", mlp_options=dict(options))
 
 
 # --------------------------------------------------------------------------- routing
@@ -173,11 +192,9 @@ def top_k_route(logits: torch.Tensor, top_k: int, *, normalize: bool | None = No
     (distinct, descending); ``weights`` their probabilities, divided by their sum when
     ``normalize`` (default: when ``top_k > 1``).
     """
-    if logits.dim() != 2:
-        raise ValueError(f"logits must be (tokens, n_experts), got shape {tuple(logits.shape)}")
+    check_tensor("logits", logits, dims=("tokens", "n_experts"))
     n_experts = logits.shape[-1]
-    if not isinstance(top_k, int) or not 1 <= top_k <= n_experts:
-        raise ValueError(f"top_k must be an int in [1, n_experts = {n_experts}], got {top_k!r}")
+    check_int("top_k", top_k, min=1, max=n_experts)
     normalize = top_k > 1 if normalize is None else normalize
     probs = logits.float().softmax(dim=-1)  # (N, E)
     weights, experts = probs.topk(top_k, dim=-1)  # (N, k) each
@@ -215,8 +232,10 @@ def router_z_loss(logits: torch.Tensor) -> torch.Tensor:
 
 def expert_capacity(n_tokens: int, n_experts: int, top_k: int, capacity_factor: float) -> int:
     r"""Assignments one expert may take: :math:`C = \lceil c \cdot N k / E \rceil`."""
-    if not capacity_factor > 0:
-        raise ValueError(f"capacity_factor must be > 0, got {capacity_factor!r}")
+    check_int("n_tokens", n_tokens, min=0)
+    check_int("n_experts", n_experts, min=1)
+    check_int("top_k", top_k, min=1, max=n_experts)
+    check_float("capacity_factor", capacity_factor, min=0, min_inclusive=False)
     return math.ceil(capacity_factor * n_tokens * top_k / n_experts)
 
 
@@ -371,9 +390,11 @@ DISPATCH: dict[str, Callable] = {"naive": dispatch_naive, "grouped": dispatch_gr
 class MoEMLP(nn.Module):
     """A mixture-of-experts MLP, a drop-in for the patient's SwiGLU (``ModelConfig(mlp="moe")``).
 
-    Called as ``MoEMLP(config, layer_idx)`` by ``TinyLM``; options come from
-    ``config.mlp_options`` (:class:`MoEOptions`). For a layer that ``layers`` leaves dense
-    the call returns a plain :class:`~course_lib.model.SwiGLU` of width ``config.d_ff``.
+    ``TinyLM`` builds it through :func:`moe_mlp`, the factory registered for ``mlp="moe"``,
+    which gives the layers that ``layers`` leaves dense a plain
+    :class:`~course_lib.model.SwiGLU` of width ``config.d_ff``; ``MoEMLP(config, layer_idx)``
+    itself always builds an MoE layer. Options come from ``config.mlp_options``
+    (:class:`MoEOptions`).
 
     After each forward: ``aux_loss`` (coefficient-weighted balance + z-loss, a tensor, in
     training mode; None in eval mode),
@@ -383,18 +404,9 @@ class MoEMLP(nn.Module):
     :meth:`reset_stats` — a bincount per step, cheap next to the matmuls.
     """
 
-    def __new__(cls, config: ModelConfig | None = None, layer_idx: int = 0, **kwargs):
-        if isinstance(config, ModelConfig) and not MoEOptions.from_dict(config.mlp_options).is_moe_layer(
-            layer_idx, config.n_layers
-        ):
-            return SwiGLU(config, layer_idx)
-        return super().__new__(cls)
-
     def __init__(self, config: ModelConfig, layer_idx: int = 0):
         super().__init__()
-        if not isinstance(config, ModelConfig):
-            raise TypeError(f"config must be a ModelConfig, got {type(config).__name__}")
-        opts = MoEOptions.from_dict(config.mlp_options)
+        opts = moe_options(config)
         self.options, self.layer_idx, self.d_model = opts, layer_idx, config.d_model
         self.n_experts, self.top_k = opts.n_experts, opts.top_k
         self.capacity_factor, self.dispatch = opts.capacity_factor, opts.dispatch
@@ -440,10 +452,9 @@ class MoEMLP(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, T, C) or (N, C) -> same shape
         if x.shape[-1] != self.d_model:
             raise ValueError(f"MoEMLP expects hidden size {self.d_model}, got input of shape {tuple(x.shape)}")
-        if self.dispatch not in DISPATCH:
-            raise ValueError(f"dispatch must be one of {DISPATCH_KINDS}, got {self.dispatch!r}")
-        if self.capacity_factor is not None and not self.capacity_factor > 0:
-            raise ValueError(f"capacity_factor must be None or > 0, got {self.capacity_factor!r}")
+        # the attributes may have been changed since construction (the chapter sweeps them)
+        check_choice("dispatch", self.dispatch, DISPATCH)
+        check_float("capacity_factor", self.capacity_factor, min=0, min_inclusive=False, allow_none=True)
         flat = x.reshape(-1, self.d_model)  # (N, C)
         logits = self.router_logits(flat)  # (N, E)
         r = route(logits, top_k=self.top_k, capacity_factor=self.capacity_factor, normalize=self.options.normalize)
@@ -479,6 +490,19 @@ class MoEMLP(nn.Module):
             getattr(self, name).zero_()
 
 
+def moe_mlp(config: ModelConfig, layer_idx: int = 0) -> nn.Module:
+    """The factory registered as ``mlp="moe"``: an :class:`MoEMLP` in the blocks that the
+    ``layers`` option names, the dense :class:`~course_lib.model.SwiGLU` (width ``config.d_ff``)
+    in the others."""
+    if moe_options(config).is_moe_layer(check_int("layer_idx", layer_idx, min=0), config.n_layers):
+        return MoEMLP(config, layer_idx)
+    return SwiGLU(config, layer_idx)
+
+
+#: ModelConfig calls this when a config with ``mlp="moe"`` is made (the plug-in contract, model.py)
+moe_mlp.check_config = moe_options
+
+
 def moe_layers(model: nn.Module) -> list[MoEMLP]:
     """The MoE layers of a model, in order."""
     return [m for m in model.modules() if isinstance(m, MoEMLP)]
@@ -504,12 +528,10 @@ class RouterRecorder:
     """
 
     def __init__(self, model: nn.Module, *, every: int = 10):
-        if not isinstance(every, int) or every < 1:
-            raise ValueError(f"every must be an int >= 1, got {every!r}")
+        self.every = check_int("every", every, min=1)
         self.layers = moe_layers(model)
         if not self.layers:
             raise ValueError("model has no MoE layers (build it with ModelConfig(mlp='moe'))")
-        self.every = every
         for m in self.layers:
             m.reset_stats()
         self.steps: list[int] = []
@@ -545,37 +567,7 @@ class RouterRecorder:
         return [[coefficient_of_variation(f) for f in snap] for snap in self.fractions]
 
 
-# --------------------------------------------------------------------------- building the chapter's runs
-
-#: The shared model shape of the chapter's runs (the zoo's tiny patient at context 128).
-RUN_BASE = dict(vocab_size=4096, d_model=64, n_layers=4, n_heads=4, n_kv_heads=2, max_seq_len=128)
-#: name -> ModelConfig overrides. Dense d_ff 176; MoE top-2 experts of 88 and top-1 experts
-#: of 176 cost the same FLOPs per token; "dense-wide" has the MoE top-2 run's total parameters.
-RUNS: dict[str, dict] = {
-    "dense": dict(d_ff=176),
-    "dense-wide": dict(d_ff=704),
-    "moe-k2-aux": dict(mlp="moe", mlp_options=dict(n_experts=8, top_k=2, d_expert=88)),
-    "moe-k2-noaux": dict(mlp="moe", mlp_options=dict(n_experts=8, top_k=2, d_expert=88, aux_loss_coef=0.0)),
-    "moe-k1-aux": dict(mlp="moe", mlp_options=dict(n_experts=8, top_k=1, d_expert=176)),
-    "moe-k1-noaux": dict(mlp="moe", mlp_options=dict(n_experts=8, top_k=1, d_expert=176, aux_loss_coef=0.0)),
-}
-RUN_TRAIN = dict(steps=300, batch_size=16, seq_len=128, lr=3e-3, warmup_steps=20, eval_every=25, eval_batches=4, seed=0)
-RUNS_FILE = "moe_runs.json"
-POSITION_BUCKET = 8  # positions per bucket in the stored per-position statistics
-
-
-def run_config(name: str) -> ModelConfig:
-    if name not in RUNS:
-        raise ValueError(f"unknown run {name!r}; choose one of {list(RUNS)}")
-    return ModelConfig(**RUN_BASE, **RUNS[name])
-
-
-def sample_passages(n: int = 2, n_tokens: int = 40) -> list[list[int]]:
-    """The first ``n`` validation articles, cut to ``n_tokens`` tokens (for per-token routing)."""
-    from course_lib import data
-
-    tok = data.get_tokenizer()
-    return [tok.encode(a.text).ids[:n_tokens] for a in data.articles("val")[:n]]
+# --------------------------------------------------------------------------- router analysis
 
 
 @torch.no_grad()
@@ -593,8 +585,6 @@ def routing_profile(model: nn.Module, tokens, *, seq_len: int = 128, batch_size:
     expert is that token id's most common one (1 = routing decided by the token alone) —
     next to the purity of the same assignments shuffled across tokens (rare token ids are
     "pure" by chance; the gap is what the token id explains)."""
-    from course_lib.data import eval_batches
-
     model.eval()
     layers = moe_layers(model)
     loads = [torch.zeros(m.n_experts, dtype=torch.long) for m in layers]
@@ -648,8 +638,6 @@ def capacity_sweep(
 ) -> list[dict]:
     """Validation loss and dropped share of assignments when every MoE layer of ``model``
     uses each capacity factor in turn (None = no limit); the layers' setting is restored."""
-    from course_lib.data import eval_batches
-
     layers = moe_layers(model)
     if not layers:
         raise ValueError("model has no MoE layers")
@@ -658,9 +646,8 @@ def capacity_sweep(
     model.eval()
     rows = []
     try:
-        for c in factors:
-            if c is not None and not c > 0:
-                raise ValueError(f"capacity factors must be None or > 0, got {c!r}")
+        for i, c in enumerate(factors):
+            check_float(f"factors[{i}]", c, min=0, min_inclusive=False, allow_none=True)
             for m in layers:
                 m.capacity_factor = c
             losses, drops = [], []
@@ -674,267 +661,6 @@ def capacity_sweep(
         for m, c in zip(layers, saved):
             m.capacity_factor = c
     return rows
-
-
-def build_run(name: str, *, progress: bool = True) -> dict:
-    """Train one of :data:`RUNS` with :data:`RUN_TRAIN` and return its record (curves, router stats)."""
-    from course_lib import data
-    from course_lib.model import TinyLM
-    from course_lib.train import TrainConfig, evaluate, train
-
-    cfg, tcfg = run_config(name), TrainConfig(**RUN_TRAIN)
-    tok = data.get_tokenizer(cfg.vocab_size)
-    train_ids, val_ids = data.encode_split("train", tok), data.encode_split("val", tok)
-    torch.manual_seed(tcfg.seed)
-    model = TinyLM(cfg)
-    rec = RouterRecorder(model, every=10) if cfg.mlp == "moe" else None
-
-    def callback(step, model, loss):
-        if rec is not None:
-            rec(step, model, loss)
-        if not progress and (step + 1) % 50 == 0:  # a heartbeat when the bar is off (parallel builds)
-            print(f"  {name}: step {step + 1}/{tcfg.steps}, loss {loss:.3f}", file=sys.stderr, flush=True)
-
-    hist = train(model, train_ids, val_ids, tcfg, progress=progress, callback=callback, desc=f"moe:{name}")
-    val_loss = evaluate(model, val_ids, seq_len=tcfg.seq_len, batch_size=16, max_batches=None)
-    out = {
-        "config": cfg.to_dict(),
-        "params": model.num_params(),
-        "active_params": model.num_params(active=True),
-        "flops_per_token": model.flops_per_token(tcfg.seq_len)["total"],
-        "steps": hist.step,
-        "loss": [round(v, 4) for v in hist.loss],
-        "val_step": hist.val_step,
-        "val_loss": [round(v, 4) for v in hist.val_loss],
-        "final_val_loss": round(val_loss, 4),
-        "train_seconds": round(hist.seconds, 1),
-        "tokens_per_second": round(hist.tokens_per_second),
-    }
-    from course_lib.paths import cache_dir
-    from course_lib.train import save_checkpoint
-
-    save_checkpoint(model, cache_dir("moe") / f"{name}.safetensors", metadata={"run": name})  # for later study
-    if rec is not None:
-        b = POSITION_BUCKET
-        pos = rec.positions()  # (L, T, E)
-        pos = pos.view(pos.shape[0], -1, b, pos.shape[-1]).mean(2)  # (L, T/b, E)
-        r4 = lambda v: [round(float(x), 4) for x in v]  # noqa: E731
-        out["router"] = {
-            "steps": rec.steps,
-            "fractions": [[r4(f) for f in snap] for snap in rec.fractions],
-            "would_drop": [[r4(f) for f in snap] for snap in rec.would_drop],
-            "z": [r4(snap) for snap in rec.z],
-            "positions": [[r4(row) for row in layer] for layer in pos.tolist()],
-            "position_bucket": b,
-            "profile": routing_profile(model, val_ids),
-            "capacity_sweep": [
-                {k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()}
-                for row in capacity_sweep(model, val_ids)
-            ],
-            "tokens": [
-                {"ids": ids, "text": [tok.decode([i]) for i in ids], "experts": token_routing(model, ids)}
-                for ids in sample_passages()
-            ],
-        }
-    return out
-
-
-def _build_worker(name: str, threads: int) -> tuple[str, dict]:
-    torch.set_num_threads(threads)
-    return name, build_run(name, progress=False)
-
-
-def build(
-    names: list[str] | None = None, *, jobs: int = 1, threads: int = 1, progress: bool = True, path: Path | None = None
-) -> dict:
-    """Train the runs and write ``zoo_data/moe_runs.json`` (atomically; rewritten after each run).
-
-    Each run uses ``threads`` torch threads (1 by default, so its numbers do not depend on
-    the core count); ``jobs`` runs train in parallel processes. Runs of the same recipe
-    already in the file are kept, so ``build dense`` refreshes one run.
-    """
-    from concurrent.futures import ProcessPoolExecutor, as_completed
-    from multiprocessing import get_context
-
-    from course_lib.paths import ZOO_DIR, atomic_write_bytes
-
-    names = list(RUNS) if names is None else list(names)
-    for v, what in ((jobs, "jobs"), (threads, "threads")):
-        if not isinstance(v, int) or v < 1:
-            raise ValueError(f"{what} must be an int >= 1, got {v!r}")
-    path = Path(path) if path is not None else ZOO_DIR / RUNS_FILE
-    built: dict = {}
-    result: dict = {}
-
-    def save(name: str, record: dict, seconds: float) -> None:
-        nonlocal result
-        built[name] = record
-        old = json.loads(path.read_text()) if path.is_file() else {}  # re-read: another build may have added runs
-        same_recipe = old.get("base") == RUN_BASE and old.get("train") == RUN_TRAIN
-        runs = {**(old.get("runs", {}) if same_recipe else {}), **built}
-        print(f"{name}: val loss {record['final_val_loss']} ({seconds:.0f} s)", flush=True)
-        result = {
-            "command": "python -m course_lib.moe build",
-            "base": RUN_BASE,
-            "train": RUN_TRAIN,
-            "capacity_probes": list(CAPACITY_PROBES),
-            "built_with": {"torch": torch.__version__, "threads": threads},
-            "runs": {m: runs[m] for m in RUNS if m in runs},
-        }
-        atomic_write_bytes(path, (json.dumps(result, separators=(",", ":")) + "\n").encode())
-
-    t0 = time.perf_counter()
-    if jobs == 1:
-        previous = torch.get_num_threads()
-        try:
-            for n in names:
-                save(*_build_worker(n, threads), time.perf_counter() - t0)
-        finally:
-            torch.set_num_threads(previous)
-    else:
-        failed = {}
-        with ProcessPoolExecutor(max_workers=jobs, mp_context=get_context("spawn")) as pool:
-            futures = {pool.submit(_build_worker, n, threads): n for n in names}
-            for fut in as_completed(futures):
-                try:
-                    save(*fut.result(), time.perf_counter() - t0)
-                except Exception as e:  # keep the other runs going; report at the end
-                    failed[futures[fut]] = e
-                    print(f"{futures[fut]}: FAILED: {e!r}", file=sys.stderr, flush=True)
-        if failed:
-            raise RuntimeError(f"runs failed: {sorted(failed)}") from next(iter(failed.values()))
-    return result
-
-
-def load_runs(path: Path | None = None) -> dict:
-    """The precomputed runs (``python -m course_lib.moe build`` writes them)."""
-    from course_lib.paths import ZOO_DIR
-
-    path = Path(path) if path is not None else ZOO_DIR / RUNS_FILE
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} is missing; build it with:  python -m course_lib.moe build")
-    return json.loads(path.read_text())
-
-
-# --------------------------------------------------------------------------- figures (pure builders)
-
-
-def run_name(*, top_k: int, aux: bool) -> str:
-    """Name of the precomputed MoE run with this top-k and aux-loss setting."""
-    name = f"moe-k{top_k}-{'aux' if aux else 'noaux'}"
-    if name not in RUNS:
-        raise ValueError(f"no precomputed run for top_k={top_k!r}, aux={aux!r}; runs: {list(RUNS)}")
-    return name
-
-
-def expert_load_figure(runs: dict, *, aux: bool = True, top_k: int = 2, layer: int = 0, cmax: float = 0.5):
-    """Heatmaps of the token share per expert: over training (one layer), per layer on
-    validation text at the end, and by position in the sequence (one layer)."""
-    from plotly.subplots import make_subplots
-
-    from course_lib.viz import HEATMAP_SCALE, use_style
-
-    name = run_name(top_k=top_k, aux=aux)
-    if name not in runs["runs"]:
-        raise ValueError(f"run {name!r} is not in the precomputed runs; rebuild with python -m course_lib.moe build")
-    r = runs["runs"][name]["router"]
-    if not r["steps"]:
-        raise ValueError(f"run {name!r} recorded no router snapshots (trained for fewer than 10 steps?)")
-    n_layers = len(r["profile"]["fractions"])
-    if not isinstance(layer, int) or not 0 <= layer < n_layers:
-        raise ValueError(f"layer must be an int in [0, {n_layers - 1}], got {layer!r}")
-    use_style()
-    frac = torch.tensor(r["fractions"])  # (S, L, E)
-    e = frac.shape[-1]
-    experts = [f"expert {i}" for i in range(e)]
-    b = r["position_bucket"]
-    pos = torch.tensor(r["positions"][layer])  # (T/b, E)
-    final = torch.tensor(r["profile"]["fractions"])  # (L, E)
-    cv = coefficient_of_variation(final[layer])
-    drop = r["profile"]["would_drop"][layer][list(CAPACITY_PROBES).index(1.25)]
-    fig = make_subplots(
-        rows=1,
-        cols=3,
-        column_widths=[0.5, 0.2, 0.3],
-        horizontal_spacing=0.06,
-        subplot_titles=(f"layer {layer}, during training", "each layer, validation", f"layer {layer}, by position"),
-    )
-    hover = "%{x}<br>%{y}: %{z:.1%} of assignments<extra></extra>"
-    fig.add_heatmap(
-        x=r["steps"], y=experts, z=frac[:, layer].T.tolist(), coloraxis="coloraxis", hovertemplate=hover, row=1, col=1
-    )
-    fig.add_heatmap(
-        x=[f"L{i}" for i in range(n_layers)],
-        y=experts,
-        z=final.T.tolist(),
-        coloraxis="coloraxis",
-        hovertemplate=hover,
-        row=1,
-        col=2,
-    )
-    fig.add_heatmap(
-        x=[f"{i * b}-{i * b + b - 1}" for i in range(pos.shape[0])],
-        y=experts,
-        z=pos.T.tolist(),
-        coloraxis="coloraxis",
-        hovertemplate=hover,
-        row=1,
-        col=3,
-    )
-    fig.update_xaxes(title_text="training step", row=1, col=1)
-    fig.update_xaxes(title_text="layer", row=1, col=2)
-    fig.update_xaxes(title_text="position", row=1, col=3)
-    fig.update_yaxes(showticklabels=False, row=1, col=2)
-    fig.update_yaxes(showticklabels=False, row=1, col=3)
-    fig.update_layout(
-        title_text=f"{name}: layer {layer} load CV {cv:.2f}, would drop {drop:.1%} at capacity factor 1.25",
-        coloraxis=dict(colorscale=HEATMAP_SCALE, cmin=0, cmax=cmax, colorbar=dict(title="share", tickformat=".0%")),
-        height=380,
-        margin=dict(l=70, r=20, t=80, b=50),
-    )
-    return fig
-
-
-def token_routing_figure(record: dict, *, title: str = "Which expert each token goes to"):
-    """Layers x tokens, coloured by the first-choice expert, labelled with every choice.
-
-    ``record`` has ``text`` (T token strings) and ``experts`` (L, T, k), as stored by the
-    build (``runs[...]["router"]["tokens"][i]``) or returned by :func:`token_routing`.
-    """
-    from course_lib.viz import PALETTE, figure, use_style
-
-    text, experts = record["text"], record["experts"]
-    if not experts or len(experts[0]) != len(text):
-        raise ValueError("record['experts'] must be (layers, tokens, k) with one entry per token of record['text']")
-    use_style()
-    n_layers = len(experts)
-    n_experts = max(max(max(c) for c in layer) for layer in experts) + 1
-    n_colors = max(n_experts, 8)
-    first = [[c[0] for c in layer] for layer in experts]
-    labels = [["/".join(str(e) for e in c) for c in layer] for layer in experts]
-    scale = []
-    for i in range(n_colors):  # a stepped colour scale: one palette colour per expert id
-        col = PALETTE[i % len(PALETTE)]
-        scale += [[i / n_colors, col], [(i + 1) / n_colors, col]]
-    shown = [t.replace(" ", "·").replace("\n", "⏎") for t in text]
-    fig = figure(title_text=title, height=120 + 45 * n_layers, xaxis=dict(tickangle=-60), margin=dict(b=90))
-    fig.add_heatmap(
-        z=first,
-        x=list(range(len(text))),
-        y=[f"layer {i}" for i in range(n_layers)],
-        text=labels,
-        texttemplate="%{text}",
-        customdata=[shown] * n_layers,
-        hovertemplate="token '%{customdata}'<br>%{y}: experts %{text}<extra></extra>",
-        colorscale=scale,
-        zmin=-0.5,
-        zmax=n_colors - 0.5,
-        showscale=False,
-        xgap=1,
-        ygap=1,
-    )
-    fig.update_xaxes(tickmode="array", tickvals=list(range(len(text))), ticktext=shown)
-    return fig
 
 
 # --------------------------------------------------------------------------- expert parallelism
@@ -951,8 +677,6 @@ def expert_parallel_forward(
     experts on what arrived; ``all_to_all_single`` the results back (splits reversed); weight
     and sum them per token. Uses only ``layer.experts`` rows this rank owns. No capacity.
     """
-    import torch.distributed as dist
-
     e_local = layer.n_experts // world_size
     r = route(layer.router(x_local), top_k=layer.top_k, normalize=layer.options.normalize)
     token, expert, weight = sort_by_expert(r)  # (M,) sorted by expert, so by owner rank
@@ -973,122 +697,3 @@ def expert_parallel_forward(
     dist.all_to_all_single(back, out, send, recv, group=group)
     y = x_local.new_zeros(x_local.shape).index_add(0, token, back * weight[:, None])
     return y, {"sent": send, "received": recv}
-
-
-def _demo_layer(seed: int = 0) -> MoEMLP:
-    cfg = ModelConfig(
-        vocab_size=16, d_model=64, n_layers=1, n_heads=4, d_ff=128, mlp="moe", mlp_options=dict(n_experts=8, top_k=2)
-    )
-    torch.manual_seed(seed)
-    return MoEMLP(cfg, 0).eval()
-
-
-def _ep_worker(rank: int, world_size: int, init_method: str, n_tokens: int, out_dir: str) -> None:
-    import torch.distributed as dist
-
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=init_method, rank=rank, world_size=world_size)
-    try:
-        layer = _demo_layer()
-        e_local = layer.n_experts // world_size
-        with torch.no_grad():  # keep only this rank's experts: the others are never read
-            for lin in (layer.experts.gate_proj, layer.experts.up_proj, layer.experts.down_proj):
-                mine = torch.zeros_like(lin.weight)
-                mine[rank * e_local : (rank + 1) * e_local] = lin.weight[rank * e_local : (rank + 1) * e_local]
-                lin.weight.copy_(mine)
-        x = torch.randn(n_tokens, layer.d_model, generator=torch.Generator().manual_seed(1))
-        n_local = n_tokens // world_size
-        t0 = time.perf_counter()
-        with torch.no_grad():
-            y, counts = expert_parallel_forward(
-                layer, x[rank * n_local : (rank + 1) * n_local], rank=rank, world_size=world_size
-            )
-        seconds = time.perf_counter() - t0
-        gathered = [torch.empty_like(y) for _ in range(world_size)]
-        dist.all_gather(gathered, y)
-        if rank == 0:
-            torch.save({"y": torch.cat(gathered), "counts": counts, "seconds": seconds}, Path(out_dir) / "rank0.pt")
-        dist.barrier()
-    finally:
-        dist.destroy_process_group()
-
-
-def expert_parallel_demo(*, world_size: int = 2, n_tokens: int = 512) -> dict:
-    """Run the expert-parallel layer in ``world_size`` local processes (gloo, 127.0.0.1) and
-    compare with the same layer in this process. Returns counts and the max difference."""
-    import os
-    import socket
-    import tempfile
-
-    import torch.multiprocessing as mp
-
-    if not isinstance(world_size, int) or world_size < 1 or 8 % world_size:
-        raise ValueError(f"world_size must divide the demo's 8 experts (1, 2, 4, 8), got {world_size!r}")
-    if not isinstance(n_tokens, int) or n_tokens < world_size or n_tokens % world_size:
-        raise ValueError(f"n_tokens must be a positive multiple of world_size, got {n_tokens!r}")
-    os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo0" if sys.platform == "darwin" else "lo")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    with tempfile.TemporaryDirectory() as tmp:
-        t0 = time.perf_counter()
-        mp.spawn(_ep_worker, args=(world_size, f"tcp://127.0.0.1:{port}", n_tokens, tmp), nprocs=world_size)
-        wall = time.perf_counter() - t0
-        res = torch.load(Path(tmp) / "rank0.pt")
-    layer = _demo_layer()
-    x = torch.randn(n_tokens, layer.d_model, generator=torch.Generator().manual_seed(1))
-    with torch.no_grad():
-        ref = layer(x)
-    return {
-        "world_size": world_size,
-        "n_tokens": n_tokens,
-        "rank0_sent": res["counts"]["sent"],
-        "rank0_received": res["counts"]["received"],
-        "max_abs_diff": float((res["y"] - ref).abs().max()),
-        "forward_seconds": res["seconds"],
-        "wall_seconds": wall,
-    }
-
-
-# --------------------------------------------------------------------------- command line
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m course_lib.moe", description=__doc__.split("\n")[0])
-    sub = parser.add_subparsers(dest="cmd", required=True)
-    b = sub.add_parser("build", help=f"train the chapter's runs into course_lib/zoo_data/{RUNS_FILE}")
-    b.add_argument("names", nargs="*", default=list(RUNS), help=f"which runs (default: all of {list(RUNS)})")
-    b.add_argument("--jobs", type=int, default=1, help="runs trained in parallel processes")
-    b.add_argument("--threads", type=int, default=1, help="torch threads per run")
-    b.add_argument("--out", type=Path, default=None, help=f"output file (default: course_lib/zoo_data/{RUNS_FILE})")
-    ep = sub.add_parser("expert-parallel-demo", help="expert parallelism over 2 local gloo processes")
-    ep.add_argument("--world-size", type=int, default=2)
-    ep.add_argument("--tokens", type=int, default=512)
-    args = parser.parse_args(argv)
-    if args.cmd == "build":
-        unknown = [n for n in args.names if n not in RUNS]
-        if unknown:
-            parser.error(f"unknown runs {unknown}; choose from {list(RUNS)}")
-        build(args.names, jobs=args.jobs, threads=args.threads, path=args.out)
-        return 0
-    res = expert_parallel_demo(world_size=args.world_size, n_tokens=args.tokens)
-    print(
-        f"expert parallelism: {res['world_size']} processes (gloo on 127.0.0.1), {res['n_tokens']} tokens, top-2 of 8"
-    )
-    print(f"rank 0 sent {res['rank0_sent']} assignment rows to ranks 0..{res['world_size'] - 1}")
-    print(f"rank 0 received {res['rank0_received']} rows from ranks 0..{res['world_size'] - 1}")
-    print(f"max |difference| vs one process: {res['max_abs_diff']:.2e}")
-    print(
-        f"forward on rank 0: {res['forward_seconds'] * 1e3:.1f} ms; wall incl. process start: {res['wall_seconds']:.1f} s"
-    )
-    ok = res["max_abs_diff"] < 1e-5
-    print("same output as one process" if ok else "MISMATCH")
-    return 0 if ok else 1
-
-
-if __name__ == "__main__":
-    # Run the imported module's main, not this __main__ copy: worker processes unpickle
-    # functions by module name, and MoEMLP must be one class, not two (course_lib.moe's and __main__'s).
-    from course_lib.moe import main as _main
-
-    sys.exit(_main())

@@ -13,6 +13,8 @@ import json
 import os
 from pathlib import Path
 
+from course_lib.checks import check_tensor, check_type
+
 PACKAGE_DIR = Path(__file__).resolve().parent
 #: Pretrained patients, their tokenizer and precomputed grids ship inside the package.
 ZOO_DIR = PACKAGE_DIR / "zoo_data"
@@ -84,11 +86,13 @@ def safetensors_bytes(tensors: dict, metadata: dict[str, str] | None = None) -> 
     """
     import torch
 
-    if not isinstance(tensors, dict) or not all(isinstance(v, torch.Tensor) for v in tensors.values()):
-        raise TypeError("tensors must be a dict of name -> torch.Tensor")
-    metadata = metadata or {}
-    if not all(isinstance(k, str) and isinstance(v, str) for k, v in metadata.items()):
-        raise TypeError("metadata must map str -> str (the safetensors format stores strings only)")
+    check_type("tensors", tensors, dict, what="a dict of name -> torch.Tensor")
+    for name, t in tensors.items():
+        check_tensor(f"tensors[{name!r}]", t)
+    metadata = check_type("metadata", metadata or {}, dict)
+    for k, v in metadata.items():  # the safetensors format stores strings only
+        check_type("metadata keys", k, str)
+        check_type(f"metadata[{k!r}]", v, str)
     header: dict = {"__metadata__": dict(sorted(metadata.items()))} if metadata else {}
     blobs, offset = [], 0
     for name in sorted(tensors):

@@ -42,6 +42,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from course_lib import configs
+from course_lib.checks import ArgumentTypeError, check_float, check_int
 
 # --------------------------------------------------------------------------- assumptions
 
@@ -120,14 +121,17 @@ USABLE_MEMORY_FRACTION = _default("usable_memory_fraction")
 
 
 def _check(name: str, value, *, low: float = 0.0, high: float = math.inf, low_inclusive: bool = False):
-    """``value`` (number or array) must lie in the range; raise a ValueError naming ``name`` otherwise."""
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating, np.ndarray)):
-        raise TypeError(f"{name} must be a number, got {type(value).__name__}")
-    arr = np.asarray(value, dtype=float)
-    ok_low = arr >= low if low_inclusive else arr > low
-    if not np.all(np.isfinite(arr)) or not np.all(ok_low) or not np.all(arr <= high):
-        bracket = "[" if low_inclusive else "("
-        raise ValueError(f"{name} must be finite and in {bracket}{low:g}, {high:g}], got {value!r}")
+    """``value``, a finite number in the range (default > 0) or an array of them (the estimates
+    vectorise): :func:`~course_lib.checks.check_float`'s rule and wording, element by element."""
+    bounds = dict(min=low, max=None if math.isinf(high) else high, min_inclusive=low_inclusive)
+    if not isinstance(value, np.ndarray):
+        return check_float(name, value, **bounds)
+    if value.dtype.kind not in "iuf":
+        raise ArgumentTypeError(f"{name} must be a number or an array of numbers, got an array of {value.dtype}")
+    arr = value.astype(float)
+    ok = np.isfinite(arr) & (arr >= low if low_inclusive else arr > low) & (arr <= high)
+    if not ok.all():
+        check_float(name, arr[~ok].flat[0].item(), **bounds)  # raises, naming the first bad element
     return value
 
 
@@ -323,11 +327,9 @@ def expected_experts_touched(num_experts: int, top_k: int, batch_size: int) -> f
     Each token picks ``top_k`` of ``num_experts``; an expert is missed by one token with
     probability :math:`1 - k/E`, so :math:`E\\,(1 - (1 - k/E)^B)` are touched on average.
     """
-    for name, v in (("num_experts", num_experts), ("top_k", top_k), ("batch_size", batch_size)):
-        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-            raise ValueError(f"{name} must be an int >= 1, got {v!r}")
-    if top_k > num_experts:
-        raise ValueError(f"top_k ({top_k}) must be <= num_experts ({num_experts})")
+    check_int("num_experts", num_experts, min=1)
+    check_int("top_k", top_k, min=1, max=num_experts)
+    check_int("batch_size", batch_size, min=1)
     return num_experts * (1.0 - (1.0 - top_k / num_experts) ** batch_size)
 
 
@@ -379,8 +381,7 @@ def query_cost(
     KV-cache traffic is ignored (small for short queries).
     """
     for name, v in (("prompt_tokens", prompt_tokens), ("output_tokens", output_tokens), ("batch_size", batch_size)):
-        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-            raise ValueError(f"{name} must be an int >= 1, got {v!r}")
+        check_int(name, v, min=1)
     _check("bandwidth", bandwidth)
     _check("utilization", utilization, high=1.0)
     total, active = configs.count_params(config)

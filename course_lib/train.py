@@ -21,6 +21,7 @@ from pathlib import Path
 
 import torch
 
+from course_lib.checks import check_callable, check_float, check_int, check_type
 from course_lib.data import eval_batches, random_batch
 from course_lib.model import ModelConfig, TinyLM
 from course_lib.paths import atomic_write_bytes, safetensors_bytes
@@ -45,19 +46,19 @@ class TrainConfig:
 
     def __post_init__(self):
         for name in ("steps", "batch_size", "seq_len"):
-            v = getattr(self, name)
-            if not isinstance(v, int) or v < 1:
-                raise ValueError(f"{name} must be an int >= 1, got {v!r}")
+            check_int(name, getattr(self, name), min=1)
         for name in ("warmup_steps", "eval_every", "eval_batches"):
-            v = getattr(self, name)
-            if not isinstance(v, int) or v < 0:
-                raise ValueError(f"{name} must be an int >= 0, got {v!r}")
-        if not self.lr > 0:
-            raise ValueError(f"lr must be > 0, got {self.lr!r}")
-        if not 0 <= self.min_lr_ratio <= 1:
-            raise ValueError(f"min_lr_ratio must be in [0, 1], got {self.min_lr_ratio!r}")
-        if self.weight_decay < 0 or self.grad_clip < 0:
-            raise ValueError("weight_decay and grad_clip must be >= 0")
+            check_int(name, getattr(self, name), min=0)
+        check_int("seed", self.seed)
+        check_float("lr", self.lr, min=0, min_inclusive=False)
+        check_float("min_lr_ratio", self.min_lr_ratio, min=0, max=1)
+        check_float("weight_decay", self.weight_decay, min=0)
+        check_float("grad_clip", self.grad_clip, min=0)
+        check_type("betas", self.betas, (tuple, list))
+        if len(self.betas) != 2:
+            raise ValueError(f"betas must be two numbers (beta1, beta2), got {self.betas!r}")
+        for i, b in enumerate(self.betas):
+            check_float(f"betas[{i}]", b, min=0, max=1, max_inclusive=False)
         self.betas = tuple(self.betas)
 
     @property
@@ -154,7 +155,9 @@ def train(
     report (``model.aux_loss()``, e.g. MoE load balancing). ``callback(step, model, loss)``
     runs after every optimiser step (router statistics are collected this way).
     """
-    cfg = cfg or TrainConfig()
+    cfg = check_type("cfg", cfg or TrainConfig(), TrainConfig)
+    if callback is not None:
+        check_callable("callback", callback)
     if cfg.seq_len > model.config.max_seq_len:
         raise ValueError(f"cfg.seq_len ({cfg.seq_len}) exceeds the model's max_seq_len ({model.config.max_seq_len})")
     gen = torch.Generator().manual_seed(cfg.seed)
@@ -218,8 +221,7 @@ def save_checkpoint(model: TinyLM, path, *, metadata: dict | None = None) -> Pat
 
     The bytes depend only on the weights and metadata (:func:`paths.safetensors_bytes`).
     """
-    if not isinstance(model, TinyLM):
-        raise TypeError(f"model must be a TinyLM, got {type(model).__name__}")
+    check_type("model", model, TinyLM)
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     if model.config.tie_embeddings:
         state.pop("lm_head.weight", None)  # the same storage as embed.weight

@@ -19,6 +19,8 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
+from course_lib.checks import check_callable, check_type
+
 #: Okabe–Ito colour-blind-safe palette (Okabe & Ito 2008, "Color Universal Design").
 PALETTE = ["#0072B2", "#E69F00", "#009E73", "#D55E00", "#CC79A7", "#56B4E9", "#F0E442", "#000000"]
 #: Sequential colour scale for heatmaps (perceptually uniform, colour-blind safe).
@@ -146,8 +148,9 @@ class Table:
     """A list of row dicts that renders as HTML in a notebook and as text elsewhere."""
 
     def __init__(self, rows: list[dict], *, caption: str = ""):
-        if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
-            raise TypeError("rows must be a list of dicts")
+        check_type("rows", rows, list, what="a list of dicts")
+        for i, r in enumerate(rows):
+            check_type(f"rows[{i}]", r, dict)
         self.rows, self.caption = rows, caption
         self.columns = list(dict.fromkeys(k for r in rows for k in r))
 
@@ -220,8 +223,7 @@ def interactive(builder: Callable, **controls):
     import ipywidgets as w
     from IPython.display import display
 
-    if not callable(builder):
-        raise TypeError("builder must be callable")
+    check_callable("builder", builder)
     widgets = {name: _control(name, spec) for name, spec in controls.items()}
     out = w.Output()
 

@@ -27,7 +27,8 @@ from pathlib import Path
 
 import torch
 
-from course_lib import data
+from course_lib import data, fingerprint
+from course_lib.checks import check_choice
 from course_lib.model import ModelConfig, TinyLM
 from course_lib.paths import ZOO_DIR, atomic_write_bytes
 from course_lib.train import TrainConfig, evaluate, load_checkpoint, perplexity, save_checkpoint, train
@@ -92,16 +93,11 @@ def names() -> list[str]:
 
 def card(name: str) -> dict:
     """The JSON card of a built patient."""
-    _check_name(name)
+    check_choice("name", name, names())
     path = card_path(name)
     if not path.is_file():
         raise FileNotFoundError(f"patient {name!r} is not built; run:  python -m course_lib.zoo build {name}")
     return json.loads(path.read_text())
-
-
-def _check_name(name: str) -> None:
-    if name not in RECIPES:
-        raise ValueError(f"unknown patient {name!r}; choose one of {names()}")
 
 
 def load(name: str = "tiny", *, verify: bool = True) -> Patient:
@@ -123,7 +119,7 @@ def load(name: str = "tiny", *, verify: bool = True) -> Patient:
 
 def build(name: str, *, progress: bool = True) -> dict:
     """Train one patient from its recipe and write its checkpoint and card."""
-    _check_name(name)
+    check_choice("name", name, names())
     mcfg, tcfg = RECIPES[name]
     torch.manual_seed(tcfg.seed)
     tok = data.get_tokenizer(mcfg.vocab_size)
@@ -153,6 +149,7 @@ def build(name: str, *, progress: bool = True) -> dict:
             "python": platform.python_version(),
             "threads": torch.get_num_threads(),
         },
+        "machine": fingerprint.machine(),  # which CPU made train_seconds (course_lib.fingerprint)
         "command": f"python -m course_lib.zoo build {name}",
     }
     path = save_checkpoint(model, checkpoint_path(name), metadata={"zoo": name})

@@ -32,7 +32,7 @@
 # > dense and an MoE patient compare at equal FLOPs per token.
 # > **What you'll need:** chapter 01 (the patient). No GPU, no downloads; the notebook runs
 # > within the course's budget of 90 seconds on a 2-core CPU (the long training runs were
-# > done once by `python -m course_lib.moe build` and ship with the course).
+# > done once by `python -m course_lib.build moe` and ship with the course).
 
 # %% tags=["bootstrap"]
 # Setup. On Colab (or any kernel without the course) this installs course_lib first.
@@ -60,6 +60,7 @@ import torch.nn.functional as F
 from IPython.display import Markdown, display
 
 from course_lib import configs, data, measure, moe, viz, zoo
+from course_lib.experiments import moe as moe_runs
 from course_lib.model import ModelConfig, SwiGLU, TinyLM
 from course_lib.train import TrainConfig, evaluate, train
 
@@ -406,7 +407,7 @@ finally:
 base = timings["dense MLP (same active params)"].median
 viz.Table(
     [{"variant": n, "ms": round(t.median * 1e3, 2), "× dense": round(t.median / base, 2)} for n, t in timings.items()],
-    caption=f"{N_tok} tokens, D = {D_big}, {E} experts of {F_big}, top-{k}; median of 5, one thread",
+    caption=f"{N_tok} tokens, D = {D_big}, {E} experts of {F_big}, top-{k}; {timings.note()}",
 )
 
 # %% tags=["nbval-ignore-output"]
@@ -414,15 +415,24 @@ ms = {n: t.median for n, t in timings.items()}
 naive_x = ms["MoE, naive loop"] / ms["MoE, grouped dispatch"]
 overhead = 1 - ms["  expert matmuls only (pre-grouped)"] / ms["MoE, grouped dispatch"]
 assert naive_x > 3, naive_x  # robust: thousands of tiny calls vs eight matmuls
+grouped_vs_naive = measure.compare(timings, "MoE, grouped dispatch", "MoE, naive loop")
+grouped_vs_dense = measure.compare(timings, "MoE, grouped dispatch", "dense MLP (same active params)")
 display(
     Markdown(
-        f"Grouping is **{naive_x:.0f}x** faster than the per-token loop. Against the dense MLP with the same "
-        f"active parameters the grouped MoE layer takes **{ms['MoE, grouped dispatch'] / ms['dense MLP (same active params)']:.1f}x** "
-        f"the time: the expert matmuls alone are {ms['  expert matmuls only (pre-grouped)'] / ms['dense MLP (same active params)']:.1f}x "
-        f"the dense matmuls ({E} experts x 3 smaller matmuls instead of 3 large ones), and routing, sorting, gathering and "
-        f"scattering are **{overhead:.0%}** of the MoE layer's time. At this width the experts' matmuls dominate; the "
-        f"narrower the experts, the larger the share of these fixed costs — section 8 times a training step of the "
-        f"patient, whose experts are far narrower."
+        f"Grouped dispatch ran **{measure.speed_phrase(grouped_vs_naive.speedup, than='the per-token loop', noise=grouped_vs_naive.noise)}**. "
+        f"Against the dense MLP with the same active parameters the grouped MoE layer was "
+        f"**{measure.speed_phrase(grouped_vs_dense.speedup, than='dense', noise=grouped_vs_dense.noise)}**: "
+        f"the expert matmuls alone take "
+        f"×{ms['  expert matmuls only (pre-grouped)'] / ms['dense MLP (same active params)']:.2f} the dense matmuls' time "
+        f"({E} experts x 3 smaller matmuls instead of 3 large ones), and routing, sorting, gathering and "
+        f"scattering are **{overhead:.0%}** of the MoE layer's time. "
+        + (
+            "At this width the experts' matmuls take most of the layer's time; "
+            if overhead < 0.5
+            else "Even at this width those fixed costs take most of the layer's time; "
+        )
+        + "the narrower the experts, the larger the share of the fixed costs — section 8 times a training step of "
+        "the patient, whose experts are far narrower."
     )
 )
 
@@ -436,7 +446,7 @@ display(
 # token: an upper bound of what the extra parameters could buy if used densely.
 
 # %%
-patients = {name: TinyLM(moe.run_config(name)) for name in moe.RUNS if not name.endswith("noaux")}
+patients = {name: TinyLM(moe_runs.run_config(name)) for name in moe_runs.RUNS if not name.endswith("noaux")}
 rows = []
 for name, m in patients.items():
     rows.append(
@@ -480,13 +490,13 @@ print(
 # %% [markdown]
 # ## 8 · Dense vs MoE, trained at equal FLOPs per token and equal steps
 #
-# Each patient was trained by `python -m course_lib.moe build` with the same recipe
+# Each patient was trained by `python -m course_lib.build moe` with the same recipe
 # (below), the same seed and the same batches — so the same number of tokens and, for
 # dense, MoE top-1 and MoE top-2, the same FLOPs. The MoE runs use no capacity limit
 # (dropless), `aux_loss_coef = 0.01` and `z_loss_coef = 0.001`. We load the curves.
 
 # %%
-runs = moe.load_runs()
+runs = moe_runs.load_runs()
 R = runs["runs"]
 print("recipe:", runs["train"])
 print("built with:", runs["built_with"], "| command:", runs["command"])
@@ -563,9 +573,16 @@ def train_step(model):
 
 step_t = measure.interleaved({n: train_step(patients[n].train()) for n in ("dense", "moe-k2-aux")}, warmup=1, repeats=3)
 step_ratio = step_t["moe-k2-aux"].median / step_t["dense"].median
+step_cmp = measure.compare(step_t, "moe-k2-aux", "dense")
 print(
     f"training step, batch 8 x 128: dense {step_t['dense'].median * 1e3:.0f} ms, MoE top-2 {step_t['moe-k2-aux'].median * 1e3:.0f} ms "
     f"= {step_ratio:.2f}x; at equal wall-clock time the MoE patient sees {1 / step_ratio:.0%} of the dense patient's tokens"
+)
+display(
+    Markdown(
+        f"At equal FLOPs per token, a training step of the MoE top-2 patient was "
+        f"**{measure.speed_phrase(step_cmp.speedup, than='the dense one', noise=step_cmp.noise)}** here ({step_t.note()})."
+    )
 )
 
 # %%
@@ -602,7 +619,7 @@ assert loss["dense"] < min(loss[n] for n in R if n.startswith("moe")) - 0.05  # 
 
 # %%
 train_ids, val_ids = data.encode_split("train"), data.encode_split("val")
-live_cfg = moe.run_config("moe-k2-aux")
+live_cfg = moe_runs.run_config("moe-k2-aux")
 live_cfg.mlp_options = {**live_cfg.mlp_options, "capacity_factor": 1.25}
 torch.manual_seed(0)
 live = TinyLM(live_cfg)
@@ -774,7 +791,7 @@ import ipywidgets as widgets
 
 
 def load_explorer(aux: bool = True, top_k: int = 2, layer: int = 0):
-    return moe.expert_load_figure(runs, aux=aux, top_k=top_k, layer=layer)
+    return moe_runs.expert_load_figure(runs, aux=aux, top_k=top_k, layer=layer)
 
 
 viz.interactive(
@@ -801,7 +818,9 @@ passages = R["moe-k2-aux"]["router"]["tokens"]
 
 
 def routing_explorer(run: str = "moe-k2-aux", passage: int = 0):
-    return moe.token_routing_figure(R[run]["router"]["tokens"][passage], title=f"{run}: expert per token and layer")
+    return moe_runs.token_routing_figure(
+        R[run]["router"]["tokens"][passage], title=f"{run}: expert per token and layer"
+    )
 
 
 viz.interactive(routing_explorer, run=moe_names, passage=list(range(len(passages))))
@@ -866,7 +885,10 @@ viz.show_source(moe.expert_parallel_forward)
 
 # %% tags=["nbval-ignore-output"]
 proc = subprocess.run(
-    [sys.executable, "-m", "course_lib.moe", "expert-parallel-demo"], capture_output=True, text=True, timeout=600
+    [sys.executable, "-m", "course_lib.build", "moe", "--expert-parallel-demo"],
+    capture_output=True,
+    text=True,
+    timeout=600,
 )
 print(proc.stdout or proc.stderr[-2000:])
 
@@ -902,9 +924,9 @@ print(
 assert card.ratio("moe top-2", "weight_mb") > 1.5 and abs(card.ratio("moe top-2", "gflops_per_token") - 1) < 0.02
 
 # %% [markdown]
-# * **Routing cost.** Sections 6 and 8 measured it: the router, sorting, gathering and
-#   scattering are cheap next to wide experts but not next to narrow ones, and at equal
-#   FLOPs a training step of our small MoE patient is slower than the dense one. Fused grouped-GEMM kernels on GPUs (MegaBlocks, Gale et al., 2023)
+# * **Routing cost.** Sections 6 and 8 measured it on this machine (their verdicts are
+#   printed there): the router, sorting, gathering and scattering are fixed costs per token,
+#   so their share of the time grows as the experts get narrower. Fused grouped-GEMM kernels on GPUs (MegaBlocks, Gale et al., 2023)
 #   shrink this overhead; on a laptop it stays.
 # * **Memory.** The MoE patient stores its total parameters but computes with its active
 #   ones. At batch size 1, decoding is bound by reading weights (chapter 11): a token
@@ -916,7 +938,7 @@ assert card.ratio("moe top-2", "weight_mb") > 1.5 and abs(card.ratio("moe top-2"
 #   recorder keeps (mean squared log-sum-exp of the router logits) let you watch it.
 # * **When MoE does not pay.** When memory, not compute, is the limit (edge devices,
 #   batch-1 serving); when the model is small enough that dispatch overhead rivals the
-#   expert matmuls (as here); when training is short, so experts never specialise; and
+#   expert matmuls (section 6 measured the share here); when training is short, so experts never specialise; and
 #   when the interconnect is slow, because expert parallelism all-to-alls every layer.
 
 # %%
@@ -947,9 +969,10 @@ display(
 #   router's logits small.
 # * Capacity factors trade dropped tokens (quality) against padded, wasted compute;
 #   dropless MoEs avoid the trade with kernels that handle uneven groups.
-# * Dispatch decides the speed: grouping assignments by expert is far faster than a loop.
-#   With wide experts a grouped MoE layer costs about what a dense MLP of equal FLOPs does;
-#   with narrow ones, like our patient's, routing and data movement make it slower.
+# * Dispatch decides the speed: grouping assignments by expert turns thousands of small
+#   calls into $E$ matmuls. At equal FLOPs an MoE layer adds routing and data movement,
+#   whose share of the time grows as the experts get narrower; sections 6 and 8 measured
+#   both on this machine.
 # * On our small patients and short budget, the dense patient beat every MoE patient at
 #   equal FLOPs per token and equal steps (section 8, single seed): the papers' gains need
 #   far larger models and budgets, and the accounting, not the sign, is what transfers.

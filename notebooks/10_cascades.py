@@ -69,6 +69,9 @@ from plotly.subplots import make_subplots
 
 from course_lib import cascade as cc
 from course_lib import data, encoder, measure, viz, zoo
+from course_lib import speculative as sd
+from course_lib.experiments.cascade import precomputed_logits
+from course_lib.model import KVCache
 
 # %% [markdown]
 # ## 1 · The task, and how we keep ourselves honest
@@ -142,14 +145,14 @@ logits = {"bow": cc.naive_bayes_predictions(task, ids=ids)}
 # the head takes seconds. The middle model is the same encoder reading only the **first 32
 # tokens** — the first sentence or so — which costs a fraction of the full pass. Its
 # embeddings, and the cross-fitted logits of both heads (five folds each), are precomputed
-# by `python -m course_lib.cascade build`; here we refit the full model's head live and
+# by `python -m course_lib.build cascade`; here we refit the full model's head live and
 # check that it reproduces the stored held-out predictions.
 
 # %%
 emb = encoder.corpus_embeddings("extract")  # (N, 384), cached: this makes MiniLM look free. It is not.
 head = cc.fit_linear_head(emb[dev], y[dev])
 live = cc.softmax(head.logits(emb[held]))
-logits["mini32"], logits["minilm"] = cc.precomputed_logits("mini32"), cc.precomputed_logits("minilm")
+logits["mini32"], logits["minilm"] = precomputed_logits("mini32"), precomputed_logits("minilm")
 stored = cc.softmax(logits["minilm"][held])
 agree = (live.argmax(1) == stored.argmax(1)).mean()
 print(
@@ -207,9 +210,9 @@ runners = {  # one query in, one answer out (the head's weights do not change it
     "mini32": lambda t: head.logits(encoder.embed([t], model=minilm, max_length=cc.MINI_TOKENS)),
     "minilm": lambda t: head.logits(encoder.embed([t], model=minilm)),
 }
-lat = measure.interleaved(
-    {m: (lambda fn=fn: [fn(t) for t in sample]) for m, fn in runners.items()}, warmup=1, repeats=3
-)
+timed = {m: (lambda fn=fn: [fn(t) for t in sample]) for m, fn in runners.items()}
+timed["tokenizer only"] = lambda: [cc.token_ids([t], tok) for t in sample]  # naive Bayes' first step, alone
+lat = measure.interleaved(timed, warmup=1, repeats=3)
 seconds = {m: lat[m].median / len(sample) for m in runners}
 costs = {m: cc.QueryCost(m, flops[m], seconds[m]) for m in logits}
 
@@ -229,14 +232,22 @@ viz.Table(
     caption=f"Cost of one query, batch 1, {torch.get_num_threads()} threads",
 )
 
-# %%
+# %% tags=["nbval-ignore-output"]
 ratio_flops = flops["minilm"].mean() / flops["bow"].mean()
 assert ratio_flops > 1e4 and flops["minilm"].mean() > 2 * flops["mini32"].mean()  # counted, so robust
+ratio_time = seconds["minilm"] / seconds["bow"]
+rate = {m: flops[m].mean() / seconds[m] for m in ("bow", "minilm")}  # effective FLOP/s
+tok_share = lat["tokenizer only"].median / lat["bow"].median
 display(
     Markdown(
         f"In FLOPs the two ends are {ratio_flops:,.0f}x apart: naive Bayes does a few thousand "
-        f"additions, MiniLM billions of multiply-adds. In wall-clock time the gap is smaller, because "
-        f"naive Bayes' time is mostly the tokenizer and Python overhead, not arithmetic."
+        f"additions, MiniLM billions of multiply-adds. In wall-clock time naive Bayes is "
+        f"{measure.speed_phrase(ratio_time, than='MiniLM')} — a gap "
+        f"{'smaller' if ratio_time < ratio_flops else 'larger'} than in FLOPs. "
+        + ("Its arithmetic is not its time: it " if rate["bow"] < rate["minilm"] / 100 else "It ")
+        + f"runs at an effective {rate['bow'] / 1e6:,.1f} MFLOP/s against MiniLM's {rate['minilm'] / 1e9:,.1f} GFLOP/s, "
+        f"and the tokenizer alone takes {min(tok_share, 1.0):.0%} of its time (the rest is Python calls around a few "
+        f"thousand additions; {lat.note()})."
     )
 )
 
@@ -440,9 +451,10 @@ table = viz.Table(
 display(table)
 display(
     Markdown(
-        f"Measured on this machine, the calibrated cascade saves {saving['calibrated']['time']:.1f}x in time "
-        f"against {saving['calibrated']['flops']:.1f}x in FLOPs. The two differ because the cheap model's time "
-        f"is not its arithmetic: tokenizing and Python overhead cost naive Bayes "
+        f"Measured on this machine, the calibrated cascade is "
+        f"{measure.speed_phrase(saving['calibrated']['time'], than='MiniLM alone')} in time per query, and "
+        f"{saving['calibrated']['flops']:.1f}x cheaper in FLOPs. The two differ because the cheap model's time "
+        f"is not its arithmetic (section 4): naive Bayes costs "
         f"{seconds['bow'] / seconds['minilm']:.1%} of MiniLM's time per query, but only "
         f"{flops['bow'].mean() / flops['minilm'].mean():.5%} of its FLOPs."
     )
@@ -720,9 +732,10 @@ viz.static_twin(
 #
 # For generation, "defer when unsure" has an exact form. The **draft** model (the tiny
 # patient) proposes $k$ tokens one at a time; the **target** (the small patient) scores all
-# $k$ in **one** forward pass. A pass over $k+1$ positions costs far less than $k+1$
-# passes, because a decode step at batch 1 is dominated by reading the weights and by
-# per-layer overhead, not by arithmetic (we measure by how much below). Then, token by token:
+# $k$ in **one** forward pass. A pass over $k+1$ positions can cost far less than $k+1$
+# passes when a decode step's time at batch 1 is not its arithmetic — reading the weights
+# from memory, or fixed per-layer overhead; which of these applies here is measured below.
+# Then, token by token:
 #
 # * **greedy:** keep a drafted token while it equals the target's argmax; at the first
 #   mismatch emit the target's argmax instead. The output *is* the target's greedy output.
@@ -742,24 +755,29 @@ for _ in range(5):
     alpha = np.minimum(p, q).sum()  # probability that the draft token is accepted
     residual = np.maximum(p - q, 0) / np.maximum(p - q, 0).sum()
     emitted = q * np.minimum(1, p / q) + (1 - alpha) * residual
-    assert np.allclose(emitted, p) and math.isclose(alpha, cc.acceptance_probability(p, q))
+    assert np.allclose(emitted, p) and math.isclose(alpha, sd.acceptance_probability(p, q))
 print(f"P(emit x) == p(x) on 5 random pairs; acceptance probability of the last pair: {alpha:.3f}")
 
 # %% [markdown]
 # **Rolling back the KV cache.** Both models decode with chapter 01's KV cache. When the
 # target rejects a drafted token, the positions written for it (and after it) must be
-# forgotten. A `KVCache` attends to `k[:, :, :pos]` only, so rolling back is setting `pos`
-# back in every layer (`cc.rollback`); the stale entries are never read and are
-# overwritten by the next write.
+# forgotten. Every cache kind says how with its own `truncate(length)`, and `sd.rollback`
+# calls it in every layer. A `KVCache` attends to `k[:, :, :pos]` only, so truncating is
+# moving `pos` back; the stale entries are never read and are overwritten by the next
+# write. (Chapter 03's rolling window cache also empties the ring slots it wrote, and
+# refuses — a `ValueError` — to forget positions whose slots already overwrote keys the
+# next query reads.) One round of speculative decoding is `sd.speculative_round`: draft
+# with the ordinary decode loop, verify in one pass, accept, roll back.
 
 # %%
-viz.show_source(cc.rollback)
+display(viz.show_source(KVCache.truncate))
+viz.show_source(sd.speculative_round)
 
 # %%
 tiny, small = zoo.load("tiny"), zoo.load("small")
 prompts = [small.encode(s) for s in ("The Moon is", "Albert Einstein was a", "Python is a programming")]
 for p_ in prompts:
-    out, st = cc.speculative_generate(small.model, tiny.model, p_, 40, k=4)
+    out, st = sd.speculative_generate(small.model, tiny.model, p_, 40, k=4)
     assert torch.equal(out, small.model.generate(p_, 40))  # greedy speculative == the target's own greedy
     print(
         f"{st.acceptance_rate:.0%} of drafted tokens accepted, {st.tokens_per_round:.2f} tokens per target pass:",
@@ -773,7 +791,7 @@ for p_ in prompts:
 
 # %%
 g = torch.Generator().manual_seed(0)
-out, st = cc.speculative_generate(small.model, tiny.model, prompts[0], 40, k=4, temperature=0.8, top_k=40, generator=g)
+out, st = sd.speculative_generate(small.model, tiny.model, prompts[0], 40, k=4, temperature=0.8, top_k=40, generator=g)
 print(f"sampled (T = 0.8, top-k 40): {st.acceptance_rate:.0%} accepted:", repr(small.decode(out)[:100]))
 
 # %% [markdown]
@@ -783,18 +801,22 @@ print(f"sampled (T = 0.8, top-k 40): {st.acceptance_rate:.0%} accepted:", repr(s
 # draft step's time relative to a target step and $v$ the verify pass's. It yields
 # "tokens per pass" tokens; if each drafted token were accepted independently with
 # probability $\alpha$ that would be $\frac{1 - \alpha^{k+1}}{1 - \alpha}$ (Leviathan et al.
-# 2023, §3–4; `cc.expected_speedup`). The speed-up is tokens per pass divided by $kc + v$.
-# We measure $c$ and $v$ (`cc.step_costs`), the acceptance for several $k$, and the real
-# tokens per second, side by side (`cc.speculative_benchmark`).
+# 2023, §3–4; `sd.expected_speedup`). The speed-up is tokens per pass divided by $kc + v$.
+# We measure $c$ and $v$ (`sd.step_costs`), the acceptance for several $k$, and the real
+# tokens per second, side by side (`sd.speculative_benchmark`).
 
 # %% tags=["nbval-ignore-output"]
+from course_lib import fingerprint, hardware
+
 sc_k = 4
-sc = cc.step_costs(small.model, tiny.model, context=16, k=sc_k, warmup=3, repeats=21)
+sc = sd.step_costs(small.model, tiny.model, context=16, k=sc_k, warmup=3, repeats=21)
+l3 = fingerprint.cache_bytes().get("L3")
+bw = hardware.memory_bandwidth("read", array_bytes=max(2 * (l3 or 0), 64 * 2**20), repeats=3)  # DRAM, not cache
 NEW = 32
-bench = cc.speculative_benchmark(small.model, tiny.model, prompts, ks=(1, 2, 3, 4), new_tokens=NEW, repeats=3)
+bench = sd.speculative_benchmark(small.model, tiny.model, prompts, ks=(1, 2, 3, 4), new_tokens=NEW, repeats=3)
 for r in bench[1:]:
     denom = r["k"] * sc["c"] + sc["v"]  # time of one round, in target steps
-    r["tokens/pass if i.i.d."] = cc.expected_tokens_per_round(r["acceptance"], r["k"])
+    r["tokens/pass if i.i.d."] = sd.expected_tokens_per_round(r["acceptance"], r["k"])
     r["predicted (measured c, v)"] = r["tokens_per_pass"] / denom
     r["predicted if time ∝ FLOPs"] = r["tokens_per_pass"] / (r["k"] * sc["c_flops"] + 1)
     r["predicted, free draft (c = 0)"] = r["tokens_per_pass"] / sc["v"]
@@ -841,22 +863,49 @@ fig
 
 # %% tags=["nbval-ignore-output"]
 best_k = max(bench[1:], key=lambda r: r["speedup"])
+best_word = measure.speed_word(best_k["speedup"])
+w_bytes = measure.weight_bytes(small.model)
+stream_s = w_bytes / bw.bytes_per_s  # one decode step must read every weight once: from DRAM, this long
+over = sc["target_step_s"] / stream_s
+fits = l3 is not None and w_bytes < l3
+cache_part = (
+    f"The target's {w_bytes / 1e6:.1f} MB of weights fit in this CPU's {l3 / 2**20:.0f} MiB L3 cache, so after the "
+    "first step they need not come from memory at all. "
+    if fits
+    else f"The target's {w_bytes / 1e6:.1f} MB of weights do not fit in the L3 cache"
+    + (f" ({l3 / 2**20:.0f} MiB). " if l3 else " (its size is unknown here). ")
+)
+bound_part = (
+    f"A measured target step ({sc['target_step_s'] * 1e3:.2f} ms) takes {over:.1f}x the time of streaming every "
+    f"weight from DRAM at the measured {bw.bytes_per_s / 1e9:.1f} GB/s"
+    + (
+        ", so reading the weights is not what a decode step's time is made of here"
+        if over > 2
+        else ", so here a decode step is about as long as reading its weights: it is bound by memory"
+    )
+)
+flops_part = (
+    f"; nor is arithmetic: a draft step costs c = {sc['c']:.2f} of a target step although it does only "
+    f"{sc['c_flops']:.2f} of the FLOPs. What is left is fixed cost per layer and per call (the tiny patient has "
+    f"{tiny.model.config.n_layers} layers, the small one {small.model.config.n_layers}). "
+    if sc["c"] > 2 * sc["c_flops"]
+    else f"; a draft step costs c = {sc['c']:.2f} of a target step and does {sc['c_flops']:.2f} of its FLOPs. "
+)
 display(
     Markdown(
         f"**Honest result.** The tiny draft agrees with the small target on "
         f"{bench[1]['acceptance']:.0%} of tokens at k = 1 and {bench[-1]['acceptance']:.0%} at k = {bench[-1]['k']}, "
         f"and every greedy output was identical to the target's. The best measured speed-up was "
-        f"**{best_k['speedup']:.2f}x** (k = {best_k['k']})"
+        f"**{best_k['speedup']:.2f}x** (k = {best_k['k']}): on this machine speculative decoding is "
         + (
-            ": on this machine speculative decoding is *slower* than the target alone. "
-            if best_k["speedup"] < 1
-            else ". "
+            f"*{measure.speed_phrase(best_k['speedup'], than='the target alone')}*. "
+            if best_word != "within noise"
+            else "no faster or slower than the target alone, within noise. "
         )
-        + f"Why it is not larger: a draft step costs c = {sc['c']:.2f} of a target step here, although it does "
-        f"only {sc['c_flops']:.2f} of the FLOPs — "
-        f"at a few million parameters and batch 1, a decode step's time is mostly fixed per-layer overhead "
-        f"(the tiny patient has {tiny.model.config.n_layers} layers, the small one {small.model.config.n_layers}), "
-        f"not arithmetic, and verifying {sc_k + 1} tokens costs v = {sc['v']:.2f} single steps. If time here "
+        + cache_part
+        + bound_part
+        + flops_part
+        + f"Verifying {sc_k + 1} tokens costs v = {sc['v']:.2f} single steps. If time here "
         f"followed FLOPs, the prediction would be {max(r['predicted if time ∝ FLOPs'] for r in bench[1:]):.2f}x; "
         f"even a draft that cost nothing (c = 0) would give at most "
         f"{max(r['predicted, free draft (c = 0)'] for r in bench[1:]):.2f}x with these acceptance rates. "
@@ -887,7 +936,7 @@ display(
 # * Speculative decoding is exact (greedy: identical output; sampling: identical
 #   distribution) and its speed-up is $\frac{1-\alpha^{k+1}}{(1-\alpha)(kc+v)}$: it needs a
 #   draft that is right often (high $\alpha$) *and* cheap in wall-clock time (small $c$).
-#   With the course's patients on a CPU, $c$ is large and the gain is small or negative.
+#   With the course's patients on a CPU, section 10 measures $c$ and the gain on your machine.
 #
 # **When not to use a cascade:** when the small model's errors are the ones that matter
 # most (a cascade averages over queries), when there is no held-out data to calibrate and

@@ -56,7 +56,6 @@ device = start(seed=0)
 
 # %%
 import math
-import time
 
 import torch
 import torch.nn.functional as F
@@ -119,28 +118,25 @@ print(
 # %% tags=["nbval-ignore-output"]
 n = 1024
 a, w = torch.randn(n, n), torch.randn(n, n)
-a @ w  # warm-up: the first call pays for allocation and thread start-up
-t0 = time.perf_counter()
-a @ w
-t_mm = time.perf_counter() - t0
-print(f"one {n}³ fp32 matmul: {2 * n**3 / 1e9:.2f} GFLOP in {t_mm * 1e3:.1f} ms = {2 * n**3 / t_mm / 1e9:.1f} GFLOP/s")
+# The course's timing protocol: a warm-up call (allocation, thread start-up), then the median of
+# as many calls as fill a fifth of a second (course_lib.measure).
+t_mm = measure.time_fn(lambda: a @ w, warmup=1, repeats=5)
+print(f"a {n}³ fp32 matmul: {2 * n**3 / 1e9:.2f} GFLOP in {t_mm * 1e3:.1f} ms = {2 * n**3 / t_mm / 1e9:.1f} GFLOP/s")
 
 src = torch.ones(hardware.working_set_bytes() // 4)  # (N,) fp32, several times the L3 cache
 dst = torch.empty_like(src)
-dst.copy_(src)  # warm-up (and page faults)
-t0 = time.perf_counter()
-dst.copy_(src)
-t_copy = time.perf_counter() - t0
+t_copy = measure.time_fn(lambda d=dst, s=src: d.copy_(s), warmup=1, repeats=5)  # the warm-up pays the page faults
 print(
     f"copy of {src.nbytes / 2**20:.0f} MiB: {2 * src.nbytes / 1e9:.2f} GB moved in {t_copy * 1e3:.1f} ms = {2 * src.nbytes / t_copy / 1e9:.1f} GB/s"
 )
 del src, dst
 
 # %% [markdown]
-# One timing is one sample of a noisy process. `course_lib.hardware` repeats each
-# measurement after a warm-up (through `course_lib.measure`) and keeps the **fastest** run:
-# a roof is the best the machine can do, and interference only ever slows a run down (the
-# STREAM benchmark reports its best rate for the same reason). It doubles the matrix size
+# One timing is one sample of a noisy process, so the cell above reports the **median** of
+# several after a warm-up: the typical run. For a *roof*, `course_lib.hardware` times the same
+# way (through `course_lib.measure`) but keeps the **fastest** run: a roof is the best the
+# machine can do, and interference only ever slows a run down (the STREAM benchmark reports
+# its best rate for the same reason). It doubles the matrix size
 # as long as one product stays under half a second, measures each number format, and runs three
 # STREAM kernels (McCalpin, 1995): *read* (`sum(b)`), *copy* (`a = b`) and *triad*
 # (`a = b + s·c`). Ops placed under the roofs later are timed by their median, the typical
@@ -161,9 +157,7 @@ info = hardware.cpu_info()
 viz.Table([{"property": k, "value": v} for k, v in info.items()], caption="This machine")
 
 # %% tags=["nbval-ignore-output"]
-t0 = time.perf_counter()
 roof = hardware.measure_roofline(dtypes=("fp32", "bf16", "int8"), kinds=("read", "copy", "triad"))
-print(f"roofline measured in {time.perf_counter() - t0:.1f} s")
 peaks, bws = roof.details["peaks"], roof.details["bandwidths"]
 viz.Table(
     [
@@ -230,10 +224,10 @@ w32 = torch.randn(n_out, k_dim)
 w16 = w32.bfloat16()
 x32, x16 = torch.randn(1, k_dim), torch.randn(1, k_dim).bfloat16()
 t = measure.interleaved({"fp32": lambda: F.linear(x32, w32), "bf16": lambda: F.linear(x16, w16)}, warmup=1, repeats=5)
-gemv_speedup = t["fp32"].median / t["bf16"].median
+gemv = measure.compare(t, "bf16", "fp32")
 print(
     f"decode GEMV 1×{k_dim} @ {k_dim}×{n_out}: fp32 {t['fp32'].median * 1e3:.2f} ms, bf16 {t['bf16'].median * 1e3:.2f} ms "
-    f"-> bf16 is {gemv_speedup:.2f}x as fast (half the bytes would allow 2x)"
+    f"-> bf16 is {gemv.phrase} (half the bytes would allow 2×); {t.note()}"
 )
 
 
@@ -244,6 +238,70 @@ print(
 # they always are. The lesson generalises: **a lower precision is only faster where the
 # hardware has a fast path for it** — check, then measure.
 #
+# ### Threads that wait: spinning or sleeping
+#
+# Every roof above was measured with PyTorch's threads, which it runs with OpenMP (GNU
+# libgomp, shipped inside the PyTorch wheels). Between two parallel regions — two matmuls —
+# a worker thread waits for the next one, and the environment variable `OMP_WAIT_POLICY`
+# decides how: `ACTIVE` threads **spin**, checking for work in a tight loop so they react
+# within nanoseconds; `PASSIVE` threads **sleep** in the kernel until they are woken, which
+# costs microseconds; unset, libgomp spins for a while and then sleeps
+# ([libgomp manual: OMP_WAIT_POLICY](https://gcc.gnu.org/onlinedocs/libgomp/OMP_005fWAIT_005fPOLICY.html);
+# [GOMP_SPINCOUNT](https://gcc.gnu.org/onlinedocs/libgomp/GOMP_005fSPINCOUNT.html) gives the
+# spin counts). Spinning is a bet that the core belongs to you. When another process wants
+# it — a browser, an IDE, a second notebook — the spinning thread burns the time slice that
+# the thread it is waiting for, or the other process, needs. `course_lib` therefore sets
+# `OMP_WAIT_POLICY=PASSIVE` before torch starts (a value you set yourself wins).
+#
+# The experiment: a fixed loop of small 2-thread matmuls (64×256 @ 256×1024), in a fresh
+# process per policy (the policy is read once, when OpenMP starts), on the machine as it is
+# and with one busy process (`python3 -c "while True: pass"`) per core started beside it and
+# killed right after. A loop that would run past a second is stopped there and its time
+# extrapolated, so the cell stays short however badly spinning does
+# (`hardware.wait_policy_experiment`; its docstring gives the details).
+
+# %% tags=["nbval-ignore-output"]
+wait_rows = hardware.wait_policy_experiment()
+viz.Table(
+    [
+        {
+            "OMP_WAIT_POLICY": r["OMP_WAIT_POLICY"],
+            "machine": f"+ {r['busy processes']} busy processes" if r["busy processes"] else "as it is",
+            f"seconds for {r['matmuls']} matmuls": round(r["seconds"], 2),
+            "ms per matmul": round(r["ms per matmul"], 3),
+            "measured": "all" if not r["extrapolated"] else f"first {r['matmuls run']}, extrapolated",
+            "load average": round(r["load average"], 2),
+        }
+        for r in wait_rows
+    ],
+    caption=f"A 2-thread loop of {wait_rows[0]['matmuls']} fp32 matmuls under each wait policy (one process per policy)",
+)
+
+# %% tags=["nbval-ignore-output"]
+wait = {(r["OMP_WAIT_POLICY"], r["busy processes"] > 0): r["seconds"] for r in wait_rows}
+n_busy = max(r["busy processes"] for r in wait_rows)
+wait_load = max(r["load average"] for r in wait_rows if not r["busy processes"])  # before our busy processes
+display(
+    Markdown(
+        f"With {n_busy} busy processes beside it, the loop under `PASSIVE` ran "
+        f"**{measure.speed_phrase(wait['ACTIVE', True] / wait['PASSIVE', True], than='under ACTIVE')}**; on the "
+        f"machine as it was, `PASSIVE` ran {measure.speed_phrase(wait['ACTIVE', False] / wait['PASSIVE', False], than='ACTIVE')}. "
+        f"The busy processes made the `ACTIVE` loop "
+        f"{measure.speed_phrase(wait['ACTIVE', False] / wait['ACTIVE', True], than='without them')} and the "
+        f"`PASSIVE` loop {measure.speed_phrase(wait['PASSIVE', False] / wait['PASSIVE', True], than='without them')}. "
+        "(One loop per case, so differences of about 10 % count as noise"
+        + (
+            f"; and the machine was busy before the busy processes started — load average up to {wait_load:.1f} on "
+            f"{hardware.usable_cpus()} CPUs — so even the runs 'as it is' shared the cores and the smaller ratios "
+            "are noisy"
+            if wait_load > hardware.usable_cpus()
+            else ""
+        )
+        + ".) A learner's laptop is never idle, which is why the course does not let its threads spin."
+    )
+)
+
+# %% [markdown]
 # ## 3 · Arithmetic intensity, from the formula
 #
 # For a matmul $(m \times k) \cdot (k \times n)$: $F = 2mkn$, and the least traffic any
@@ -399,16 +457,36 @@ viz.static_twin(roofline_explorer, {"batch": [1, 4, 16, 64, 256, 1024]}, label="
 # %% tags=["nbval-ignore-output"]
 frac = {p.name: p.fraction for p in placements}
 big_mm = max((p for p in placements if p.name.startswith("matmul")), key=lambda p: p.intensity)
+# Rules for the words below: an op is "far below" its roof under half of what the largest matmul reached.
+FAR_BELOW = 0.5
+small_mm_far = frac["matmul 64³"] < FAR_BELOW * big_mm.fraction
+KERNELS = {"RMSNorm": "six", "SwiGLU activation": "two"}  # eager aten kernels of each (counted in section 7)
+eltwise_far = [o for o in KERNELS if frac[o] < FAR_BELOW * big_mm.fraction]
 display(
     Markdown(
         f"On this machine the largest matmul ({big_mm.shape}) reached **{big_mm.fraction:.0%}** of the fp32 peak "
         f"(the op the compute roof itself is measured with), and the "
         f"batch-1 decode GEMV **{frac['decode GEMV, batch 1']:.0%}** of what the bandwidth allows. The 64³ matmul "
-        f"reached **{frac['matmul 64³']:.0%}** of its roof: half a million FLOPs take microseconds of arithmetic, so "
-        f"the fixed cost of a call (dispatch, waking the threads) dominates. RMSNorm ({frac['RMSNorm']:.0%}) and the SwiGLU "
-        f"activation ({frac['SwiGLU activation']:.0%}) run as several PyTorch kernels (six and two) that each read and "
-        f"write whole arrays, so the bytes they *need* move slower than the bytes they *move*; section 7 counts that "
-        f"traffic and measures what fusion recovers."
+        f"reached **{frac['matmul 64³']:.0%}** of its roof"
+        + (
+            ", far below the large one: half a million FLOPs take microseconds of arithmetic, so the fixed cost of "
+            "a call (dispatch, waking the threads) weighs as much as the work. "
+            if small_mm_far
+            else ", not far below the large one: here the fixed cost of a call is small next to its arithmetic. "
+        )
+        + f"RMSNorm reached {frac['RMSNorm']:.0%} and the SwiGLU activation {frac['SwiGLU activation']:.0%} of the "
+        f"bandwidth roof. "
+        + (
+            f"{' and '.join(eltwise_far)} stayed far below it: "
+            + ("they run" if len(eltwise_far) > 1 else "it runs")
+            + f" as several PyTorch kernels ({' and '.join(KERNELS[o] for o in eltwise_far)}) that each read and "
+            "write whole arrays, so the bytes they *need* move slower than the bytes they *move*; section 7 counts "
+            "that traffic and measures what fusion recovers."
+            if eltwise_far
+            else "Neither stayed far below it, although they run as several PyTorch kernels (six and two): on this "
+            "machine the extra traffic cost little; section 7 counts it and measures what fusion recovers."
+        )
+        + f" (The rule for *far below*: under {FAR_BELOW:.0%} of the share of its roof that the largest matmul reached.)"
         + (
             f" **Caution:** {', '.join(p.name for p in placements if p.fraction > 1.2)} ran above the roof, which "
             f"cannot happen on a quiet machine: something else was using it while the roofs were measured, so they "
@@ -493,17 +571,23 @@ mm_share = {
     for n, p in (("prefill", prof_prefill), ("decode", prof_decode))
 }
 n_ops_decode = sum(r["calls"] for r in prof_decode.ops)
+# The rule for the verdict: a step is "dispatch-bound" when the matrix products, which do all its
+# arithmetic and read all its weights, take less than half of its profiled time.
+DISPATCH_RULE = 0.5
+dispatch_bound = mm_share["decode"] < DISPATCH_RULE
 display(
     Markdown(
-        f"Matrix products take **{mm_share['prefill']:.0%}** of the prefill's time but only **{mm_share['decode']:.0%}** "
+        f"Matrix products take **{mm_share['prefill']:.0%}** of the prefill's time and **{mm_share['decode']:.0%}** "
         f"of a decode step's. A decode step makes **{n_ops_decode}** operator calls (nested ones included) for "
         f"{prof_decode.matmul_flops / 1e6:.1f} MFLOP of matmuls, about {prof_decode.total_ms * 1e3 / n_ops_decode:.0f} µs "
-        f"per operator. "
+        f"per operator. The rule used here: when the matrix products, which do all the arithmetic and read all the "
+        f"weights, take less than {DISPATCH_RULE:.0%} of a step, the rest is the cost of launching operators. "
         + (
-            "At this size a decode step is dominated by dispatching small kernels rather than by arithmetic or bytes: "
+            f"By that rule this decode step is dispatch-bound ({mm_share['decode']:.0%} < {DISPATCH_RULE:.0%}): "
             "the regime where CUDA graphs, `torch.compile` and fused kernels help most."
-            if mm_share["decode"] < 0.5
-            else "Even at this size the matmuls dominate a decode step on this machine."
+            if dispatch_bound
+            else f"By that rule this decode step is not dispatch-bound ({mm_share['decode']:.0%} ≥ "
+            f"{DISPATCH_RULE:.0%}): the matrix products take most of it on this machine."
         )
     )
 )
@@ -518,7 +602,10 @@ display(
 # on the patient (prompts of 32 tokens, 8 decoded), interleaved across batch sizes:
 
 # %% tags=["nbval-ignore-output"]
-sweep = hardware.batch_sweep(model, batch_sizes=(1, 2, 4, 8, 16, 32), prompt_len=32, new_tokens=8, warmup=1, repeats=3)
+SWEEP_PROMPT = 32
+sweep = hardware.batch_sweep(
+    model, batch_sizes=(1, 2, 4, 8, 16, 32), prompt_len=SWEEP_PROMPT, new_tokens=8, warmup=1, repeats=3
+)
 viz.Table(
     [{k: (round(v, 2) if isinstance(v, float) else v) for k, v in r.items()} for r in sweep],
     caption=f"{PATIENT} patient, batch sweep",
@@ -545,15 +632,28 @@ step_growth = sweep[-1]["decode ms/step"] / sweep[0]["decode ms/step"]
 assert gain > 2, gain
 
 # %% tags=["nbval-ignore-output"]
+prefill_gain = sweep[-1]["prefill tokens/s"] / sweep[0]["prefill tokens/s"]
 display(
     Markdown(
-        f"Batch 32 decodes **{gain:.1f}×** as many tokens per second as batch 1, while each step got "
-        f"**{step_growth:.1f}×** slower. Prefill throughput changed "
-        f"{sweep[-1]['prefill tokens/s'] / sweep[0]['prefill tokens/s']:.1f}× over the same range: with {32} tokens "
-        f"per sequence its matmuls are matrix-matrix products already, and on a model whose matrices are large they "
-        f"are compute-bound at batch 1 (section 3). This is why serving systems batch decode requests continuously "
-        f"(Yu et al., 2022, *Orca*) and why the KV cache, which grows with the batch, becomes the memory "
-        f"problem that paged attention addresses (Kwon et al., 2023)."
+        f"Batch {sweep[-1]['batch']} decodes **{gain:.1f}×** as many tokens per second as batch {sweep[0]['batch']}, "
+        f"while each step was "
+        f"**{measure.speed_phrase(1 / step_growth, than='a batch-' + str(sweep[0]['batch']) + ' step')}**. Prefill "
+        f"throughput changed ×{prefill_gain:.1f} over the same range"
+        + (
+            f", far less than decode's: with {SWEEP_PROMPT} tokens per "
+            "sequence its matmuls are matrix-matrix products already, and on a model whose matrices are large they "
+            "are compute-bound at batch 1 (section 3). "
+            if prefill_gain < gain / 2
+            else ", not far from decode's: "
+            + (
+                "by section 5's rule this model's steps are dispatch-bound, and a bigger batch spreads the fixed "
+                "cost of each operator over more tokens, in prefill as in decode. "
+                if dispatch_bound
+                else "at this model's size even prefill's matmuls are too small to keep the cores busy at batch 1. "
+            )
+        )
+        + "Serving systems batch decode requests continuously (Yu et al., 2022, *Orca*), and the KV cache, which "
+        "grows with the batch, becomes the memory problem that paged attention addresses (Kwon et al., 2023)."
     )
 )
 
@@ -595,9 +695,7 @@ print(f"eager RMSNorm moves {traffic['bytes'] / fused.bytes:.2f}x the bytes of a
 # %% tags=["nbval-ignore-output"]
 dim = 2048
 rows = hardware.working_set_bytes(factor=2) // (4 * dim)  # arrays twice the L3 cache
-t0 = time.perf_counter()
 fusion = hardware.fusion_benchmark(rows=rows, dim=dim, hidden=dim, warmup=2, repeats=7)
-print(f"fusion benchmark, compile included: {time.perf_counter() - t0:.1f} s")
 viz.Table(
     [{k: (round(v, 2) if isinstance(v, float) else v) for k, v in r.items()} for r in fusion],
     caption="Eager vs torch.compile (fp32)",
@@ -612,8 +710,8 @@ for r in fusion:
 rms_row, act_row = fusion
 display(
     Markdown(
-        f"Fusion made RMSNorm **{rms_row['speed-up']:.1f}×** and the SwiGLU activation **{act_row['speed-up']:.1f}×** "
-        f"as fast here; their eager versions move {rms_row['traffic ratio']:.1f}× and {act_row['traffic ratio']:.2f}× "
+        f"Compiled, RMSNorm ran **{measure.speed_phrase(rms_row['speed-up'], than='eager')}** and the SwiGLU "
+        f"activation **{measure.speed_phrase(act_row['speed-up'], than='eager')}** here; their eager versions move {rms_row['traffic ratio']:.1f}× and {act_row['traffic ratio']:.2f}× "
         f"the bytes of the fused kernels: for a memory-bound op, that traffic ratio is the speed-up fusion can hope for. "
         f"Compiling cost **{rms_row['compile s'] + act_row['compile s']:.1f} s**, paid once per shape "
         f"(and cached on disk): worth it for a server, not for a script that runs each op a few times."
@@ -771,8 +869,9 @@ display(
             else ""
         )
         + (
-            "As section 5 showed, a step of a model this small is dominated by launching operators, not by bytes. "
-            if mm_share["decode"] < 0.5
+            "By section 5's rule a step of this model is dispatch-bound: launching operators, not bytes, sets its "
+            "pace. "
+            if dispatch_bound
             else ""
         )
         + "The bound is the right tool for models whose weights dwarf the cache, like every model in the next table:"
@@ -852,8 +951,9 @@ else:
 #   intensity near 1 FLOP/byte at 16 bits; a 2,048-token prompt gives thousands. The
 #   decode bound, bandwidth ÷ bytes per token, is the number to beat, and quantization and
 #   MoE raise it by reading fewer bytes.
-# * **Batching** raises decode throughput almost for free until the matmuls reach the ridge;
-#   **fusion** removes the intermediate trips to memory that eager elementwise ops make;
+# * **Batching** raises decode's arithmetic intensity: each weight read serves every
+#   sequence of the batch, until the matmuls reach the ridge (section 6 measured what it
+#   bought here); **fusion** removes the intermediate trips to memory that eager elementwise ops make;
 #   lower precision pays only where the hardware has a fast path for it.
 # * **Memory budgets** are weights + KV cache + activations. Published configs and a few
 #   lines of arithmetic tell you which model fits which device before you download anything.

@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 
 from course_lib import attention as A
 from course_lib.attention import SparsePattern
+from course_lib.experiments import attention as attention_runs
 from course_lib.model import ModelConfig, TinyLM, causal_mask
 
 FAST = settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -344,7 +345,9 @@ def test_mask_figure_and_its_static_twin():
 
 
 def test_measure_scaling_rows():
-    rows = A.measure_scaling((256,), window=32, block_size=32, n_heads=1, head_dim=8, repeats=1, with_reference=True)
+    rows = attention_runs.measure_scaling(
+        (256,), window=32, block_size=32, n_heads=1, head_dim=8, repeats=1, with_reference=True
+    )
     assert {r["variant"] for r in rows} == {
         "SDPA causal (dense)",
         "SDPA + mask (dense)",
@@ -357,11 +360,13 @@ def test_measure_scaling_rows():
 def test_precomputed_quality_matches_the_current_recipe():
     from course_lib import zoo
 
-    q = A.load_quality()  # committed in zoo_data: a missing file is a failure, not a skip
+    q = attention_runs.load_quality()  # committed in zoo_data: a missing file is a failure, not a skip
     mcfg, tcfg = zoo.RECIPES["tiny"]
     assert q["model_config"] == mcfg.to_dict() and q["train_config"]["steps"] == tcfg.steps
-    assert set(q["variants"]) == set(A.QUALITY_VARIANTS) and set(q["switched_on"]) == set(A.SWITCH_PATIENTS)
-    assert q["zoo_sha256"] == {p: zoo.card(p)["sha256"] for p in A.SWITCH_PATIENTS}
+    assert set(q["variants"]) == set(attention_runs.QUALITY_VARIANTS) and set(q["switched_on"]) == set(
+        attention_runs.SWITCH_PATIENTS
+    )
+    assert q["zoo_sha256"] == {p: zoo.card(p)["sha256"] for p in attention_runs.SWITCH_PATIENTS}
     runs = list(q["variants"].values()) + [r for p in q["switched_on"].values() for r in p.values()]
     for v in runs:
         assert len(v["loss_by_position"]) == tcfg.seq_len
@@ -387,10 +392,10 @@ def test_precomputed_quality_matches_the_current_recipe():
         (lambda: SparsePattern(window=0), "window"),
         (lambda: SparsePattern(dilation=2), "dilation applies to pattern 'dilated' only"),
         (lambda: SparsePattern("block_sparse", window=10, block_size=4), "multiple of block_size"),
-        (lambda: SparsePattern.from_options({"windw": 3}), "unknown attention_options \\['windw'\\]"),
+        (lambda: SparsePattern.from_options({"windw": 3}), "unknown keys in attention_options: \\['windw'\\]"),
         (lambda: A.sliding_window_pairs(5, 0), "window"),
         (lambda: A.receptive_field(A.causal_mask(4), 0), "n_layers"),
-        (lambda: A.receptive_field(A.causal_mask(4), 1, query=4), "query must be in"),
+        (lambda: A.receptive_field(A.causal_mask(4), 1, query=4), "query must be an int in \\[-4, 3\\], got 4"),
         (lambda: A.block_sparse_attention(*qkv(t=8)[:2], qkv(t=9)[2], SparsePattern()), "k and v"),
         (lambda: A.block_sparse_attention(*qkv(h=3, hkv=2), SparsePattern()), "multiple of key/value heads"),
         (lambda: TinyLM(sparse_cfg(window=8, causal=False)), "must be causal"),

@@ -1,8 +1,8 @@
-"""Chapter 10: confidence, calibration, cascades, cost accounting, speculative decoding.
+"""Chapter 10: confidence, calibration, cascades, cost accounting, and the stored logits.
 
 Cross-checks: scikit-learn (calibration_curve, log_loss, MultinomialNB, LogisticRegression),
-scipy (temperature by bounded scalar minimisation, chi-square), torch.utils.flop_counter
-(MiniLM FLOPs), and transformers' assisted generation (speculative greedy decoding).
+scipy (temperature by bounded scalar minimisation, paired t) and torch.utils.flop_counter
+(MiniLM FLOPs). Speculative decoding is tested in tests/test_speculative.py.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from course_lib import cascade as cc
-from course_lib.model import ModelConfig, TinyLM, to_transformers_llama
+from course_lib.experiments import cascade as ex
 
 
 def _probs(n=200, k=5, seed=0, scale=3.0):
@@ -285,189 +285,6 @@ def test_cascade_shape_errors():
         cc.confidence(np.eye(2), "variance")
 
 
-# --------------------------------------------------------------------------- speculative decoding
-
-
-def _toy_pair(vocab=97, seed=0, scale=1.0):
-    torch.manual_seed(seed)
-    t = TinyLM(ModelConfig(vocab_size=vocab, d_model=48, n_layers=3, n_heads=4, n_kv_heads=2, max_seq_len=64)).eval()
-    d = TinyLM(ModelConfig(vocab_size=vocab, d_model=16, n_layers=1, n_heads=2, max_seq_len=64)).eval()
-    if scale != 1.0:  # sharper, more different distributions for the statistical tests
-        with torch.no_grad():
-            for m in (t, d):
-                m.embed.weight.mul_(scale)
-    return t, d
-
-
-@pytest.mark.parametrize("k", [1, 2, 3, 5, 8])
-def test_speculative_greedy_equals_target_greedy(k):
-    target, draft = _toy_pair()
-    prompt = torch.randint(0, 97, (1, 7), generator=torch.Generator().manual_seed(k))
-    out, stats = cc.speculative_generate(target, draft, prompt, 30, k=k)
-    assert torch.equal(out, target.generate(prompt, 30))
-    assert stats.emitted == 30 and stats.accepted + stats.rounds == 30 and stats.drafted <= k * stats.rounds
-    # the draft drafting for itself is always right: k + 1 tokens per target pass
-    same, s2 = cc.speculative_generate(target, target, prompt, 30, k=k)
-    assert torch.equal(same, out) and s2.acceptance_rate == 1.0
-
-
-def test_speculative_greedy_on_the_zoo_patients():
-    from course_lib import zoo
-
-    tiny, small = zoo.load("tiny"), zoo.load("small")  # committed patients
-    idx = small.encode("The Eiffel Tower is")
-    out, stats = cc.speculative_generate(small.model, tiny.model, idx, 40, k=4)
-    assert torch.equal(out, small.model.generate(idx, 40))
-    assert 0 < stats.acceptance_rate < 1
-
-
-def test_speculative_greedy_matches_transformers_assisted_generation():
-    pytest.importorskip("transformers")
-    target, draft = _toy_pair()
-    prompt = torch.randint(0, 97, (1, 6), generator=torch.Generator().manual_seed(11))
-    ours, _ = cc.speculative_generate(target, draft, prompt, 24, k=4)
-    hf_t, hf_d = to_transformers_llama(target), to_transformers_llama(draft)
-    ref = hf_t.generate(
-        prompt,
-        attention_mask=torch.ones_like(prompt),
-        assistant_model=hf_d,
-        do_sample=False,
-        max_new_tokens=24,
-        min_new_tokens=24,
-    )
-    assert torch.equal(ours, ref)
-
-
-def test_verify_step_emits_the_target_distribution_and_accepts_sum_min():
-    """One step, k = 1: P(accept) = sum_x min(p, q) and the emitted token ~ p exactly."""
-    from scipy.stats import chisquare
-
-    g = torch.Generator().manual_seed(0)
-    p = torch.tensor([[0.5, 0.3, 0.15, 0.05, 0.0], [0.2, 0.2, 0.2, 0.2, 0.2]])
-    q = torch.tensor([[0.1, 0.1, 0.4, 0.2, 0.2]])
-    n_trials, counts, accepted = 8_000, torch.zeros(5), 0
-    for _ in range(n_trials):
-        x = int(torch.multinomial(q[0], 1, generator=g))
-        n, nxt = cc.verify(p, q, [x], generator=g)
-        accepted += n
-        counts[x if n else nxt] += 1  # the first emitted token
-    alpha = torch.minimum(p[0], q[0]).sum().item()
-    assert abs(accepted / n_trials - alpha) < 4 * math.sqrt(alpha * (1 - alpha) / n_trials)
-    m = p[0] > 0
-    assert counts[~m].sum() == 0  # never emits what the target rules out
-    assert chisquare(counts[m].numpy(), p[0][m].numpy() * n_trials).pvalue > 1e-3
-
-
-def _exact_sequence_probs(model, prompt, n_new, vocab):
-    """P(x_1..x_n | prompt) for every continuation, by enumeration: (vocab ** n_new,)."""
-    import itertools
-
-    seqs = list(itertools.product(range(vocab), repeat=n_new))
-    full = torch.cat([prompt.expand(len(seqs), -1), torch.tensor(seqs)], 1)
-    with torch.no_grad():
-        logp = torch.log_softmax(model(full), -1)  # (S, T, V)
-    t0 = prompt.shape[1]
-    lp = sum(logp[:, t0 - 1 + i].gather(1, full[:, t0 + i : t0 + i + 1])[:, 0] for i in range(n_new))
-    return lp.exp(), seqs
-
-
-def test_speculative_sampling_preserves_the_target_distribution():
-    """Statistical test on a toy vocabulary (fixed seed): speculative samples of 2 tokens
-    follow the target's exact distribution (chi-square); samples from the draft alone do
-    not (the test has power)."""
-    from scipy.stats import chisquare
-
-    vocab, n_new, n_runs = 5, 2, 1500
-    target, draft = _toy_pair(vocab=vocab, seed=3, scale=2.0)
-    prompt = torch.tensor([[1, 3]])
-    p_exact, seqs = _exact_sequence_probs(target, prompt, n_new, vocab)
-    q_exact, _ = _exact_sequence_probs(draft, prompt, n_new, vocab)
-    assert 0.5 * (p_exact - q_exact).abs().sum() > 0.2  # the draft is a genuinely different model
-    index = {s: i for i, s in enumerate(seqs)}
-    g = torch.Generator().manual_seed(1234)
-    spec, own = torch.zeros(len(seqs)), torch.zeros(len(seqs))
-    rates = []
-    for _ in range(n_runs):
-        out, stats = cc.speculative_generate(target, draft, prompt, n_new, k=2, temperature=1.0, generator=g)
-        spec[index[tuple(out[0, 2:].tolist())]] += 1
-        rates.append(stats.acceptance_rate)
-        own[index[tuple(draft.generate(prompt, n_new, temperature=1.0, generator=g)[0, 2:].tolist())]] += 1
-    keep = p_exact * n_runs >= 5  # cells expected fewer than 5 times are merged into one
-
-    def cells(x):
-        x = x.double()
-        return torch.cat([x[keep], x[~keep].sum(0, keepdim=True)] if (~keep).any() else [x[keep]]).numpy()
-
-    expected = cells(p_exact) * n_runs
-    assert chisquare(cells(spec), expected / expected.sum() * n_runs).pvalue > 1e-3
-    assert chisquare(cells(own), expected / expected.sum() * n_runs).pvalue < 1e-6
-    assert 0.05 < np.nanmean(rates) < 0.95
-
-
-def test_sampling_with_top_k_never_leaves_the_target_top_k():
-    target, draft = _toy_pair(vocab=97, seed=1, scale=5.0)
-    prompt = torch.tensor([[4, 5, 6]])
-    g = torch.Generator().manual_seed(0)
-    out, _ = cc.speculative_generate(target, draft, prompt, 20, k=3, temperature=0.8, top_k=3, generator=g)
-    with torch.no_grad():
-        logits = target(out[:, :-1])[0, 2:]  # (20, V) the target's logits before each new token
-    top = logits.topk(3, dim=-1).indices
-    assert (top == out[0, 3:, None]).any(-1).all()
-
-
-def test_rollback_then_continue_equals_a_fresh_cache():
-    target, _ = _toy_pair()
-    x = torch.randint(0, 97, (1, 12), generator=torch.Generator().manual_seed(2))
-    cache = target.new_cache(1, 32)
-    with torch.no_grad():
-        target(x, cache=cache)
-        cc.rollback(cache, 8)  # forget positions 8..11
-        assert all(c.pos == 8 for c in cache)
-        y = target(x[:, 8:10], cache=cache)
-        assert torch.allclose(y, target(x[:, :10])[:, 8:], atol=1e-5)
-    with pytest.raises(ValueError, match="forward"):
-        cc.rollback(cache, 20)
-    with pytest.raises(TypeError, match="pos"):
-        cc.rollback([object()], 0)
-
-
-def test_speculative_bad_input():
-    target, draft = _toy_pair()
-    other = TinyLM(ModelConfig(vocab_size=50, d_model=16, n_layers=1, n_heads=2, max_seq_len=64))
-    x = torch.tensor([[1, 2, 3]])
-    for k in (0, -1, 1.5, True):
-        with pytest.raises(ValueError, match="k .draft length. must be an int >= 1"):
-            cc.speculative_generate(target, draft, x, 5, k=k)
-    with pytest.raises(ValueError, match="draft vocab_size = 50, target vocab_size = 97"):
-        cc.speculative_generate(target, other, x, 5)
-    with pytest.raises(ValueError, match="exceeds max_seq_len"):
-        cc.speculative_generate(target, draft, x, 62)
-    with pytest.raises(ValueError, match=r"idx must be a \(1, T\)"):
-        cc.speculative_generate(target, draft, torch.tensor([[1], [2]]), 5)
-    with pytest.raises(TypeError, match="TinyLM-like"):
-        cc.speculative_generate(target, torch.nn.Linear(2, 2), x, 5)
-    with pytest.raises(ValueError, match="temperature"):
-        cc.speculative_generate(target, draft, x, 5, temperature=-1.0)
-
-
-def test_expected_tokens_per_round_formula_and_simulation():
-    rng = np.random.default_rng(0)
-    for alpha, k in [(0.3, 1), (0.6, 4), (0.9, 8)]:
-        sim = []
-        for _ in range(20_000):
-            n = 0
-            while n < k and rng.random() < alpha:
-                n += 1
-            sim.append(n + 1)
-        assert abs(np.mean(sim) - cc.expected_tokens_per_round(alpha, k)) < 0.05
-    assert cc.expected_tokens_per_round(1.0, 4) == 5 and cc.expected_tokens_per_round(0.0, 4) == 1
-    assert math.isclose(cc.expected_speedup(0.0, 3, 0.0), 1.0)
-    with pytest.raises(ValueError, match="alpha"):
-        cc.expected_tokens_per_round(1.2, 3)
-    with pytest.raises(ValueError, match="k must be"):
-        cc.expected_tokens_per_round(0.5, 0)
-
-
 # --------------------------------------------------------------------------- task plumbing, artefact, helpers
 
 
@@ -498,13 +315,32 @@ def test_topic_task_and_precomputed_logits():
     task = cc.topic_task()
     assert len(task.texts) == len(data.load_articles()) == len(task.labels)
     assert len(np.intersect1d(task.train, task.heldout)) == 0 and len(task.train) + len(task.heldout) == len(task.texts)
-    z = cc.precomputed_logits("minilm")  # committed artefact
+    z = ex.precomputed_logits("minilm")  # committed artefact
     assert z.shape == (len(task.texts), 12) and np.allclose(z.max(1), 0, atol=1e-2)
     acc = (z[task.heldout].argmax(1) == task.labels[task.heldout]).mean()
     assert acc > 0.7  # far above the majority class (~0.2)
-    assert cc.logits_path().stat().st_size < 1_000_000  # the chapter's artefact budget
+    assert ex.logits_path().stat().st_size < 1_000_000  # the chapter's artefact budget
     with pytest.raises(ValueError, match="name must be one of"):
-        cc.precomputed_logits("gpt-4")
+        ex.precomputed_logits("gpt-4")
+
+
+def test_build_entry_point_and_outputs():
+    """The experiments module follows the split convention: OUTPUTS name the stored files,
+    main is its command line, and the stored file names its command."""
+    from safetensors import safe_open
+
+    assert ex.OUTPUTS == (ex.logits_path().name,) and ex.logits_path().is_file()
+    with safe_open(str(ex.logits_path()), framework="pt") as f:
+        meta, names = f.metadata(), set(f.keys())
+    assert names == set(ex.PRECOMPUTED) and meta["command"].endswith("cascade build")
+    machine = ex.stored_machine()  # builds before fingerprints were recorded have none
+    assert machine is None or {"cpu", "isa", "logical_cpus"} <= set(machine)
+    with pytest.raises(SystemExit) as e:
+        ex.main(["--help"])
+    assert e.value.code == 0
+    with pytest.raises(SystemExit) as e:
+        ex.main(["--no-such-option"])
+    assert e.value.code == 2
 
 
 def test_paired_difference_matches_scipy_paired_t():
@@ -515,14 +351,3 @@ def test_paired_difference_matches_scipy_paired_t():
     d, se = cc.paired_difference(a, b)
     assert math.isclose(d, a.mean() - b.mean())
     assert math.isclose(d / se, ttest_rel(a.astype(float), b.astype(float)).statistic, rel_tol=1e-9)
-
-
-def test_step_costs_and_benchmark_on_toy_models():
-    target, draft = _toy_pair()
-    sc = cc.step_costs(target, draft, context=8, k=3, warmup=1, repeats=3)
-    assert sc["c"] > 0 and sc["v"] > 0 and 0 < sc["c_flops"] < 1  # the draft is the smaller model
-    prompts = [torch.tensor([[1, 2, 3]]), torch.tensor([[7, 8]])]
-    rows = cc.speculative_benchmark(target, draft, prompts, ks=(1, 3), new_tokens=10, warmup=0, repeats=1)
-    assert [r["k"] for r in rows] == [0, 1, 3] and all(r["identical"] for r in rows)
-    assert rows[0]["speedup"] == 1.0 and all(r["tokens_per_s"] > 0 for r in rows)
-    assert all(1 <= r["tokens_per_pass"] <= r["k"] + 1 for r in rows[1:])

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import math
+import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -308,11 +310,11 @@ def test_config_step_bytes():
         (lambda: hardware.peak_flops("fp32", min_n=100), "min_n"),
         (lambda: hardware.peak_flops("fp32", max_call_s=0.01, short_s=0.1), "short_s"),
         (lambda: hardware.peak_flops("fp32", device="cuda:0" if not torch.cuda.is_available() else "meta"), "device"),
-        (lambda: hardware.Roofline({"fp32": -1.0}, {"read": 1.0}), "positive"),
+        (lambda: hardware.Roofline({"fp32": -1.0}, {"read": 1.0}), "roof 'fp32' must be a finite number > 0"),
         (lambda: ROOF.attainable(0.0), "intensity"),
         (lambda: ROOF.peak("bf16"), "no peak measured"),
         (lambda: hardware.place(hardware.matmul_cost(2, 2, 2), 0.0, ROOF), "seconds"),
-        (lambda: hardware.footprint("gpt-5"), "unknown model"),
+        (lambda: hardware.footprint("gpt-5"), "name must be one of .*, got 'gpt-5'"),
         (lambda: hardware.footprint("llama-2-7b", seq_len=10, prefill_chunk=20), "prefill_chunk"),
         (lambda: hardware.footprint("llama-2-7b", weight_dtype="fp4"), "dtype must be"),
         (lambda: hardware.edge_fit(budgets_gib=(0,)), "budgets_gib"),
@@ -349,3 +351,59 @@ def test_cpu_info_and_working_set():
     assert llc is None or llc > 0
     ws = hardware.working_set_bytes()
     assert 64 * 2**20 <= ws <= 256 * 2**20
+
+
+# --------------------------------------------------------------------------- OpenMP wait policy
+
+
+def _experiment_children() -> list[int]:
+    """Live processes started by this one that run the wait-policy child or a busy loop (Linux /proc)."""
+    me, found = os.getpid(), []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            cmd = (stat.parent / "cmdline").read_bytes().decode(errors="replace")
+        except (OSError, IndexError):
+            continue
+        if int(fields[1]) == me and fields[0] != "Z" and ("while True: pass" in cmd or "max_seconds" in cmd):
+            found.append(int(stat.parent.name))
+    return found
+
+
+def test_wait_policy_experiment_rows_and_cleanup():
+    rows = hardware.wait_policy_experiment(
+        policies=("PASSIVE",), busy=(False, True), shape=(8, 16, 32), iterations=30, warmup=2, max_seconds=2.0
+    )
+    assert [(r["OMP_WAIT_POLICY"], r["busy processes"]) for r in rows] == [
+        ("PASSIVE", 0),
+        ("PASSIVE", hardware.usable_cpus()),
+    ]
+    for r in rows:  # structure and positivity only: speed depends on the machine and its load
+        assert r["threads"] == 2 and r["matmuls"] == 30 and 1 <= r["matmuls run"] <= 30
+        assert r["seconds"] > 0 and r["ms per matmul"] > 0 and math.isfinite(r["seconds"])
+        assert r["extrapolated"] == (r["matmuls run"] < 30)
+        assert r["seconds"] == pytest.approx(r["ms per matmul"] / 1e3 * r["matmuls"])
+    if Path("/proc/self/stat").exists():
+        assert _experiment_children() == []  # the busy loops and the child were stopped
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(policies="PASSIVE"), "policies"),
+        (dict(policies=("SPIN",)), "policies"),
+        (dict(policies=("ACTIVE", "ACTIVE")), "policies"),
+        (dict(busy=()), "busy"),
+        (dict(busy=(0, 1)), "busy"),
+        (dict(threads=0), "threads"),
+        (dict(iterations=0), "iterations"),
+        (dict(warmup=-1), "warmup"),
+        (dict(shape=(64, 256)), "shape"),
+        (dict(shape=(64, 0, 8)), "shape"),
+        (dict(max_seconds=0), "max_seconds"),
+        (dict(timeout=-1), "timeout"),
+    ],
+)
+def test_wait_policy_experiment_bad_input(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        hardware.wait_policy_experiment(**kwargs)

@@ -10,9 +10,143 @@ from course_lib.model import ModelConfig, TinyLM
 
 def test_interleaved_orders_and_counts():
     calls = []
-    t = measure.interleaved({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, warmup=1, repeats=4)
-    assert len(t["a"].samples) == len(t["b"].samples) == 4
+    variants = {"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}
+    t = measure.interleaved(variants, warmup=1, repeats=4, min_time=0, probe=False)
+    assert len(t["a"].samples) == len(t["b"].samples) == 4 == t.rounds
     assert calls[2:] == ["a", "b", "b", "a", "a", "b", "b", "a"]  # rotating start: drift is shared
+
+
+def test_min_time_adds_rounds_for_a_fast_function_only():
+    # A no-op takes microseconds: 0.5 s of rounds is far more than `repeats` (capped at MAX_ROUNDS).
+    fast = measure.interleaved({"f": lambda: None}, warmup=1, repeats=3, min_time=0.5, probe=False)
+    assert 3 < fast.rounds <= measure.MAX_ROUNDS and len(fast["f"].samples) == fast.rounds
+    # A 20 ms sleep fills 0.05 s in ceil(0.05 / >=0.02) <= 3 rounds: `repeats` decides.
+    slow = measure.interleaved({"s": lambda: time.sleep(0.02)}, warmup=1, repeats=3, min_time=0.05, probe=False)
+    assert slow.rounds == 3 and len(slow["s"].samples) == 3
+
+
+def test_load_probe_fields_and_note():
+    t = measure.interleaved({"f": lambda: None}, warmup=1, repeats=5, min_time=0)
+    assert t.threads == torch.get_num_threads() and t.rounds == 5
+    assert t.load >= 1.0  # the probe's median over its best: never faster than its best
+    assert t.noisy == (t.load > measure.NOISY_LOAD)
+    assert t.note().startswith(f"median of {t.rounds} interleaved rounds, {t.threads} threads")
+    quiet = measure.Timings({"f": measure.Timing([1.0])})
+    quiet.rounds, quiet.threads, quiet.load = 7, 2, 1.1
+    assert not quiet.noisy and quiet.note() == "median of 7 interleaved rounds, 2 threads"
+    busy = measure.Timings({"f": measure.Timing([1.0])})
+    busy.rounds, busy.threads, busy.load = 7, 2, 3.0
+    assert busy.noisy and "busy" in busy.note() and "×3.0" in busy.note()
+
+
+def test_no_probe_means_no_load_reading():
+    t = measure.interleaved({"f": lambda: None}, warmup=0, repeats=2, min_time=0, probe=False)
+    assert t.load == 1.0 and not t.noisy and not t.remeasured
+
+
+def test_a_noisy_run_is_measured_again(monkeypatch):
+    measure.probe_best()  # measure the probe's roof once, then pretend it was impossibly fast
+    monkeypatch.setitem(measure._PROBE, "best", 1e-12)
+    calls = []
+    t = measure.interleaved({"f": lambda: calls.append(1)}, warmup=1, repeats=3, min_time=0)
+    assert t.noisy and t.remeasured
+    assert len(calls) == 1 + 3 + 3  # warm-up, the first run, the second run (no second warm-up)
+    assert "busy" in t.note()
+    once = measure.interleaved({"f": lambda: None}, warmup=1, repeats=3, min_time=0, remeasure=False)
+    assert once.noisy and not once.remeasured
+
+
+def test_compare_three_ways():
+    base = measure.Timing([1.0, 1.0, 1.0, 1.0, 1.0])
+    t = measure.Timings(
+        {
+            "base": base,
+            "half": measure.Timing([0.5] * 5),
+            "double": measure.Timing([2.0] * 5),
+            "close": measure.Timing([0.97] * 5),
+        }
+    )
+    fast = measure.compare(t, "half", "base")
+    assert fast.speedup == pytest.approx(2.0) and fast.word == "faster" and fast.phrase == "2.0× faster than base"
+    slow = measure.compare(t, "double", "base")
+    assert slow.word == "slower" and slow.phrase == "2.0× slower than base"
+    close = measure.compare(t, "close", "base")
+    assert close.word == "within noise" and close.phrase.startswith("as fast as base (×1.03")
+    assert close.noise == measure.MIN_NOISE  # zero spread: the minimum band
+    # A disturbed run earns a band of at least 25 %: 1.2x is then within noise.
+    t["x"] = measure.Timing([1 / 1.2] * 5)
+    assert measure.compare(t, "x", "base").word == "faster"
+    t.load = 2 * measure.NOISY_LOAD
+    assert measure.compare(t, "x", "base").word == "within noise"
+    with pytest.raises(ValueError, match=r"variant must be one of \['base', .*'x'\], got 'nope'"):
+        measure.compare(t, "nope", "base")
+
+
+def test_noise_band_follows_the_spread():
+    wide = measure.Timing([0.5, 0.8, 1.0, 1.2, 1.5])
+    assert measure.noise_band(wide) == pytest.approx(wide.spread) and wide.spread > measure.MIN_NOISE
+    assert measure.noise_band(measure.Timing([1.0, 2.0])) == measure.MIN_NOISE  # spread is nan below 4 samples
+    wild = measure.Timing([0.1, 0.2, 1.0, 3.0, 5.0])  # heavy load: the IQR exceeds the median
+    assert wild.spread > 1 and measure.noise_band(wild) == measure.MAX_NOISE
+    t = measure.Timings({"base": wild, "x": measure.Timing([1.5] * 5)})
+    assert measure.compare(t, "x", "base").word == "within noise"  # a verdict, not a ValueError
+
+
+def test_speed_word_and_phrase():
+    assert measure.speed_word(1.5) == "faster"
+    assert measure.speed_word(1 / 1.5) == "slower"
+    assert measure.speed_word(1.05) == "within noise"
+    assert measure.speed_word(1.05, noise=0.01) == "faster"
+    assert measure.speed_word(1.5, noise=0.6) == "within noise"
+    assert measure.speed_phrase(2.34, than="fp32") == "2.3× faster than fp32"
+    assert measure.speed_phrase(0.25, than="fp32") == "4.0× slower than fp32"
+    assert measure.speed_phrase(24.69, than="fp32") == "25× faster than fp32"
+    assert measure.speed_phrase(0.97) == "as fast as the baseline (×0.97, within noise)"
+    assert measure.speed_phrase(3.0) == "3.0× faster"
+
+
+@pytest.mark.parametrize("bad", [0, -1.0, float("nan"), float("inf"), "2", None])
+def test_speed_word_rejects_bad_speedups(bad):
+    with pytest.raises(ValueError, match="speedup"):
+        measure.speed_word(bad)
+    with pytest.raises(ValueError, match="speedup"):
+        measure.speed_phrase(bad)
+
+
+@pytest.mark.parametrize("bad", [-0.1, 1.0, 2, "0.1"])
+def test_speed_word_rejects_bad_noise(bad):
+    with pytest.raises(ValueError, match="noise"):
+        measure.speed_word(1.5, noise=bad)
+
+
+def test_growth_words():
+    n = [64, 128, 256, 512, 1024]
+    flat = measure.growth(n, [5.0, 5.1, 4.9, 5.0, 5.05])
+    assert flat.word == "flat" and abs(flat.exponent) < 0.05
+    lin = measure.growth(n, [3 * x for x in n])
+    assert lin.word == "grows about linearly" and lin.exponent == pytest.approx(1.0)
+    quad = measure.growth(n, [x * x + 0.0 for x in n])
+    assert quad.word == "grows about quadratically" and quad.exponent == pytest.approx(2.0)
+    assert measure.growth(n, [x**3 for x in n]).word == "grows like n^3.0"
+    assert measure.growth(n, [1 / x for x in n]).word == "falls (like n^-1.0)"
+    # The decode timings (10.5, 8.9, 8.7, 26.4 ms per token) are not "nearly flat".
+    assert measure.growth([128, 256, 512, 1024], [10.5, 8.9, 8.7, 26.4]).word != "flat"
+    assert measure.growth([1, 2], [1, 2], flat_below=1.5).word == "flat"
+
+
+def test_growth_rejects_bad_input():
+    with pytest.raises(ValueError, match="sizes and costs"):
+        measure.growth([1, 2, 3], [1, 2])
+    with pytest.raises(ValueError, match="sizes and costs"):
+        measure.growth([1], [1])
+    with pytest.raises(ValueError, match=r"costs\[0\] must be a finite number > 0, got 0"):
+        measure.growth([1, 2], [0, 1])
+    with pytest.raises(ValueError, match=r"sizes\[1\] must be a finite number > 0, got -2"):
+        measure.growth([1, -2], [1, 1])
+    with pytest.raises(ValueError, match=r"costs\[1\] must be a finite number > 0, got nan"):
+        measure.growth([1, 2], [1, float("nan")])
+    with pytest.raises(ValueError, match="not all be equal"):
+        measure.growth([4, 4, 4], [1, 2, 3])
 
 
 def test_speedups_detect_a_clearly_slower_function():
@@ -22,7 +156,7 @@ def test_speedups_detect_a_clearly_slower_function():
 
 
 def test_setup_is_not_timed():
-    t = measure.time_fn(lambda state: None, setup=lambda: time.sleep(0.02), warmup=0, repeats=3)
+    t = measure.time_fn(lambda state: None, setup=lambda: time.sleep(0.02), warmup=0, repeats=3, min_time=0)
     assert t < 0.01
 
 
@@ -85,6 +219,9 @@ def test_bad_input():
         measure.interleaved({"a": 3})
     with pytest.raises(ValueError, match="empty"):
         measure.interleaved({})
+    for bad in (-1, 61, "0.2", True):
+        with pytest.raises(ValueError, match="min_time"):
+            measure.interleaved({"a": lambda: None}, min_time=bad)
     with pytest.raises(ValueError, match="baseline"):
         measure.speedups({"a": measure.Timing([1.0])}, "b")
     m = TinyLM(ModelConfig(vocab_size=97, d_model=32, n_layers=1, n_heads=4, max_seq_len=16))

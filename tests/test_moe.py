@@ -10,6 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from course_lib import moe
+from course_lib.experiments import moe as moe_runs
 from course_lib.model import ModelConfig, SwiGLU, TinyLM
 from course_lib.train import TrainConfig, load_checkpoint, save_checkpoint, train
 
@@ -208,7 +209,7 @@ def test_empty_and_single_token_inputs():
         (dict(dispatch="magic"), "dispatch"),
         (dict(layers="some"), "layers"),
         (dict(layers=[7]), "layers"),
-        (dict(experts=4), "unknown mlp_options"),
+        (dict(experts=4), "unknown keys in mlp_options for mlp='moe': \\['experts'\\]"),
     ],
 )
 def test_bad_options_raise_clear_errors(options, match):
@@ -395,21 +396,21 @@ def test_coefficient_of_variation():
 
 
 def test_run_configs_have_equal_active_flops():
-    flops = {n: TinyLM(moe.run_config(n)).flops_per_token(128)["total"] for n in moe.RUNS}
+    flops = {n: TinyLM(moe_runs.run_config(n)).flops_per_token(128)["total"] for n in moe_runs.RUNS}
     for n in ("moe-k2-aux", "moe-k1-aux"):
         assert abs(flops[n] / flops["dense"] - 1) < 0.01
-    totals = {n: TinyLM(moe.run_config(n)).num_params() for n in ("dense-wide", "moe-k2-aux")}
+    totals = {n: TinyLM(moe_runs.run_config(n)).num_params() for n in ("dense-wide", "moe-k2-aux")}
     assert abs(totals["dense-wide"] / totals["moe-k2-aux"] - 1) < 0.01
     with pytest.raises(ValueError, match="unknown run"):
-        moe.run_config("nope")
+        moe_runs.run_config("nope")
 
 
 def test_precomputed_runs_are_consistent():
-    runs = moe.load_runs()
-    assert set(runs["runs"]) == set(moe.RUNS)
+    runs = moe_runs.load_runs()
+    assert set(runs["runs"]) == set(moe_runs.RUNS)
     for name, r in runs["runs"].items():
-        assert r["config"] == moe.run_config(name).to_dict()
-        assert len(r["loss"]) == moe.RUN_TRAIN["steps"]
+        assert r["config"] == moe_runs.run_config(name).to_dict()
+        assert len(r["loss"]) == moe_runs.RUN_TRAIN["steps"]
         if "router" in r:
             e = r["config"]["mlp_options"]["n_experts"]
             for snap in r["router"]["fractions"]:
@@ -418,11 +419,11 @@ def test_precomputed_runs_are_consistent():
 
 @pytest.mark.slow
 def test_expert_parallel_equals_one_process():
-    res = moe.expert_parallel_demo(world_size=2, n_tokens=64)
+    res = moe_runs.expert_parallel_demo(world_size=2, n_tokens=64)
     assert res["max_abs_diff"] < 1e-5
     assert sum(res["rank0_sent"]) == 32 * 2  # 32 local tokens x top-2
     with pytest.raises(ValueError, match="world_size"):
-        moe.expert_parallel_demo(world_size=3)
+        moe_runs.expert_parallel_demo(world_size=3)
 
 
 def test_capacity_sweep_and_routing_profile(tokenizer):
@@ -440,23 +441,23 @@ def test_capacity_sweep_and_routing_profile(tokenizer):
     assert all(1 / 4 <= p <= 1 for p in prof["token_purity"])
     routed = moe.token_routing(m, ids[:10].tolist())
     assert len(routed) == 2 and len(routed[0]) == 10 and all(len(c) == 2 for c in routed[0])
-    with pytest.raises(ValueError, match="capacity factors"):
+    with pytest.raises(ValueError, match=r"factors\[0\] must be None or a finite number > 0, got 0"):
         moe.capacity_sweep(m, ids, (0,), seq_len=16, batch_size=4, max_batches=1)
 
 
 def test_figure_builders_on_precomputed_runs():
-    runs = moe.load_runs()
-    fig = moe.expert_load_figure(runs, aux=False, top_k=1, layer=3)
+    runs = moe_runs.load_runs()
+    fig = moe_runs.expert_load_figure(runs, aux=False, top_k=1, layer=3)
     assert len(fig.data) == 3 and "moe-k1-noaux" in fig.layout.title.text
     e = runs["runs"]["moe-k1-noaux"]["config"]["mlp_options"]["n_experts"]
     assert all(len(tr.z) == e for tr in fig.data)  # experts on the y axis
     assert [tr.xaxis for tr in fig.data] == ["x", "x2", "x3"]  # one heatmap per panel, not three stacked in one
     with pytest.raises(ValueError, match="layer"):
-        moe.expert_load_figure(runs, layer=9)
+        moe_runs.expert_load_figure(runs, layer=9)
     with pytest.raises(ValueError, match="no precomputed run"):
-        moe.expert_load_figure(runs, top_k=3)
+        moe_runs.expert_load_figure(runs, top_k=3)
     record = runs["runs"]["moe-k2-aux"]["router"]["tokens"][0]
-    fig = moe.token_routing_figure(record)
+    fig = moe_runs.token_routing_figure(record)
     assert len(fig.data) == 1 and len(fig.data[0].z) == len(record["experts"])
     with pytest.raises(ValueError, match="one entry per token"):
-        moe.token_routing_figure({"text": ["a"], "experts": [[[0, 1], [1, 2]]]})
+        moe_runs.token_routing_figure({"text": ["a"], "experts": [[[0, 1], [1, 2]]]})

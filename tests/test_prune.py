@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 from torch import nn
 
 from course_lib import prune as P
+from course_lib.experiments import prune as prune_runs
 from course_lib.model import ModelConfig, TinyLM
 
 
@@ -386,7 +387,7 @@ def test_bad_arguments_name_themselves():
     with pytest.raises(ValueError, match="at least one batch"):
         P.activation_norms(model, [])
     with pytest.raises(ValueError, match="k must be an int"):
-        P.recall_at_k(torch.eye(3), torch.eye(3), 4)
+        prune_runs.recall_at_k(torch.eye(3), torch.eye(3), 4)
 
 
 # --------------------------------------------------------------------------- schedules and training
@@ -440,9 +441,9 @@ def test_lottery_ticket_rounds():
 def test_recall_at_k():
     q = torch.eye(4)
     d = torch.eye(4)[[0, 2, 1, 3]]  # queries 1 and 2 point at each other's document
-    assert P.recall_at_k(q, torch.eye(4), 1) == 1.0
-    assert P.recall_at_k(q, d, 1) == 0.5
-    assert P.recall_at_k(q, d, 4) == 1.0
+    assert prune_runs.recall_at_k(q, torch.eye(4), 1) == 1.0
+    assert prune_runs.recall_at_k(q, d, 1) == 0.5
+    assert prune_runs.recall_at_k(q, d, 4) == 1.0
 
 
 @pytest.fixture(scope="module")
@@ -456,10 +457,10 @@ def test_minilm_unstructured_and_structured(minilm):
     from course_lib import encoder
 
     texts = ["Paris is the capital of France.", "Cells divide by mitosis and meiosis in eukaryotes.", "Too short."]
-    calib = P.bert_calibration(texts, n=2, max_length=8, batch_size=1)
+    calib = prune_runs.bert_calibration(texts, n=2, max_length=8, batch_size=1)
     assert [c["input_ids"].shape for c in calib] == [(1, 8), (1, 8)]
     with pytest.raises(ValueError, match="only 2 texts"):
-        P.bert_calibration(texts, n=3, max_length=8)
+        prune_runs.bert_calibration(texts, n=3, max_length=8)
     m = copy.deepcopy(minilm)
     P.prune_unstructured(m, method="wanda", sparsity=0.5, calibration=calib)
     rep = P.sparsity_report(m)
@@ -485,8 +486,8 @@ def test_minilm_unstructured_and_structured(minilm):
 
 
 def test_grid_is_small_and_consistent():
-    assert sum(p.stat().st_size for p in P.GRID_PATH.parent.glob("prune_*")) <= 1_000_000
-    grid = P.load_grid()
+    assert sum(p.stat().st_size for p in prune_runs.GRID_PATH.parent.glob("prune_*")) <= 1_000_000
+    grid = prune_runs.load_grid()
     rows = grid["patient"]["rows"]
     for r in rows:
         if r["structure"] == "unstructured":

@@ -13,6 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from course_lib import data, encoder, rag
+from course_lib.experiments import rag as rag_runs
 
 WORDS = [f"w{i}" for i in range(40)]
 
@@ -569,9 +570,9 @@ def test_reader_encode_truncates_from_the_left(small_reader):
 
 
 def test_exact_match_agrees_with_greedy_decoding(small_reader):
-    cfg = rag.ReaderConfig(steps=40, batch_size=2, lr=1e-2, warmup_steps=5)
+    cfg = rag_runs.ReaderConfig(steps=40, batch_size=2, lr=1e-2, warmup_steps=5)
     examples = [(rag.reader_prompt("Sprint race", ["The 100 metres is a race."]), "100 metres", "gold")]
-    losses = rag.finetune_reader(small_reader, examples, cfg, progress=False)
+    losses = rag_runs.finetune_reader(small_reader, examples, cfg, progress=False)
     assert losses[-1] < 0.1 * losses[0]
     prompt = examples[0][0]
     assert small_reader.answer("Sprint race", ["The 100 metres is a race."]) == "100 metres"
@@ -582,7 +583,7 @@ def test_exact_match_agrees_with_greedy_decoding(small_reader):
 
 def test_reader_examples_use_only_the_given_articles(articles):
     arts = [a for a in articles if a.description][:40]
-    ex = rag.reader_examples(arts, distractors=2, seed=0)
+    ex = rag_runs.reader_examples(arts, distractors=2, seed=0)
     assert Counter(k for *_, k in ex) == {"closed": 40, "gold": 40, "mixed": 40}
     allowed = {rag.passage_of(a.extract) for a in arts}
     for prompt, answer, kind in ex:
@@ -591,23 +592,23 @@ def test_reader_examples_use_only_the_given_articles(articles):
         if kind == "gold":
             assert shown == [rag.passage_of(next(a.extract for a in arts if a.title == answer))]
     with pytest.raises(ValueError, match="description"):
-        rag.reader_examples([data.Article("t", "", "x", "Arts")])
+        rag_runs.reader_examples([data.Article("t", "", "x", "Arts")])
 
 
 reader_built = pytest.mark.skipif(
-    not rag.READER_CARD.is_file(), reason="reader not built (python -m course_lib.rag build)"
+    not rag_runs.READER_CARD.is_file(), reason="reader not built (python -m course_lib.build rag)"
 )
 
 
 @reader_built
 def test_committed_reader_reproduces_its_card():
-    reader = rag.load_reader()
+    reader = rag_runs.load_reader()
     card = reader.card
     arts = data.load_articles()
-    rows, _ = rag.eval_queries("test")
+    rows, _ = rag_runs.eval_queries("test")
     oracle = [[rag.passage_of(arts[r].extract, card["config"]["passage_words"])] for r in rows]
-    assert rag.reader_accuracy(reader, rows, None) == card["accuracy"]["closed_book_test"]
-    assert rag.reader_accuracy(reader, rows, oracle) == card["accuracy"]["oracle_passage_test"]
+    assert rag_runs.reader_accuracy(reader, rows, None) == card["accuracy"]["closed_book_test"]
+    assert rag_runs.reader_accuracy(reader, rows, oracle) == card["accuracy"]["oracle_passage_test"]
     assert card["accuracy"]["oracle_passage_test"] > card["accuracy"]["closed_book_test"] + 0.25
     # trained on the training split only
     assert all(data.split_of(arts[r].title) == "train" for r in card["train_sample_rows"])
@@ -617,37 +618,40 @@ def test_committed_reader_reproduces_its_card():
 @reader_built
 def test_corrupt_reader_is_refused(tmp_path, monkeypatch):
     bad = tmp_path / "reader.safetensors"
-    raw = bytearray(rag.READER_PATH.read_bytes())
+    raw = bytearray(rag_runs.READER_PATH.read_bytes())
     raw[-3] ^= 0xFF
     bad.write_bytes(bytes(raw))
-    monkeypatch.setattr(rag, "READER_PATH", bad)
+    monkeypatch.setattr(rag_runs, "READER_PATH", bad)
     with pytest.raises(ValueError, match="sha256"):
-        rag.load_reader()
+        rag_runs.load_reader()
 
 
 def test_artefacts_fit_the_budget():
-    files = [p for p in rag.ZOO_DIR.glob("rag_*") if p.is_file()]
+    files = [p for p in rag_runs.ZOO_DIR.glob("rag_*") if p.is_file()]
     assert sum(p.stat().st_size for p in files) <= 2_000_000
 
 
 @pytest.mark.skipif(
-    not (encoder.is_available() and rag.QUERIES_PATH.is_file()), reason="MiniLM or the query cache missing"
+    not (encoder.is_available() and rag_runs.QUERIES_PATH.is_file()), reason="MiniLM or the query cache missing"
 )
 def test_query_cache_matches_minilm():
     emb = rag.MiniLMEmbedder()
-    rows, texts = rag.eval_queries("test")
-    cached = rag.query_vectors(emb, "test")
+    rows, texts = rag_runs.eval_queries("test")
+    cached = rag_runs.query_vectors(emb, "test")
     assert cached.shape == (len(rows), 384)
     assert ((emb.embed(texts[:4]) * cached[:4]).sum(1) > 0.999).all()
 
 
 def test_eval_queries_and_cli():
-    rows, texts = rag.eval_queries("val")
+    rows, texts = rag_runs.eval_queries("val")
     arts = data.load_articles()
     assert len(rows) == len(texts) > 400 and all(data.split_of(arts[r].title) == "val" for r in rows)
     with pytest.raises(ValueError, match="split"):
-        rag.eval_queries("dev")
-    assert rag.main(["train"]) == 2 and rag.main(["build", "everything"]) == 2
+        rag_runs.eval_queries("dev")
+    for argv in (["train"], ["queries", "everything"]):  # unknown parts: a usage error before any work
+        with pytest.raises(SystemExit) as exit_info:
+            rag_runs.main(argv)
+        assert exit_info.value.code == 2, argv
 
 
 def test_answer_logits_equal_the_model_forward(small_reader):

@@ -268,15 +268,15 @@ def test_non_positive_quantities_raise(bad):
 
 
 def test_out_of_range_assumptions_raise():
-    with pytest.raises(ValueError, match=r"utilization must be finite and in \(0, 1\]"):
+    with pytest.raises(ValueError, match=r"utilization must be a finite number in \(0, 1\], got 1.5"):
         scaling.gpu_hours(1e20, utilization=1.5)
     with pytest.raises(ValueError, match="utilization"):
         scaling.training_cost(1e20, utilization=0)
-    with pytest.raises(ValueError, match=r"pue must be finite and in \[1"):
+    with pytest.raises(ValueError, match=r"pue must be a finite number >= 1, got 0.9"):
         scaling.energy_kwh(10, pue=0.9)
     with pytest.raises(ValueError, match="grid_kg_per_kwh"):
         scaling.co2_kg(10, grid_kg_per_kwh=-0.1)
-    with pytest.raises(TypeError, match="compute must be a number"):
+    with pytest.raises(TypeError, match="compute must be a finite number > 0, got '1e24'"):
         scaling.compute_optimal("1e24")
     with pytest.raises(ValueError, match="top_k"):
         scaling.expected_experts_touched(4, 5, 1)

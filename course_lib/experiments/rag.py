@@ -1,0 +1,291 @@
+"""Chapter 08's runs: the reader fine-tuned from the tiny patient, and the evaluation task's query cache.
+
+The algorithm is :mod:`course_lib.rag`; this module *runs* it. The task is *description →
+its article* (:func:`eval_queries`); :func:`corpus_vectors` and :func:`query_vectors` give
+its MiniLM embeddings from the committed caches. :func:`build_reader` fine-tunes the tiny
+patient into a :class:`course_lib.rag.Reader` on training-split articles only
+(:class:`ReaderConfig`, :func:`reader_examples`, :func:`finetune_reader`) and writes it with
+its card; :func:`load_reader` loads it back and checks its sha256::
+
+    python -m course_lib.build rag             # writes course_lib/zoo_data/rag_reader.* and rag_queries.safetensors
+    python -m course_lib.build rag reader      # one part (queries, reader)
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from safetensors import safe_open
+from tqdm.auto import tqdm
+
+from course_lib import data, encoder, fingerprint, zoo
+from course_lib.model import TinyLM
+from course_lib.paths import ZOO_DIR, atomic_write_bytes, safetensors_bytes
+from course_lib.rag import PASSAGE_WORDS, BM25Index, MiniLMEmbedder, Reader, passage_of, reader_prompt, tokenize
+from course_lib.train import TrainConfig, load_state, lr_at, make_optimizer, read_checkpoint, save_checkpoint
+
+#: what ``python -m course_lib.build rag`` writes into course_lib/zoo_data/
+OUTPUTS = ("rag_reader.safetensors", "rag_reader.json", "rag_queries.safetensors")
+READER_PATH, READER_CARD, QUERIES_PATH = (ZOO_DIR / name for name in OUTPUTS)
+PARTS = ("queries", "reader")
+
+# --------------------------------------------------------------------------- the reader's training run
+
+
+@dataclass
+class ReaderConfig:
+    """How the reader is fine-tuned from the tiny patient (``python -m course_lib.build rag``).
+
+    Every training-split article with a description gives a closed-book example and one
+    with its own passage; with ``distractors > 0`` also one with its passage among that
+    many others (BM25 neighbours from the training split, shuffled) — off by default, as
+    those long prompts would triple the training cost. Loss on the answer tokens only.
+    ``closed_weight`` scales how often a batch is closed-book (relative to its share of
+    the examples): copying a title out of a passage is what a 0.4 M-parameter model can
+    learn in a few minutes, so most steps go to it (with 1000 steps split evenly, the
+    tiny reader had not yet learned to copy: 0.6% exact match even with the right passage).
+    """
+
+    base: str = "tiny"
+    steps: int = 2500
+    batch_size: int = 32
+    lr: float = 3e-3
+    closed_weight: float = 0.33
+    warmup_steps: int = 50
+    weight_decay: float = 0.0
+    distractors: int = 0
+    passage_words: int = PASSAGE_WORDS
+    seed: int = 0
+
+
+def reader_examples(
+    articles: Sequence, *, distractors: int = 2, passage_words: int = PASSAGE_WORDS, seed: int = 0
+) -> list[tuple[str, str, str]]:
+    """(prompt, answer, kind) training examples from ``articles`` only (kinds: closed, gold, mixed).
+
+    Distractor passages are the BM25 neighbours (description as query) among the same
+    ``articles``, so no other article's text reaches the reader during training.
+    """
+    arts = [a for a in articles if a.description]
+    if not arts:
+        raise ValueError("articles must contain at least one article with a description")
+    passages = [passage_of(a.extract, passage_words) for a in arts]
+    bm25 = BM25Index.from_tokens([tokenize(a.extract) for a in arts])
+    rng = np.random.default_rng(seed)
+    out = []
+    for i, a in enumerate(arts):
+        out.append((reader_prompt(a.description), a.title, "closed"))
+        out.append((reader_prompt(a.description, [passages[i]]), a.title, "gold"))
+        if distractors:
+            near = [j for j in bm25.search(tokenize(a.description), distractors + 1)[0].tolist() if j != i]
+            group = [i, *near[:distractors]]
+            rng.shuffle(group)
+            out.append((reader_prompt(a.description, [passages[j] for j in group]), a.title, "mixed"))
+    return out
+
+
+def finetune_reader(reader: Reader, examples: Sequence[tuple[str, str, str]], cfg: ReaderConfig, *, progress=True):
+    """Fine-tune ``reader.model`` in place (AdamW, warm-up + cosine, as :mod:`course_lib.train`); returns losses.
+
+    Each batch draws from one kind of example (closed, gold, mixed), picked in proportion
+    to its count, so the prompts in a batch have similar lengths and little padding.
+    """
+    tcfg = TrainConfig(
+        steps=cfg.steps,
+        batch_size=cfg.batch_size,
+        seq_len=reader.model.config.max_seq_len,
+        lr=cfg.lr,
+        warmup_steps=cfg.warmup_steps,
+        weight_decay=cfg.weight_decay,
+        seed=cfg.seed,
+    )
+    opt = make_optimizer(reader.model, tcfg)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    kinds = sorted({e[2] for e in examples})
+    buckets = [torch.tensor([i for i, e in enumerate(examples) if e[2] == k]) for k in kinds]
+    weights = torch.tensor(
+        [len(b) * (cfg.closed_weight if k == "closed" else 1.0) for k, b in zip(kinds, buckets)], dtype=torch.float
+    )
+    reader.model.train()
+    losses = []
+    bar = None
+    if progress:
+        bar = tqdm(total=cfg.steps, desc="reader", mininterval=2.0)
+    for step in range(cfg.steps):
+        for g in opt.param_groups:
+            g["lr"] = lr_at(step, tcfg)
+        bucket = buckets[int(torch.multinomial(weights, 1, generator=gen))]  # one kind per batch: similar lengths
+        idx = bucket[torch.randint(0, len(bucket), (cfg.batch_size,), generator=gen)].tolist()
+        loss = reader.loss([examples[i][:2] for i in idx])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(reader.model.parameters(), tcfg.grad_clip)
+        opt.step()
+        losses.append(loss.item())
+        if bar is not None:
+            bar.set_postfix(loss=f"{np.mean(losses[-50:]):.3f}", refresh=False)
+            bar.update(1)
+    if bar is not None:
+        bar.close()
+    reader.model.eval()
+    return losses
+
+
+# --------------------------------------------------------------------------- corpus task and artefacts
+
+
+def eval_queries(split: str = "test") -> tuple[np.ndarray, list[str]]:
+    """The task *description → its article* on one split: (article rows, descriptions).
+
+    Rows index :func:`data.load_articles`; articles without a description are skipped.
+    """
+    if split not in data.SPLITS:
+        raise ValueError(f"split must be one of {data.SPLITS}, got {split!r}")
+    arts = data.load_articles()
+    rows = [i for i, a in enumerate(arts) if a.description and data.split_of(a.title) == split]
+    return np.asarray(rows, dtype=np.int64), [arts[i].description for i in rows]
+
+
+def corpus_vectors(embedder) -> torch.Tensor:
+    """Every article's extract embedded: MiniLM from the committed cache, another embedder live."""
+    if isinstance(embedder, MiniLMEmbedder):
+        return embedder.corpus_vectors()
+    return embedder.embed([a.extract for a in data.load_articles()])
+
+
+def query_vectors(embedder, split: str = "test") -> torch.Tensor:
+    """The split's descriptions embedded (Q, dim): MiniLM's from ``rag_queries.safetensors``, else live."""
+    rows, texts = eval_queries(split)
+    if not isinstance(embedder, MiniLMEmbedder):
+        return embedder.embed(texts)
+    if not QUERIES_PATH.is_file():
+        raise FileNotFoundError(f"no query cache at {QUERIES_PATH}; build it with:  python -m course_lib.build rag")
+    with safe_open(str(QUERIES_PATH), framework="pt") as f:
+        meta = f.metadata()
+        q, s, cached_rows = (f.get_tensor(k) for k in ("q", "scale", "rows"))
+    if meta.get("corpus_sha256") != data.CORPUS_SHA256 or meta.get("split") != split:
+        raise ValueError(f"{QUERIES_PATH} holds another corpus or split; rebuild with  python -m course_lib.build rag")
+    if not np.array_equal(cached_rows.numpy(), rows):
+        raise ValueError(
+            f"{QUERIES_PATH} does not match the current split; rebuild with  python -m course_lib.build rag"
+        )
+    return F.normalize(q.float() * s, dim=-1)
+
+
+def build_query_cache(split: str = "test") -> dict:
+    """Embed the split's descriptions with MiniLM once and store them as int8 (a few hundred kB)."""
+    rows, texts = eval_queries(split)
+    t0 = time.perf_counter()
+    emb = encoder.embed(texts)
+    q, s = encoder.quantize_rows(emb)
+    meta = {
+        "split": split,
+        "n": str(len(rows)),
+        "corpus_sha256": data.CORPUS_SHA256,
+        "model": encoder.MODEL_PIP,
+        "seconds": f"{time.perf_counter() - t0:.1f}",
+        "max_abs_error": f"{(q.float() * s - emb).abs().max().item():.2e}",
+        "machine": json.dumps(fingerprint.machine()),  # which CPU made the seconds (course_lib.fingerprint)
+        "command": "python -m course_lib.build rag",
+    }
+    atomic_write_bytes(QUERIES_PATH, safetensors_bytes({"q": q, "scale": s, "rows": torch.as_tensor(rows)}, meta))
+    return meta
+
+
+def load_reader(*, verify: bool = True) -> Reader:
+    """The committed reader (fp16 on disk, fp32 in memory) with the course tokenizer; checks its sha256."""
+    if not READER_PATH.is_file() or not READER_CARD.is_file():
+        raise FileNotFoundError("the reader is not built; run:  python -m course_lib.build rag")
+    card = json.loads(READER_CARD.read_text())
+    if verify:
+        digest = hashlib.sha256(READER_PATH.read_bytes()).hexdigest()
+        if digest != card["sha256"]:
+            raise ValueError(f"{READER_PATH} has sha256 {digest}, its card says {card['sha256']}: rebuild it")
+    config, state, _ = read_checkpoint(READER_PATH)
+    model = load_state(TinyLM(config), {k: v.float() for k, v in state.items()}, source=str(READER_PATH)).eval()
+    tokenizer = data.get_tokenizer(config.vocab_size)
+    if data.tokenizer_sha256(tokenizer) != card["tokenizer_sha256"]:
+        raise ValueError("the reader was trained with another tokenizer; rebuild it")
+    reader = Reader(model, tokenizer)
+    reader.card = card
+    return reader
+
+
+def reader_accuracy(reader: Reader, rows: Sequence[int], passages: Sequence[Sequence[str]] | None) -> float:
+    """Exact-match accuracy on articles ``rows``: closed-book when ``passages`` is None."""
+    arts = data.load_articles()
+    prompts = [reader_prompt(arts[r].description, () if passages is None else passages[i]) for i, r in enumerate(rows)]
+    return float(reader.exact_match(prompts, [arts[r].title for r in rows]).mean())
+
+
+def build_reader(cfg: ReaderConfig | None = None, *, progress: bool = True) -> dict:
+    """Fine-tune the patient into the reader on training-split articles; write checkpoint and card."""
+    cfg = cfg or ReaderConfig()
+    torch.manual_seed(cfg.seed)
+    patient = zoo.load(cfg.base)
+    reader = Reader(patient.model, patient.tokenizer)
+    train_articles = data.articles("train")
+    examples = reader_examples(
+        train_articles, distractors=cfg.distractors, passage_words=cfg.passage_words, seed=cfg.seed
+    )
+    t0 = time.perf_counter()
+    losses = finetune_reader(reader, examples, cfg, progress=progress)
+    seconds = time.perf_counter() - t0
+    reader.model.half()  # stored in fp16 (half the bytes); evaluated exactly as it will be loaded
+    path = save_checkpoint(reader.model, READER_PATH, metadata={"rag_reader": asdict(cfg)})
+    reader.model.float()
+    arts = data.load_articles()
+    test_rows, _ = eval_queries("test")
+    train_rows = np.asarray([i for i, a in enumerate(arts) if a.description and data.split_of(a.title) == "train"])
+    train_sample = train_rows[np.random.default_rng(0).choice(len(train_rows), 500, replace=False)]
+    oracle = [[passage_of(arts[r].extract, cfg.passage_words)] for r in test_rows]
+    card = {
+        "config": asdict(cfg),
+        "base_patient_sha256": patient.meta["sha256"],
+        "tokenizer_sha256": data.tokenizer_sha256(patient.tokenizer),
+        "examples": len(examples),
+        "train_articles": len(train_articles),
+        "train_seconds": round(seconds, 1),
+        "loss_curve": [round(float(np.mean(losses[i : i + 50])), 4) for i in range(0, len(losses), 50)],
+        "accuracy": {
+            "closed_book_test": reader_accuracy(reader, test_rows, None),
+            "closed_book_train_sample": reader_accuracy(reader, train_sample, None),
+            "oracle_passage_test": reader_accuracy(reader, test_rows, oracle),
+        },
+        "train_sample_rows": train_sample.tolist(),
+        "torch": torch.__version__,
+        "machine": fingerprint.machine(),  # which CPU made train_seconds (course_lib.fingerprint)
+        "command": "python -m course_lib.build rag",
+        "sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
+    }
+    atomic_write_bytes(READER_CARD, (json.dumps(card, indent=1) + "\n").encode())
+    return card
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m course_lib.build rag", description=__doc__.split("\n")[0])
+    parser.add_argument("parts", nargs="*", metavar="PART", help=f"which parts (default: all of {list(PARTS)})")
+    args = parser.parse_args(argv)
+    unknown = [p for p in args.parts if p not in PARTS]
+    if unknown:
+        parser.error(f"unknown parts {unknown}; choose from {list(PARTS)}")
+    parts = args.parts or list(PARTS)
+    if "queries" in parts:
+        print(json.dumps(build_query_cache()))
+    if "reader" in parts:
+        card = build_reader()
+        print(json.dumps({k: card[k] for k in ("examples", "train_seconds", "accuracy", "sha256")}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,394 @@
+"""Chapter 10: speculative decoding — one round, the loop, the statistics, the cache rollback.
+
+Cross-checks: transformers' assisted generation (speculative greedy decoding), scipy's
+chi-square (the sampled output follows the target's exact distribution), and uncached
+greedy decoding for every attention kind the patient can be built with.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from course_lib import speculative as sd
+from course_lib.attention import sparse_config
+from course_lib.model import (
+    ModelConfig,
+    TinyLM,
+    decode_tokens,
+    sample_next,
+    to_transformers_llama,
+    token_probs,
+)
+
+
+def _toy_pair(vocab=97, seed=0, scale=1.0):
+    torch.manual_seed(seed)
+    t = TinyLM(ModelConfig(vocab_size=vocab, d_model=48, n_layers=3, n_heads=4, n_kv_heads=2, max_seq_len=64)).eval()
+    d = TinyLM(ModelConfig(vocab_size=vocab, d_model=16, n_layers=1, n_heads=2, max_seq_len=64)).eval()
+    if scale != 1.0:  # sharper, more different distributions for the statistical tests
+        with torch.no_grad():
+            for m in (t, d):
+                m.embed.weight.mul_(scale)
+    return t, d
+
+
+@pytest.mark.parametrize("k", [1, 2, 3, 5, 8])
+def test_speculative_greedy_equals_target_greedy(k):
+    target, draft = _toy_pair()
+    prompt = torch.randint(0, 97, (1, 7), generator=torch.Generator().manual_seed(k))
+    out, stats = sd.speculative_generate(target, draft, prompt, 30, k=k)
+    assert torch.equal(out, target.generate(prompt, 30))
+    assert stats.emitted == 30 and stats.accepted + stats.rounds == 30 and stats.drafted <= k * stats.rounds
+    # the draft drafting for itself is always right: k + 1 tokens per target pass
+    same, s2 = sd.speculative_generate(target, target, prompt, 30, k=k)
+    assert torch.equal(same, out) and s2.acceptance_rate == 1.0
+
+
+def test_speculative_greedy_on_the_zoo_patients():
+    from course_lib import zoo
+
+    tiny, small = zoo.load("tiny"), zoo.load("small")  # committed patients
+    idx = small.encode("The Eiffel Tower is")
+    out, stats = sd.speculative_generate(small.model, tiny.model, idx, 40, k=4)
+    assert torch.equal(out, small.model.generate(idx, 40))
+    assert 0 < stats.acceptance_rate < 1
+
+
+def test_speculative_greedy_matches_transformers_assisted_generation():
+    pytest.importorskip("transformers")
+    target, draft = _toy_pair()
+    prompt = torch.randint(0, 97, (1, 6), generator=torch.Generator().manual_seed(11))
+    ours, _ = sd.speculative_generate(target, draft, prompt, 24, k=4)
+    hf_t, hf_d = to_transformers_llama(target), to_transformers_llama(draft)
+    ref = hf_t.generate(
+        prompt,
+        attention_mask=torch.ones_like(prompt),
+        assistant_model=hf_d,
+        do_sample=False,
+        max_new_tokens=24,
+        min_new_tokens=24,
+    )
+    assert torch.equal(ours, ref)
+
+
+def test_verify_step_emits_the_target_distribution_and_accepts_sum_min():
+    """One step, k = 1: P(accept) = sum_x min(p, q) and the emitted token ~ p exactly."""
+    from scipy.stats import chisquare
+
+    g = torch.Generator().manual_seed(0)
+    p = torch.tensor([[0.5, 0.3, 0.15, 0.05, 0.0], [0.2, 0.2, 0.2, 0.2, 0.2]])
+    q = torch.tensor([[0.1, 0.1, 0.4, 0.2, 0.2]])
+    n_trials, counts, accepted = 8_000, torch.zeros(5), 0
+    for _ in range(n_trials):
+        x = int(torch.multinomial(q[0], 1, generator=g))
+        n, nxt = sd.verify(p, q, [x], generator=g)
+        accepted += n
+        counts[x if n else nxt] += 1  # the first emitted token
+    alpha = torch.minimum(p[0], q[0]).sum().item()
+    assert abs(accepted / n_trials - alpha) < 4 * math.sqrt(alpha * (1 - alpha) / n_trials)
+    m = p[0] > 0
+    assert counts[~m].sum() == 0  # never emits what the target rules out
+    assert chisquare(counts[m].numpy(), p[0][m].numpy() * n_trials).pvalue > 1e-3
+
+
+def _exact_sequence_probs(model, prompt, n_new, vocab):
+    """P(x_1..x_n | prompt) for every continuation, by enumeration: (vocab ** n_new,)."""
+    import itertools
+
+    seqs = list(itertools.product(range(vocab), repeat=n_new))
+    full = torch.cat([prompt.expand(len(seqs), -1), torch.tensor(seqs)], 1)
+    with torch.no_grad():
+        logp = torch.log_softmax(model(full), -1)  # (S, T, V)
+    t0 = prompt.shape[1]
+    lp = sum(logp[:, t0 - 1 + i].gather(1, full[:, t0 + i : t0 + i + 1])[:, 0] for i in range(n_new))
+    return lp.exp(), seqs
+
+
+def test_speculative_sampling_preserves_the_target_distribution():
+    """Statistical test on a toy vocabulary (fixed seed): speculative samples of 2 tokens
+    follow the target's exact distribution (chi-square); samples from the draft alone do
+    not (the test has power)."""
+    from scipy.stats import chisquare
+
+    vocab, n_new, n_runs = 5, 2, 1500
+    target, draft = _toy_pair(vocab=vocab, seed=3, scale=2.0)
+    prompt = torch.tensor([[1, 3]])
+    p_exact, seqs = _exact_sequence_probs(target, prompt, n_new, vocab)
+    q_exact, _ = _exact_sequence_probs(draft, prompt, n_new, vocab)
+    assert 0.5 * (p_exact - q_exact).abs().sum() > 0.2  # the draft is a genuinely different model
+    index = {s: i for i, s in enumerate(seqs)}
+    g = torch.Generator().manual_seed(1234)
+    spec, own = torch.zeros(len(seqs)), torch.zeros(len(seqs))
+    rates = []
+    for _ in range(n_runs):
+        out, stats = sd.speculative_generate(target, draft, prompt, n_new, k=2, temperature=1.0, generator=g)
+        spec[index[tuple(out[0, 2:].tolist())]] += 1
+        rates.append(stats.acceptance_rate)
+        own[index[tuple(draft.generate(prompt, n_new, temperature=1.0, generator=g)[0, 2:].tolist())]] += 1
+    keep = p_exact * n_runs >= 5  # cells expected fewer than 5 times are merged into one
+
+    def cells(x):
+        x = x.double()
+        return torch.cat([x[keep], x[~keep].sum(0, keepdim=True)] if (~keep).any() else [x[keep]]).numpy()
+
+    expected = cells(p_exact) * n_runs
+    assert chisquare(cells(spec), expected / expected.sum() * n_runs).pvalue > 1e-3
+    assert chisquare(cells(own), expected / expected.sum() * n_runs).pvalue < 1e-6
+    assert 0.05 < np.nanmean(rates) < 0.95
+
+
+def test_sampling_with_top_k_never_leaves_the_target_top_k():
+    target, draft = _toy_pair(vocab=97, seed=1, scale=5.0)
+    prompt = torch.tensor([[4, 5, 6]])
+    g = torch.Generator().manual_seed(0)
+    out, _ = sd.speculative_generate(target, draft, prompt, 20, k=3, temperature=0.8, top_k=3, generator=g)
+    with torch.no_grad():
+        logits = target(out[:, :-1])[0, 2:]  # (20, V) the target's logits before each new token
+    top = logits.topk(3, dim=-1).indices
+    assert (top == out[0, 3:, None]).any(-1).all()
+
+
+def test_expected_tokens_per_round_formula_and_simulation():
+    rng = np.random.default_rng(0)
+    for alpha, k in [(0.3, 1), (0.6, 4), (0.9, 8)]:
+        sim = []
+        for _ in range(20_000):
+            n = 0
+            while n < k and rng.random() < alpha:
+                n += 1
+            sim.append(n + 1)
+        assert abs(np.mean(sim) - sd.expected_tokens_per_round(alpha, k)) < 0.05
+    assert sd.expected_tokens_per_round(1.0, 4) == 5 and sd.expected_tokens_per_round(0.0, 4) == 1
+    assert math.isclose(sd.expected_speedup(0.0, 3, 0.0), 1.0)
+    with pytest.raises(ValueError, match="alpha"):
+        sd.expected_tokens_per_round(1.2, 3)
+    with pytest.raises(ValueError, match="k must be"):
+        sd.expected_tokens_per_round(0.5, 0)
+
+
+# --------------------------------------------------------------------------- one round, the statistics
+
+
+def test_one_round_keeps_the_cache_invariant():
+    """A round emits 1..k+1 tokens, the target's cache then holds all tokens but the last, and
+    the draft's at most that; the round's tokens are the target's greedy continuation."""
+    target, draft = _toy_pair()
+    tokens = [3, 1, 4, 1, 5]
+    t_cache, d_cache = target.new_cache(1, 40), draft.new_cache(1, 40)
+    reference = target.generate(torch.tensor([tokens]), 20)[0].tolist()
+    for _ in range(4):
+        new, n = sd.speculative_round(target, draft, tokens, t_cache, d_cache, 3)
+        assert 1 <= len(new) == n + 1 <= 4
+        tokens = tokens + new
+        assert sd.cache_length(t_cache) == len(tokens) - 1 and sd.cache_length(d_cache) <= len(tokens) - 1
+    assert tokens == reference[: len(tokens)]
+
+
+def test_stats_per_position_and_histogram():
+    s = sd.SpeculativeStats(3)
+    for drafted, accepted in [(3, 0), (3, 1), (3, 3), (3, 2), (1, 1)]:
+        s.record(drafted, accepted)
+    assert (s.rounds, s.drafted, s.accepted, s.emitted) == (5, 13, 7, 12)
+    assert s.accept_counts == [1, 2, 1, 1]
+    # position 0: drafted in 5 rounds, kept in 4; position 1: reached in 3 of the rounds
+    # that drafted it (accepted >= 1), kept in 2; position 2: reached in 2, kept in 1
+    assert s.acceptance_by_position == [4 / 5, 2 / 3, 1 / 2]
+    assert math.isclose(s.acceptance_rate, 7 / 13) and math.isclose(s.tokens_per_round, 12 / 5)
+    assert all(math.isnan(x) for x in sd.SpeculativeStats(2).acceptance_by_position)
+
+
+def test_the_draft_drafting_for_itself_accepts_every_position():
+    target, _ = _toy_pair()
+    prompt = torch.tensor([[5, 6, 7]])
+    _, s = sd.speculative_generate(target, target, prompt, 20, k=4)  # 4 rounds of 4 drafted + 1
+    assert s.acceptance_by_position == [1.0] * 4 and s.tokens_per_round == 5.0
+    assert s.accept_counts == [0, 0, 0, 0, 4]
+
+
+# --------------------------------------------------------------------------- the one sampler
+
+
+def test_sample_next_draws_from_token_probs_and_decode_equals_generate():
+    torch.manual_seed(0)
+    logits = torch.randn(3, 50) * 3
+    g1, g2 = torch.Generator().manual_seed(5), torch.Generator().manual_seed(5)
+    probs = token_probs(logits, temperature=0.7, top_k=5)
+    assert torch.allclose(probs.sum(-1), torch.ones(3)) and ((probs > 0).sum(-1) == 5).all()
+    a = sample_next(logits, temperature=0.7, top_k=5, generator=g1)
+    assert torch.equal(a, torch.multinomial(probs, 1, generator=g2))
+    assert torch.equal(sample_next(logits), logits.argmax(-1, keepdim=True))
+    with pytest.raises(ValueError, match="temperature must be > 0"):
+        token_probs(logits, temperature=0.0)
+    target, _ = _toy_pair()
+    prompt = torch.tensor([[1, 2, 3], [4, 5, 6]])
+    for kw in ({}, {"temperature": 0.9, "top_k": 10}):
+        outs = []
+        for cache in (target.new_cache(2, 13), None):
+            new, probs = decode_tokens(
+                target, prompt, cache, 10, generator=torch.Generator().manual_seed(1), return_probs=True, **kw
+            )
+            outs.append(new)
+            assert new.shape == (2, 10) and (probs is None) == (not kw)
+            if kw:  # each drawn token had probability > 0 under the distribution returned for it
+                assert probs.shape == (2, 10, 97) and (probs.gather(2, new[..., None]) > 0).all()
+        ref = target.generate(prompt, 10, generator=torch.Generator().manual_seed(1), **kw)
+        assert torch.equal(torch.cat([prompt, outs[0]], 1), ref) and torch.equal(outs[0], outs[1])
+
+
+# --------------------------------------------------------------------------- the caches' truncate
+
+
+def test_kv_cache_truncate_then_continue_equals_a_fresh_cache():
+    target, _ = _toy_pair()
+    x = torch.randint(0, 97, (1, 12), generator=torch.Generator().manual_seed(2))
+    cache = target.new_cache(1, 32)
+    with torch.no_grad():
+        target(x, cache=cache)
+        sd.rollback(cache, 8)  # forget positions 8..11
+        assert sd.cache_length(cache) == 8
+        y = target(x[:, 8:10], cache=cache)
+        assert torch.allclose(y, target(x[:, :10])[:, 8:], atol=1e-5)
+    for bad in (20, -1, 1.5, True):
+        with pytest.raises(ValueError, match="length must be an int in"):
+            cache[0].truncate(bad)
+    with pytest.raises(TypeError, match="must implement truncate"):
+        sd.rollback([object()], 0)
+    with pytest.raises(ValueError, match="length must be an int >= 0"):
+        sd.rollback(cache, -2)
+
+
+def _sparse_target(**options):
+    torch.manual_seed(0)
+    cfg = ModelConfig(vocab_size=97, d_model=48, n_layers=2, n_heads=4, n_kv_heads=2, max_seq_len=64)
+    return TinyLM(sparse_config(cfg, **options)).eval()
+
+
+def test_rolling_cache_truncate_forgets_rejected_keys():
+    """The decode-speed issue's bug: a rejected position's key stayed in its ring slot and was
+    read beside the accepted one. After truncate, decoding on equals the uncached model."""
+    model = _sparse_target(pattern="sliding_window", window=6)  # ring of 6 slots, lookback 5
+    x = torch.randint(0, 97, (1, 30), generator=torch.Generator().manual_seed(4))
+    rejected = torch.randint(0, 97, (1, 3), generator=torch.Generator().manual_seed(7))
+    with torch.no_grad():
+        full = model(x)  # (1, 30, V), no cache
+        # (accepted, rejected): a full ring rolls back one position; one not yet full, any number
+        for keep, n_rejected in [(19, 1), (2, 3), (12, 1)]:
+            cache = model.new_cache(1, 30)
+            model(x[:, :keep], cache=cache)
+            model(rejected[:, :n_rejected], cache=cache)  # written, then taken back
+            sd.rollback(cache, keep)
+            assert all((c.slot_pos < keep).all() for c in cache)
+            y = model(x[:, keep : keep + 3], cache=cache)
+            assert torch.allclose(y, full[:, keep : keep + 3], atol=1e-5)
+
+
+def test_rolling_cache_refuses_to_truncate_past_what_it_overwrote():
+    model = _sparse_target(pattern="sliding_window", window=6)  # ring of 6 slots, lookback 5
+    x = torch.randint(0, 97, (1, 20), generator=torch.Generator().manual_seed(5))
+    cache = model.new_cache(1, 30)
+    with torch.no_grad():
+        model(x, cache=cache)
+    with pytest.raises(ValueError, match="has overwritten position 13.*roll back at most 1"):
+        sd.rollback(cache, 18)
+    assert sd.cache_length(cache) == 20  # nothing half-done
+    with pytest.raises(ValueError, match="length must be an int in \\[0, 20\\]"):
+        cache[0].truncate(21)
+    # a pattern of unbounded reach keeps every position: any rollback works
+    dense = _sparse_target(pattern="dense")
+    cache = dense.new_cache(1, 30)
+    with torch.no_grad():
+        dense(x, cache=cache)
+        sd.rollback(cache, 7)
+        assert torch.allclose(dense(x[:, 7:9], cache=cache), dense(x[:, :9])[:, 7:], atol=1e-5)
+
+
+ATTENTION_KINDS = {
+    "full": None,
+    "sparse dense": dict(pattern="dense"),
+    "sliding window": dict(pattern="sliding_window", window=16),
+    "dilated": dict(pattern="dilated", window=8, dilation=2),
+    "window + global": dict(pattern="sliding_window", window=16, n_global=4),
+    "block sparse": dict(pattern="block_sparse", window=16, block_size=8),
+    "random blocks": dict(pattern="sliding_window", window=16, n_random_blocks=1, block_size=16),
+}
+
+
+@pytest.fixture(scope="module")
+def patients():
+    from course_lib import zoo
+
+    return zoo.load("tiny"), zoo.load("small")  # committed patients: a draft that really disagrees
+
+
+def _small_with(small, options):
+    """The small patient's weights under another attention kind (chapter 03's switch)."""
+    if options is None:
+        return small.model
+    model = TinyLM(sparse_config(small.model.config, **options)).eval()
+    model.load_state_dict(small.model.state_dict())
+    return model
+
+
+@pytest.mark.parametrize("kind", list(ATTENTION_KINDS))
+def test_speculative_greedy_equals_uncached_greedy_for_every_attention_kind(kind, patients):
+    """k = 1 rolls the target back at most one position, which every cache kind can do; the
+    output must equal the target's uncached greedy decoding, with rejections along the way."""
+    tiny, small = patients
+    target = _small_with(small, ATTENTION_KINDS[kind])
+    prompt = small.encode("The Eiffel Tower is")
+    reference = target.generate(prompt, 28, use_cache=False)
+    assert torch.equal(target.generate(prompt, 28), reference)
+    out, stats = sd.speculative_generate(target, tiny.model, prompt, 28, k=1)
+    assert torch.equal(out, reference) and 0 < stats.accepted < stats.drafted
+
+
+def test_speculative_with_a_window_target_refuses_long_rollbacks(patients):
+    """With k = 4 a rejection can take back more than a full ring can give: a ValueError,
+    never a silently different continuation (the decode-speed issue's bug)."""
+    tiny, small = patients
+    target = _small_with(small, ATTENTION_KINDS["sliding window"])
+    with pytest.raises(ValueError, match="RollingKVCache .* has overwritten"):
+        sd.speculative_generate(target, tiny.model, small.encode("The Eiffel Tower is"), 40, k=4)
+    # a pattern of unbounded reach keeps every key in its ring: any k works
+    target = _small_with(small, ATTENTION_KINDS["random blocks"])
+    prompt = small.encode("The Moon is")
+    out, stats = sd.speculative_generate(target, tiny.model, prompt, 24, k=4)
+    assert torch.equal(out, target.generate(prompt, 24)) and stats.accepted < stats.drafted
+
+
+def test_speculative_bad_input():
+    target, draft = _toy_pair()
+    other = TinyLM(ModelConfig(vocab_size=50, d_model=16, n_layers=1, n_heads=2, max_seq_len=64))
+    x = torch.tensor([[1, 2, 3]])
+    for k in (0, -1, 1.5, True):
+        with pytest.raises(ValueError, match=r"k \(draft length\) must be an int >= 1"):
+            sd.speculative_generate(target, draft, x, 5, k=k)
+    with pytest.raises(ValueError, match="draft vocab_size = 50, target vocab_size = 97"):
+        sd.speculative_generate(target, other, x, 5)
+    with pytest.raises(ValueError, match="exceeds max_seq_len"):
+        sd.speculative_generate(target, draft, x, 62)
+    with pytest.raises(ValueError, match=r"idx must be a \(1, T\)"):
+        sd.speculative_generate(target, draft, torch.tensor([[1], [2]]), 5)
+    with pytest.raises(TypeError, match="TinyLM-like"):
+        sd.speculative_generate(target, torch.nn.Linear(2, 2), x, 5)
+    with pytest.raises(ValueError, match="temperature must be a finite number >= 0"):
+        sd.speculative_generate(target, draft, x, 5, temperature=-1.0)
+    with pytest.raises(ValueError, match="top_k must be None or an int >= 1"):
+        sd.speculative_generate(target, draft, x, 5, temperature=1.0, top_k=0)
+    with pytest.raises(ValueError, match="cost_ratio"):
+        sd.expected_speedup(0.5, 2, -1.0)
+
+
+def test_step_costs_and_benchmark_on_toy_models():
+    target, draft = _toy_pair()
+    sc = sd.step_costs(target, draft, context=8, k=3, warmup=1, repeats=3)
+    assert sc["c"] > 0 and sc["v"] > 0 and 0 < sc["c_flops"] < 1  # the draft is the smaller model
+    prompts = [torch.tensor([[1, 2, 3]]), torch.tensor([[7, 8]])]
+    rows = sd.speculative_benchmark(target, draft, prompts, ks=(1, 3), new_tokens=10, warmup=0, repeats=1)
+    assert [r["k"] for r in rows] == [0, 1, 3] and all(r["identical"] for r in rows)
+    assert rows[0]["speedup"] == 1.0 and all(r["tokens_per_s"] > 0 for r in rows)
+    assert all(1 <= r["tokens_per_pass"] <= r["k"] + 1 for r in rows[1:])
