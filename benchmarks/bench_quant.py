@@ -1,6 +1,6 @@
 """Chapter 05: what quantized Linear layers cost and save on this machine.
 
-fp32 ``nn.Linear`` vs W8A8 through ``torch._int_mm`` (``QuantLinear(mode="w8a8")``) vs
+fp32 ``nn.Linear`` vs W8A8 through ``torch._int_mm`` (``W8A8Linear``) vs
 ``torch.ao`` dynamic int8 (fbgemm) vs weight-only int8 and int4 (group 128), at batch 1
 (decode-like) and batch 64 (prefill-like), with their weight bytes. Which int8 path is fast
 depends on the CPU's int8 instructions: compare the rows, do not assume.
@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from course_lib import measure
-from course_lib.quant import QuantLinear
+from course_lib.quant import QuantLinear, W8A8Linear
 
 #: torch.ao's deprecation warnings would otherwise create this entry in the module's globals
 #: during the first benchmark, changing ``vars(bench_quant)`` while a runner iterates over it.
@@ -27,7 +27,7 @@ def _variants(lin: nn.Linear) -> dict[str, nn.Module]:
         ao = torch.ao.quantization.quantize_dynamic(nn.Sequential(lin), {nn.Linear}, dtype=torch.qint8)
     return {
         "fp32": lin,
-        "W8A8 (_int_mm)": QuantLinear.from_linear(lin, bits=8, mode="w8a8"),
+        "W8A8 (_int_mm)": W8A8Linear.from_linear(lin),
         "torch.ao dynamic int8": ao,
         "int8 weight-only": QuantLinear.from_linear(lin, bits=8, symmetric=True),
         "int4 weight-only g128": QuantLinear.from_linear(lin, bits=4, group_size=128),

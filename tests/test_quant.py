@@ -11,7 +11,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from course_lib import measure, quant
+from course_lib import measure, quant, quant_primitives
+from course_lib.experiments import quant as quant_runs
 from course_lib.model import ModelConfig, TinyLM
 
 # --------------------------------------------------------------------------- formats
@@ -165,6 +166,57 @@ def test_quantize_bad_input():
         quant.quantize(torch.arange(4))
 
 
+# --------------------------------------------------------------------------- one path for weights and activations
+
+
+def test_granularity_is_one_block_shape_for_weights_and_activations():
+    assert quant_primitives.block_size((48, 96), "tensor") == (48, 96)
+    assert quant_primitives.block_size((48, 96), "channel") == (1, 96) == quant_primitives.block_size((48, 96), "token")
+    assert quant_primitives.block_size((48, 96), "group", 32) == (1, 32)
+    assert quant_primitives.block_size((2, 7, 96), "token") == (1, 1, 96)
+    x = torch.randn(6, 64)
+    assert quant_primitives.as_blocks(x, (6, 64)).shape == (1, 1, 384)
+    assert quant_primitives.as_blocks(x, (1, 16)).shape == (6, 4, 16)
+    with pytest.raises(ValueError, match="block_size"):
+        quant_primitives.as_blocks(x, (2, 16))
+    with pytest.raises(ValueError, match="group_size"):
+        quant_primitives.block_size((6, 64), "group")  # a group needs its size
+    with pytest.raises(ValueError, match="granularity"):
+        quant_primitives.block_size((64,), "channel")
+
+
+@pytest.mark.parametrize("granularity", ["token", "tensor"])
+def test_activations_share_the_weights_granularity_and_scales(granularity):
+    torch.manual_seed(0)
+    x = torch.randn(9, 40) * 3
+    x[:, 3] *= 30
+    xq, sx = quant.quantize_activations(x, granularity=granularity)
+    qt = quant.quantize(x, bits=8, symmetric=True, granularity=granularity)
+    assert xq.dtype == torch.int8 and sx.shape == (9, 1) and xq.abs().max() == 127
+    assert torch.equal(sx, qt.scale.reshape(-1, 1).expand(9, 1))  # the same choose-params step
+    assert (xq.float() - qt.int_repr).abs().max() <= 1  # rounding may differ at exact ties only
+    assert ((quant.decode(xq.float(), sx, 0) - x).abs() <= sx / 2 * (1 + 1e-6)).all()
+    with pytest.raises(ValueError, match="act_granularity"):
+        quant.quantize_activations(x, granularity="group")
+
+
+def test_every_scheme_stores_what_quantize_computes():
+    torch.manual_seed(0)
+    lin, emb = nn.Linear(64, 16), nn.Embedding(10, 64)
+
+    def rtn(w, bits, sym, g):
+        return quant.fake_quantize(
+            w.detach(), bits=bits, symmetric=sym, granularity="group", group_size=g, fp16_scale=True
+        )
+
+    w3 = quant.QuantLinear.from_linear(lin, bits=3, group_size=16)
+    assert torch.equal(w3.dequantized_weight(), rtn(lin.weight, 3, False, 16))
+    w8 = quant.W8A8Linear.from_linear(lin)
+    assert isinstance(w8, quant.QuantLinear) and w8.packed.dtype == torch.int8 and w8.weight_bytes() == 16 * 64 + 16 * 6
+    assert torch.equal(w8.dequantized_weight(), rtn(lin.weight, 8, True, 64))
+    assert torch.equal(quant.QuantEmbedding(emb, bits=4, group_size=32).weight, rtn(emb.weight, 4, False, 32))
+
+
 # --------------------------------------------------------------------------- packing
 
 
@@ -227,8 +279,8 @@ def test_w8a8_int_mm_equals_emulated_and_dequantized_matmul():
     torch.manual_seed(0)
     lin = nn.Linear(256, 96)
     x = torch.randn(7, 256) * 3
-    a = quant.QuantLinear.from_linear(lin, bits=8, mode="w8a8", backend="int_mm")
-    b = quant.QuantLinear.from_linear(lin, bits=8, mode="w8a8", backend="emulated")
+    a = quant.W8A8Linear.from_linear(lin, backend="int_mm")
+    b = quant.W8A8Linear.from_linear(lin, backend="emulated")
     assert torch.equal(a(x), b(x))  # _int_mm is exact, and so is fp32 on these integers
     xq, sx = quant.quantize_activations(x)
     ref = (xq.float() * sx) @ a.dequantized_weight().t() + lin.bias
@@ -246,12 +298,12 @@ def test_w8a8_error_is_close_to_torch_ao_dynamic():
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         ao = torch.ao.quantization.quantize_dynamic(m, {nn.Linear}, dtype=torch.qint8)
-    ours = quant.QuantLinear.from_linear(m[0], bits=8, mode="w8a8", act_granularity="tensor")
+    ours = quant.W8A8Linear.from_linear(m[0], act_granularity="tensor")
     ref = m(x)
     e_ao = ((ao(x) - ref).norm() / ref.norm()).item()
     e_ours = ((ours(x) - ref).norm() / ref.norm()).item()
     assert e_ours < 1.5 * e_ao and e_ours < 0.02, (e_ours, e_ao)  # ao: per-tensor weights, 7-bit activations
-    per_token = quant.QuantLinear.from_linear(m[0], bits=8, mode="w8a8", act_granularity="token")
+    per_token = quant.W8A8Linear.from_linear(m[0], act_granularity="token")
     assert ((per_token(x) - ref).norm() / ref.norm()).item() <= e_ours
 
 
@@ -261,12 +313,12 @@ def test_llm_int8_rescues_an_outlier_column():
     x = torch.randn(32, 128)
     x[:, 7] *= 60  # one outlier feature, as in large LMs
     ref = lin(x)
-    w8 = quant.QuantLinear.from_linear(lin, bits=8, mode="w8a8", act_granularity="token")
-    mixed = quant.QuantLinear.from_linear(lin, bits=8, mode="llm.int8", threshold=6.0)
+    w8 = quant.W8A8Linear.from_linear(lin, act_granularity="token")
+    mixed = quant.LLMInt8Linear.from_linear(lin, threshold=6.0)
     e_w8 = ((w8(x) - ref).norm() / ref.norm()).item()
     e_mixed = ((mixed(x) - ref).norm() / ref.norm()).item()
     assert mixed.last_outlier_columns >= 1 and e_mixed < 0.5 * e_w8
-    never = quant.QuantLinear.from_linear(lin, bits=8, mode="llm.int8", threshold=1e9)
+    never = quant.LLMInt8Linear.from_linear(lin, threshold=1e9)
     assert torch.equal(never(x), w8(x)) and never.last_outlier_columns == 0
 
 
@@ -278,8 +330,8 @@ def test_smoothquant_moves_the_difficulty_into_the_weights():
     s = quant.smooth_scales(x.abs().amax(0), lin.weight, alpha=0.5)
     assert torch.allclose((x / s) @ (lin.weight * s).t(), x @ lin.weight.t(), rtol=1e-4, atol=1e-3)
     ref = lin(x)
-    plain = quant.QuantLinear.from_linear(lin, bits=8, mode="w8a8", act_granularity="tensor")
-    smooth = quant.QuantLinear.from_linear(lin, bits=8, mode="w8a8", act_granularity="tensor", in_scale=s)
+    plain = quant.W8A8Linear.from_linear(lin, act_granularity="tensor")
+    smooth = quant.W8A8Linear.from_linear(lin, act_granularity="tensor", in_scale=s)
     e = [((m(x) - ref).norm() / ref.norm()).item() for m in (plain, smooth)]
     assert e[1] < 0.7 * e[0], e
     with pytest.raises(ValueError, match="alpha"):
@@ -292,8 +344,14 @@ def test_quant_linear_bad_input():
         quant.QuantLinear.from_linear(lin, bits=5)
     with pytest.raises(ValueError, match="group_size.*48"):
         quant.QuantLinear.from_linear(lin, bits=4, group_size=32)
-    with pytest.raises(ValueError, match="bits must be 8"):
-        quant.QuantLinear.from_linear(lin, bits=4, mode="w8a8")
+    with pytest.raises(TypeError, match="bits"):
+        quant.W8A8Linear.from_linear(lin, bits=4)  # W8A8 is 8-bit by definition: no bits argument
+    with pytest.raises(ValueError, match="act_granularity"):
+        quant.W8A8Linear.from_linear(lin, act_granularity="channel")
+    with pytest.raises(ValueError, match="backend"):
+        quant.W8A8Linear.from_linear(lin, backend="cublas")
+    with pytest.raises(ValueError, match="threshold"):
+        quant.LLMInt8Linear.from_linear(lin, threshold=0.0)
     with torch.no_grad():
         lin.weight[0, 0] = float("inf")
     with pytest.raises(ValueError, match="NaN or inf"):
@@ -312,8 +370,8 @@ def patient_acts():
 
     model = zoo.load("tiny").model
     names = ["blocks.1.mlp.down_proj", "blocks.2.attn.q_proj"]
-    calib = quant.patient_calibration(4, 128)
-    held = quant.patient_calibration(4, 128, seed=1)
+    calib = quant_runs.patient_calibration(4, 128)
+    held = quant_runs.patient_calibration(4, 128, seed=1)
     a = quant.capture_inputs(model, names, calib)
     b = quant.capture_inputs(model, names, held)
     return model, names, a, b
@@ -400,6 +458,8 @@ def test_quantize_model_every_method(small_lm, method):
     q, rep = quant.quantize_model(small_lm, method, bits, 16, calib)
     assert all(torch.equal(before[k], v) for k, v in small_lm.state_dict().items())  # original untouched
     assert sum(isinstance(m, quant.QuantLinear) for m in q.modules()) == 2 * 7
+    scheme = {"w8a8": quant.W8A8Linear, "llm.int8": quant.LLMInt8Linear}.get(method, quant.QuantLinear)
+    assert all(type(m) is scheme for m in q.modules() if isinstance(m, quant.QuantLinear))
     x = torch.randint(0, 97, (2, 20))
     with torch.no_grad():
         ref, out = small_lm(x), q(x)
@@ -511,23 +571,6 @@ def test_minilm_quantizes_through_the_same_entry_point():
     assert 3.8 < rep8.ratio < 4.0 and rep4.ratio > 6
     assert (encoder.embed(texts, model=q8) * ref).sum(1).min() > 0.99
     assert (encoder.embed(texts, model=q4) * ref).sum(1).min() > 0.8
-
-
-# --------------------------------------------------------------------------- the grid
-
-
-def test_precomputed_grid_is_complete_and_small():
-    assert quant.GRID_PATH.stat().st_size < 1_000_000
-    grid = quant.load_grid()
-    for key, spec in (("patient", quant.PATIENT_GRID), ("minilm", quant.MINILM_GRID)):
-        n = len(spec["methods"]) * len(spec["bits"]) * len(spec["groups"])
-        assert len(grid[key]["points"]) == n
-        for m in spec["methods"]:
-            assert quant.grid_point(grid, key, m, 4, spec["groups"][0])["bytes"] > 0
-    fp = grid["patient"]["fp32"]["ppl"]
-    assert all(p["ppl"] > 0.9 * fp for p in grid["patient"]["points"])
-    with pytest.raises(ValueError, match="no grid point"):
-        quant.grid_point(grid, "patient", "rtn", 5, 64)
 
 
 # --------------------------------------------------------------------------- exercises
