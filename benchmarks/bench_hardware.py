@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from course_lib import hardware, measure
+from course_lib.experiments import hardware as hardware_runs
 
 
 def bench_roofline() -> list[dict]:
@@ -69,5 +70,5 @@ def bench_achieved() -> list[dict]:
 def bench_fusion() -> list[dict]:
     """Eager vs torch.compile'd RMSNorm and SwiGLU activation on arrays twice the L3 cache (compile time included)."""
     dim = 2048
-    rows = hardware.fusion_benchmark(rows=hardware.working_set_bytes(factor=2) // (4 * dim), dim=dim, hidden=dim)
+    rows = hardware_runs.fusion_benchmark(rows=hardware.working_set_bytes(factor=2) // (4 * dim), dim=dim, hidden=dim)
     return [{"benchmark": "fusion", "variant": r.pop("op"), **r} for r in rows]

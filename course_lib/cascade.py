@@ -57,6 +57,7 @@ import torch
 import torch.nn.functional as F
 
 from course_lib import data, encoder
+from course_lib.checks import check_float, check_int, check_probability
 
 CONFIDENCE_KINDS = ("max_prob", "margin", "entropy")
 #: hashed feature space of the bag-of-words model: 4096 BPE unigrams + bigram buckets
@@ -88,15 +89,12 @@ def _as_labels(labels, n: int, k: int | None = None, name: str = "labels") -> np
 
 
 def _check_threshold(t, name: str = "threshold") -> float:
-    if isinstance(t, bool) or not isinstance(t, (int, float, np.floating, np.integer)) or not 0 <= t <= 1:
-        raise ValueError(f"{name} must be a number in [0, 1], got {t!r}")
-    return float(t)
+    return float(check_probability(name, t))
 
 
 def softmax(logits, temperature: float = 1.0) -> np.ndarray:
     r"""Row-wise :math:`\mathrm{softmax}(z / T)` in float64 (stable: the row max is subtracted)."""
-    if not temperature > 0:
-        raise ValueError(f"temperature must be > 0, got {temperature!r}")
+    check_float("temperature", temperature, min=0, min_inclusive=False)
     z = np.asarray(logits.detach().cpu() if torch.is_tensor(logits) else logits, dtype=np.float64) / temperature
     z = z - z.max(-1, keepdims=True)
     e = np.exp(z)
@@ -153,8 +151,7 @@ def reliability(probs, labels, *, n_bins: int = 10) -> Reliability:
     convention of ``sklearn.calibration.calibration_curve(strategy="uniform")``, which the
     tests check against. A calibrated model has accuracy = confidence in every bin.
     """
-    if not isinstance(n_bins, int) or isinstance(n_bins, bool) or n_bins < 1:
-        raise ValueError(f"n_bins must be an int >= 1, got {n_bins!r}")
+    check_int("n_bins", n_bins, min=1)
     p = _as_probs(probs)
     y = _as_labels(labels, len(p), p.shape[1])
     conf, correct = p.max(1), (p.argmax(1) == y).astype(np.float64)
@@ -178,6 +175,7 @@ def nll(logits, labels, temperature: float = 1.0) -> float:
     if z.ndim != 2:
         raise ValueError(f"logits must be (N, K), got shape {z.shape}")
     y = _as_labels(labels, len(z), z.shape[1])
+    check_float("temperature", temperature, min=0, min_inclusive=False)
     z = z / temperature
     m = z.max(1, keepdims=True)
     lse = (m + np.log(np.exp(z - m).sum(1, keepdims=True)))[:, 0]
@@ -234,7 +232,7 @@ def bow_features(ids: Sequence[Sequence[int]], *, bits: int = BOW_BITS, vocab_si
     \gg (32 - bits)`. Returns ``(features, query)``, both (n_features,) int64; a query with
     T tokens has :math:`2T - 1` features, repeats included (counts).
     """
-    if not isinstance(bits, int) or not 13 <= bits <= 24 or 2**bits <= vocab_size:
+    if check_int("bits", bits, min=13, max=24) and 2**bits <= vocab_size:
         raise ValueError(f"bits must be an int in [13, 24] with 2**bits > vocab_size, got {bits!r}")
     lens = np.array([len(i) for i in ids], dtype=np.int64)
     if lens.size == 0:
@@ -259,10 +257,8 @@ class NaiveBayesBoW:
     """
 
     def __init__(self, *, n_classes: int = 12, bits: int = BOW_BITS, alpha: float = NB_ALPHA, tokenizer=None):
-        if not isinstance(n_classes, int) or n_classes < 2:
-            raise ValueError(f"n_classes must be an int >= 2, got {n_classes!r}")
-        if not alpha > 0:
-            raise ValueError(f"alpha must be > 0, got {alpha!r}")
+        check_int("n_classes", n_classes, min=2)
+        check_float("alpha", alpha, min=0, min_inclusive=False)
         self.n_classes, self.bits, self.alpha = n_classes, bits, alpha
         self.tokenizer = data.get_tokenizer() if tokenizer is None else tokenizer
         self.vocab_size = self.tokenizer.get_vocab_size()
@@ -335,8 +331,7 @@ def fit_linear_head(x, labels, *, n_classes: int = 12, weight_decay: float = HEA
     if x.ndim != 2:
         raise ValueError(f"x must be (N, D), got shape {tuple(x.shape)}")
     y = torch.from_numpy(_as_labels(labels, len(x), n_classes))
-    if weight_decay < 0:
-        raise ValueError(f"weight_decay must be >= 0, got {weight_decay!r}")
+    check_float("weight_decay", weight_decay, min=0)
     w = torch.zeros(x.shape[1], n_classes, requires_grad=True)
     b = torch.zeros(n_classes, requires_grad=True)
     opt = torch.optim.LBFGS([w, b], lr=1, max_iter=max_iter, history_size=20, line_search_fn="strong_wolfe")
@@ -358,8 +353,7 @@ def cross_fit(fit_predict: Callable, n: int, *, folds: int = 5, seed: int = 0) -
     held-out predictions on all ``n`` rows — the data to fit temperatures, routers and
     thresholds on without touching the test set.
     """
-    if not isinstance(folds, int) or not 2 <= folds <= n:
-        raise ValueError(f"folds must be an int in [2, n={n}], got {folds!r}")
+    check_int("folds", folds, min=2, max=n)
     fold_of = np.random.default_rng(seed).permutation(n) % folds
     out = None
     for f in range(folds):
@@ -634,8 +628,7 @@ def pareto_front(cost, accuracy) -> np.ndarray:
 
 def cheapest_for_accuracy(result: Sweep, target: float, *, metric: str = "flops") -> int:
     """Row of ``result`` with the least mean cost among those with accuracy >= ``target``."""
-    if not 0 <= target <= 1:
-        raise ValueError(f"target must be an accuracy in [0, 1], got {target!r}")
+    check_probability("target", target)
     ok = np.flatnonzero(result.accuracy >= target - 1e-12)
     if ok.size == 0:
         raise ValueError(f"no threshold reaches accuracy {target:.4f} (best: {result.accuracy.max():.4f})")

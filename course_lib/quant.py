@@ -40,7 +40,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from course_lib.checks import check_choice, check_float, check_int, check_tensor, check_type
+from course_lib.checks import check_bool, check_choice, check_float, check_int, check_tensor, check_type
 from course_lib.measure import weight_bytes
 from course_lib.model import replace_linears
 from course_lib.quant_primitives import (  # noqa: F401 (re-exported: the chapter calls them quant.<name>)
@@ -356,7 +356,13 @@ def tied_head(embedding: QuantEmbedding, linear: nn.Linear) -> QuantLinear:
 
     Its ``weight_bytes()`` counts only its bias: the codes are counted once, by the embedding.
     """
-    e = embedding
+    e = check_type("embedding", embedding, QuantEmbedding)
+    check_type("linear", linear, nn.Linear)
+    if (linear.out_features, linear.in_features) != (e.num_embeddings, e.embedding_dim):
+        raise ValueError(
+            f"linear must be ({e.embedding_dim} -> {e.num_embeddings}) to tie to the embedding, "
+            f"got ({linear.in_features} -> {linear.out_features})"
+        )
     head = QuantLinear(
         e.embedding_dim, e.num_embeddings, bits=e.bits, group_size=e.group_size, symmetric=e.symmetric, bias=False
     )
@@ -377,8 +383,8 @@ def smooth_scales(act_absmax: torch.Tensor, weight: torch.Tensor, *, alpha: floa
     :math:`XW^\top` unchanged but moves the outliers' difficulty from activations into the
     weights: ``alpha`` = 0 leaves activations alone, 1 makes them flat.
     """
-    if not 0 <= alpha <= 1:
-        raise ValueError(f"alpha must be in [0, 1], got {alpha!r}")
+    check_float("alpha", alpha, min=0, max=1)
+    check_tensor("act_absmax", act_absmax, rank=1, floating=True)
     a = act_absmax.float().clamp(min=1e-5)
     w = weight.detach().float().abs().amax(0).clamp(min=1e-5)  # (in,)
     return (a.pow(alpha) / w.pow(1 - alpha)).clamp(min=1e-5)
@@ -389,6 +395,9 @@ def smooth_scales(act_absmax: torch.Tensor, weight: torch.Tensor, *, alpha: floa
 
 def hessian(x: torch.Tensor) -> torch.Tensor:
     r"""GPTQ's proxy Hessian of the layer loss :math:`\|XW^\top - X\hat W^\top\|^2`: :math:`H = \tfrac{2}{n} X^\top X`."""
+    check_tensor("x", x, rank=(2, 3), floating=True, finite=True)
+    if x.numel() == 0:
+        raise ValueError(f"x must hold at least one row of activations, got shape {tuple(x.shape)}")
     x = x.reshape(-1, x.shape[-1]).double()
     return (2 / x.shape[0]) * (x.t() @ x)
 
@@ -420,6 +429,7 @@ def gptq_quantize(
     check_float("damp", damp, min=0, max=1, max_inclusive=False)
     W = check_tensor("the weight", weight.detach(), rank=2, finite=True).double().clone()
     rows, cols = W.shape
+    check_tensor("H", H, floating=True, finite=True)
     if H.shape != (cols, cols):
         raise ValueError(f"H must be ({cols}, {cols}) for a weight with {cols} input features, got {tuple(H.shape)}")
     g = check_group_size(group_size, cols)
@@ -491,9 +501,18 @@ def awq_search(
     check_bits(bits)
     W = check_tensor("the weight", weight.detach(), rank=2, finite=True).float()
     rows, cols = W.shape
-    x = x.reshape(-1, cols).float()
+    check_tensor("x", x, floating=True, finite=True)
+    if x.dim() < 1 or x.shape[-1] != cols:
+        raise ValueError(f"x must have in_features = {cols} as its last dimension, got shape {tuple(x.shape)}")
+    x = x.detach().reshape(-1, cols).float()
     if x.shape[0] == 0:
         raise ValueError("x (calibration activations) must not be empty")
+    n_grid = check_int("n_grid", n_grid, min=1)
+    max_shrink = check_float("max_shrink", max_shrink, min=0, max=1, max_inclusive=False)
+    check_bool("symmetric", symmetric)
+    check_bool("clip", clip)
+    if act_mean is not None:
+        check_tensor("act_mean", act_mean, shape=(cols,), floating=True, finite=True)
     g = check_group_size(group_size, cols)
     mean = (x.abs().mean(0) if act_mean is None else act_mean.float()).clamp(min=1e-4)
 
@@ -589,6 +608,8 @@ def capture_inputs(model: nn.Module, names: list[str], calib, *, max_rows: int |
     With ``max_rows`` a seeded random subset of that many rows is kept per module; the mean
     |x| per channel is always over all rows (returned as ``{name + ".mean": ...}``).
     """
+    check_type("model", model, nn.Module)
+    check_int("max_rows", max_rows, min=1, allow_none=True)
     store: dict[str, list] = {n: [] for n in names}
     sums = {n: None for n in names}
     counts = dict.fromkeys(names, 0)
@@ -788,8 +809,8 @@ def quantize_model(
     if not chosen:
         raise ValueError("no nn.Linear layer matched `where`; nothing to quantize")
     for n, m in chosen:
-        g = m.in_features if group_size in (None, -1) else group_size
-        if not isinstance(g, int) or isinstance(g, bool) or g < 1 or m.in_features % g:
+        g = m.in_features if group_size is None or group_size == -1 else check_int("group_size", group_size)
+        if g < 1 or m.in_features % g:
             raise ValueError(
                 f"group_size must be None (per channel) or an int >= 1 dividing every layer's in_features; "
                 f"{n} has in_features = {m.in_features}, got group_size = {group_size!r}"
@@ -895,6 +916,8 @@ def ste_fake_quant(w: torch.Tensor, *, bits: int, group_size: int | None, symmet
     model computes with) while the gradient flows to :math:`w` as if rounding were the identity
     — the straight-through estimator (Bengio et al. 2013).
     """
+    check_tensor("w", w, dims=("out", "in"), floating=True)
+    check_bits(bits)
     g = check_group_size(group_size, w.shape[1])
     with torch.no_grad():
         wq = fake_quantize(

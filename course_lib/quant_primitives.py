@@ -31,7 +31,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from course_lib.checks import check_choice, check_tensor
+from course_lib.checks import check_choice, check_int, check_tensor
 
 WEIGHT_BITS = (2, 3, 4, 8)
 #: One vocabulary for weights and activations: "channel" and "token" are both one scale per row.
@@ -96,9 +96,7 @@ FORMATS: dict[str, NumberFormat] = {
 
 
 def _format(name: str) -> NumberFormat:
-    if name not in FORMATS:
-        raise ValueError(f"format must be one of {sorted(FORMATS)}, got {name!r}")
-    return FORMATS[name]
+    return FORMATS[check_choice("format", name, sorted(FORMATS))]
 
 
 def nf4_levels() -> torch.Tensor:
@@ -193,8 +191,8 @@ def round_to_format(x: torch.Tensor, name: str, *, block_size: int | None = None
         return round_minifloat(x, exponent_bits=f.exponent_bits, mantissa_bits=f.mantissa_bits, max_value=f.max_value)
     flat = x.reshape(-1)
     n = flat.numel()
-    b = n if block_size is None else block_size
-    if not isinstance(b, int) or b < 1 or n % b:
+    b = n if block_size is None else check_int("block_size", block_size)
+    if b < 1 or n % b:
         raise ValueError(f"block_size must be an int >= 1 dividing x.numel() = {n}, got {block_size!r}")
     blocks = flat.view(-1, b)
     if f.kind == "int":
@@ -210,15 +208,13 @@ def round_to_format(x: torch.Tensor, name: str, *, block_size: int | None = None
 
 def check_bits(bits, allowed=WEIGHT_BITS, name="bits") -> int:
     """``bits`` if it is one of ``allowed`` (an int, not a bool), else a ValueError."""
-    if not isinstance(bits, int) or isinstance(bits, bool) or bits not in allowed:
-        raise ValueError(f"{name} must be one of {allowed}, got {bits!r}")
-    return bits
+    return check_choice(name, check_int(name, bits), allowed)
 
 
 def check_group_size(group_size, n: int, what: str = "in_features", name: str = "group_size") -> int:
     """The group size of a row of ``n`` values: ``n`` for None or -1 (one group per row)."""
-    g = n if group_size in (None, -1) else group_size
-    if not isinstance(g, int) or isinstance(g, bool) or g < 1 or n % g:
+    g = n if group_size is None or group_size == -1 else check_int(name, group_size)
+    if g < 1 or n % g:
         raise ValueError(
             f"{name} must be None (one group per row) or an int >= 1 dividing {what} = {n}, got {group_size!r}"
         )
@@ -491,12 +487,13 @@ def int8_matmul(a: torch.Tensor, b_t: torch.Tensor, *, backend: str = "int_mm") 
     multiples of 8, so we pad). ``"emulated"`` multiplies the same integers in fp32, exact while
     :math:`K \cdot 127^2 < 2^{24}` (K <= 1040) and within fp32 rounding beyond.
     """
-    if a.dtype != torch.int8 or b_t.dtype != torch.int8:
-        raise TypeError(f"int8_matmul needs int8 inputs, got {a.dtype} and {b_t.dtype}")
+    check_choice("backend", backend, ("int_mm", "emulated"))
+    check_tensor("a", a, rank=2, dtype=torch.int8)
+    check_tensor("b_t", b_t, rank=2, dtype=torch.int8)
+    if a.shape[1] != b_t.shape[1]:
+        raise ValueError(f"a (M, K) and b_t (N, K) must share K, got shapes {tuple(a.shape)} and {tuple(b_t.shape)}")
     if backend == "emulated":
         return a.float() @ b_t.float().t()
-    if backend != "int_mm":
-        raise ValueError(f"backend must be 'int_mm' or 'emulated', got {backend!r}")
     m, k = a.shape
     n = b_t.shape[0]
     if a.is_cuda:  # cuBLAS int8 GEMM shape rules

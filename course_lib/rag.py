@@ -35,10 +35,12 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 import re
 import warnings
 from collections import Counter
 from collections.abc import Iterable, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -49,6 +51,15 @@ from safetensors import SafetensorError
 from safetensors.torch import load as load_safetensors
 
 from course_lib import encoder
+from course_lib.checks import (
+    check_bool,
+    check_choice,
+    check_float,
+    check_int,
+    check_keys,
+    check_probability,
+    check_type,
+)
 from course_lib.data import EOT
 from course_lib.paths import atomic_write_bytes, safetensors_bytes
 
@@ -69,16 +80,14 @@ _SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[\"'(\[]?[A-Z0-9])")
 
 def tokenize(text: str, *, stopwords: bool = True) -> list[str]:
     """Lower-cased word tokens (Unicode letters and digits); stop-words dropped unless ``stopwords=False``."""
-    if not isinstance(text, str):
-        raise TypeError(f"text must be a str, got {type(text).__name__}")
+    check_type("text", text, str)
     words = _WORD.findall(text.lower())
     return [w for w in words if w not in STOPWORDS] if stopwords else words
 
 
 def split_sentences(text: str) -> list[str]:
     """Split at ``. ! ?`` followed by space and a capital or digit (abbreviations may split wrongly)."""
-    if not isinstance(text, str):
-        raise TypeError(f"text must be a str, got {type(text).__name__}")
+    check_type("text", text, str)
     return [s.strip() for s in _SENTENCE_END.split(text.strip()) if s.strip()]
 
 
@@ -92,13 +101,9 @@ def chunk(text: str, *, max_words: int = 64, overlap: int = 0, by: str = "senten
     cut). A single sentence longer than ``max_words`` is cut into word windows.
     An empty or blank text has no passages.
     """
-    if not isinstance(max_words, int) or isinstance(max_words, bool) or max_words < 1:
-        raise ValueError(f"max_words must be an int >= 1, got {max_words!r}")
-    if by not in ("sentence", "word"):
-        raise ValueError(f"by must be 'sentence' or 'word', got {by!r}")
-    if not isinstance(overlap, int) or overlap < 0 or (by == "word" and overlap >= max_words):
-        limit = f"[0, {max_words - 1}]" if by == "word" else ">= 0"
-        raise ValueError(f"overlap must be an int in {limit}, got {overlap!r}")
+    check_int("max_words", max_words, min=1)
+    check_choice("by", by, ("sentence", "word"))
+    check_int("overlap", overlap, min=0, max=max_words - 1 if by == "word" else None)
     if by == "word":
         words = text.split()
         step = max_words - overlap
@@ -124,10 +129,8 @@ def chunk(text: str, *, max_words: int = 64, overlap: int = 0, by: str = "senten
 # --------------------------------------------------------------------------- BM25
 
 
-def _check_k(k) -> int:
-    if not isinstance(k, (int, np.integer)) or isinstance(k, bool) or k < 1:
-        raise ValueError(f"k must be an int >= 1, got {k!r}")
-    return int(k)
+def _check_k(k, name: str = "k") -> int:
+    return check_int(name, k, min=1)
 
 
 def _topk(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -168,14 +171,10 @@ class BM25Index:
     MAX_SEGMENTS = 8
 
     def __init__(self, *, k1: float = 1.2, b: float = 0.75, idf: str = "lucene", epsilon: float = 0.25):
-        if not isinstance(k1, (int, float)) or not 0 <= k1 <= 10:
-            raise ValueError(f"k1 must be a number in [0, 10], got {k1!r}")
-        if not isinstance(b, (int, float)) or not 0 <= b <= 1:
-            raise ValueError(f"b must be a number in [0, 1], got {b!r}")
-        if idf not in ("lucene", "okapi"):
-            raise ValueError(f"idf must be 'lucene' or 'okapi', got {idf!r}")
-        if not isinstance(epsilon, (int, float)) or epsilon < 0:
-            raise ValueError(f"epsilon must be a number >= 0, got {epsilon!r}")
+        check_float("k1", k1, min=0, max=10)
+        check_probability("b", b)
+        check_choice("idf", idf, ("lucene", "okapi"))
+        check_float("epsilon", epsilon, min=0)
         self.k1, self.b, self.idf_kind, self.epsilon = float(k1), float(b), idf, float(epsilon)
         self.vocab: dict[str, int] = {}
         self.df = np.zeros(0, dtype=np.int64)  # live documents containing each term
@@ -357,10 +356,8 @@ class LSAEmbedder:
     def __init__(self, texts: Sequence[str], *, dim: int = 256, min_df: int = 2, seed: int = 0):
         if isinstance(texts, str) or not texts:
             raise ValueError("texts must be a non-empty list of strings")
-        if not isinstance(dim, int) or dim < 1:
-            raise ValueError(f"dim must be an int >= 1, got {dim!r}")
-        if not isinstance(min_df, int) or min_df < 1:
-            raise ValueError(f"min_df must be an int >= 1, got {min_df!r}")
+        check_int("dim", dim, min=1)
+        check_int("min_df", min_df, min=1)
         docs = [Counter(tokenize(t)) for t in texts]
         df = Counter(w for d in docs for w in d)
         self.vocab = {w: i for i, w in enumerate(sorted(w for w, n in df.items() if n >= min_df))}
@@ -409,8 +406,7 @@ def get_embedder(fallback_texts: Sequence[str] | None = None, *, prefer: str = "
     The fallback must be fitted: pass ``fallback_texts`` (the corpus). A
     :class:`FallbackEmbedderWarning` says which embedder runs and how to get MiniLM.
     """
-    if prefer not in ("minilm", "lsa"):
-        raise ValueError(f"prefer must be 'minilm' or 'lsa', got {prefer!r}")
+    check_choice("prefer", prefer, ("minilm", "lsa"))
     if prefer == "minilm" and encoder.is_available():
         return MiniLMEmbedder()
     if fallback_texts is None:
@@ -451,8 +447,7 @@ class ExactIndex:
     """
 
     def __init__(self, dim: int):
-        if not isinstance(dim, int) or dim < 1:
-            raise ValueError(f"dim must be an int >= 1, got {dim!r}")
+        check_int("dim", dim, min=1)
         self.dim = dim
         self.vectors = torch.zeros(0, dim)
         self.alive = torch.zeros(0, dtype=torch.bool)
@@ -476,7 +471,10 @@ class ExactIndex:
     def search(self, queries, k: int = 10, *, batch_size: int = 1024) -> tuple[torch.Tensor, torch.Tensor]:
         """(scores, ids), each (Q, k'), best first; ``k' = min(k, live vectors)``."""
         k = _check_k(k)
+        batch_size = check_int("batch_size", batch_size, min=1)
         q = _as_matrix(queries, self.dim, "queries")
+        if len(q) == 0:
+            raise ValueError("queries must hold at least one row (a 2-D (n, dim) array with n >= 1)")
         if len(self) == 0:
             raise ValueError("the index is empty: add vectors before searching")
         k = min(k, len(self))
@@ -504,10 +502,9 @@ def kmeans(x, k: int, *, iters: int = 20, seed: int = 0, spherical: bool = True)
     A centroid that loses all its points stays where it was.
     """
     x = _as_matrix(x, None, "x")
-    if not isinstance(k, int) or not 1 <= k <= len(x):
-        raise ValueError(f"k must be an int in [1, {len(x)}] (the number of points), got {k!r}")
-    if not isinstance(iters, int) or iters < 0:
-        raise ValueError(f"iters must be an int >= 0, got {iters!r}")
+    check_int("k", k, min=1, max=len(x))  # at most the number of points
+    check_int("iters", iters, min=0)
+    check_bool("spherical", spherical)
     g = torch.Generator().manual_seed(seed)
     c = x[torch.randperm(len(x), generator=g)[:k]].clone()  # (k, d)
 
@@ -538,10 +535,8 @@ class IVFIndex:
     """
 
     def __init__(self, dim: int, nlist: int, *, iters: int = 20, seed: int = 0):
-        if not isinstance(dim, int) or dim < 1:
-            raise ValueError(f"dim must be an int >= 1, got {dim!r}")
-        if not isinstance(nlist, int) or nlist < 1:
-            raise ValueError(f"nlist must be an int >= 1, got {nlist!r}")
+        check_int("dim", dim, min=1)
+        check_int("nlist", nlist, min=1)
         self.dim, self.nlist, self.iters, self.seed = dim, nlist, iters, seed
         self.centroids: torch.Tensor | None = None
         self.vectors = torch.zeros(0, dim)
@@ -603,8 +598,7 @@ class IVFIndex:
     def search(self, queries, k: int = 10, *, nprobe: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
         """(scores, ids), each (Q, k), best first; missing results are -inf and -1 (as faiss)."""
         k = _check_k(k)
-        if not isinstance(nprobe, int) or not 1 <= nprobe <= self.nlist:
-            raise ValueError(f"nprobe must be an int in [1, nlist={self.nlist}], got {nprobe!r}")
+        check_int("nprobe", nprobe, min=1, max=self.nlist)  # at most nlist
         q = _as_matrix(queries, self.dim, "queries")
         if self.centroids is None or len(self) == 0:
             raise ValueError("the index is empty: train it and add vectors before searching")
@@ -644,10 +638,9 @@ def reciprocal_rank_fusion(rankings: Sequence[Sequence[int]], *, k: int = 60, to
     """
     if isinstance(rankings, (str, bytes)) or not isinstance(rankings, (list, tuple)) or not rankings:
         raise ValueError("rankings must be a non-empty list of ranked id lists")
-    if not isinstance(k, (int, float)) or isinstance(k, bool) or k < 0:
-        raise ValueError(f"k must be a number >= 0, got {k!r}")
+    check_float("k", k, min=0)
     if top is not None:
-        top = _check_k(top)
+        top = _check_k(top, "top")
     fused: dict[int, float] = {}
     for ranking in rankings:
         ranking = [int(d) for d in ranking if int(d) >= 0]  # -1 pads a short list (faiss, IVF)
@@ -690,7 +683,9 @@ def retrieval_metrics(ranks: np.ndarray, ks: Sequence[int] = (1, 5, 10)) -> dict
     ranks = np.asarray(ranks, dtype=np.float64)
     if ranks.ndim != 1 or not len(ranks):
         raise ValueError("ranks must be a non-empty 1-D array")
-    out = {f"recall@{_check_k(k)}": float(np.mean(ranks <= k)) for k in ks}
+    if not (ranks >= 1).all():  # also catches NaN
+        raise ValueError(f"ranks must be 1-based (>= 1, inf when absent), got {ranks[~(ranks >= 1)][:5].tolist()}")
+    out = {f"recall@{_check_k(k, 'ks')}": float(np.mean(ranks <= k)) for k in ks}
     out["mrr"] = float(np.mean(1.0 / ranks))
     return out
 
@@ -719,6 +714,50 @@ class Hit:
     chunk: int = 0
 
 
+class StaleKnowledgeBaseError(RuntimeError):
+    """A save refused because another handle changed the file since this one loaded or saved it."""
+
+
+def _kb_digest(header: dict, docs_json: bytes, vectors: bytes) -> str:
+    """sha256 over every header field but the digest itself (settings included), the documents and the vectors."""
+    meta = json.dumps({k: v for k, v in header.items() if k != "sha256"}, sort_keys=True).encode()
+    return hashlib.sha256(len(meta).to_bytes(8, "little") + meta + docs_json + b"\0" + vectors).hexdigest()
+
+
+def _path_key(path: Path) -> str:
+    return str(Path(path).resolve())
+
+
+def _file_digest(path: Path) -> str | None:
+    """sha256 of the file's bytes, None when there is no file."""
+    try:
+        return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+    except FileNotFoundError:
+        return None
+
+
+@contextmanager
+def _folder_lock(path: Path):
+    """An exclusive lock on ``path``'s folder for the check-then-write of :meth:`KnowledgeBase.save`.
+
+    ``flock`` on the folder itself leaves no lock file behind; where ``fcntl`` does not
+    exist (Windows) the stale check still runs, unserialised.
+    """
+    folder = Path(path).parent
+    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows
+        yield
+        return
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock
+
+
 class KnowledgeBase:
     """Documents, their passages, a BM25 index and a dense index, kept in step; persistent.
 
@@ -728,20 +767,25 @@ class KnowledgeBase:
       (reciprocal rank fusion of the two).
     * :meth:`save` writes one safetensors file — the passages' vectors, the documents as
       UTF-8 JSON, and a header with the format name and version, the embedder's
-      fingerprint, the chunking settings and a sha256 of the content — atomically (a crash
-      mid-write leaves the previous file). :meth:`load` refuses, with a ``ValueError`` that
-      says why, a file that is truncated or altered, of another format or a newer version,
-      or built with another embedder. The BM25 postings are derived data: rebuilt on load.
+      fingerprint, the chunking and BM25 settings and a sha256 over all of it (settings,
+      documents, vectors) — atomically (a crash mid-write leaves the previous file).
+      :meth:`load` refuses, with a ``ValueError`` that says why, a file that is truncated or
+      altered anywhere, of another format or a newer version, or built with another
+      embedder. The BM25 postings are derived data: rebuilt on load.
     * :meth:`open` binds the base to a file: it loads it when it exists, and every
       successful ``add``/``delete`` is then saved at once (write-through). Input is checked
-      before anything changes, so a rejected ``add`` leaves memory and file as they were.
+      before anything changes, so a rejected ``add`` leaves memory and file as they were;
+      a save that fails rolls memory back too, so memory and file never disagree.
+    * Two handles on one file never lose a document: a save over a file that another
+      handle changed since this one loaded or saved it raises
+      :class:`StaleKnowledgeBaseError` (reload, then apply the change again).
 
     ``chunk_words=None`` keeps each document as one passage (as the corpus' cached
     embeddings do); a number cuts documents with :func:`chunk` by sentences.
     """
 
     FORMAT = "course_lib.rag.KnowledgeBase"
-    VERSION = 1
+    VERSION = 2  # 2: the sha256 covers the header (settings) too; version 1 files still load
 
     def __init__(
         self,
@@ -766,6 +810,7 @@ class KnowledgeBase:
         self.row_text: list[str] = []
         self.row_chunk: list[int] = []
         self.path: Path | None = None
+        self._on_disk: dict[str, str | None] = {}  # file -> sha256 of what this handle last read or wrote there
 
     def __len__(self) -> int:
         return len(self.docs)
@@ -786,6 +831,8 @@ class KnowledgeBase:
         ``vectors`` (one row per passage, L2-normalised here) skips embedding, e.g. from
         the corpus cache; ``tokens`` (one :func:`tokenize` list per passage) skips tokenizing.
         """
+        if isinstance(docs, (str, bytes)) or not isinstance(docs, (Document, Iterable)):
+            raise TypeError(f"docs must be a Document or a list of Documents, got {type(docs).__name__}")
         docs = [docs] if isinstance(docs, Document) else list(docs)
         if not docs:
             raise ValueError("docs must not be empty")
@@ -810,7 +857,8 @@ class KnowledgeBase:
         tokens = [tokenize(t) for t in texts] if tokens is None else list(tokens)
         if len(tokens) != len(texts) or any(isinstance(t, str) for t in tokens):
             raise ValueError(f"tokens must be one token list per passage ({len(texts)}), got {len(tokens)} items")
-        # everything checked: now change state
+        # everything checked: now change state (rolled back if the write-through save fails)
+        undo = self._snapshot()
         rows = self.bm25.add(tokens)
         self.dense.add(vecs)
         for (d, i, p), r in zip(passages, rows.tolist()):
@@ -820,30 +868,59 @@ class KnowledgeBase:
             self.row_chunk.append(i)
         for d in docs:
             self.docs[d.id] = d
-        self._commit()
+        self._commit(undo)
         return len(texts)
 
     def delete(self, doc_ids) -> int:
         """Delete documents by id (a str or a list); returns the passages removed."""
+        if not isinstance(doc_ids, (str, Iterable)):
+            raise TypeError(f"doc_ids must be a document id (str) or a list of ids, got {type(doc_ids).__name__}")
         doc_ids = [doc_ids] if isinstance(doc_ids, str) else list(doc_ids)
         missing = [i for i in doc_ids if i not in self.docs]
         if missing:
             raise KeyError(f"no documents with ids {missing[:5]}")
         rows = [r for i in dict.fromkeys(doc_ids) for r in self.rows[i]]
+        undo = self._snapshot()
         self.bm25.delete(rows)
         self.dense.delete(rows)
         for i in dict.fromkeys(doc_ids):
             del self.docs[i], self.rows[i]
-        self._commit()
+        self._commit(undo)
         return len(rows)
+
+    def _snapshot(self):
+        """What :meth:`_rollback` needs to undo one ``add`` or ``delete`` (None when not bound to a file).
+
+        Cheap: ``add`` only appends (new arrays, new dict keys, longer lists) and ``delete``
+        only clears flags, so lengths, references and copies of the flag and count arrays suffice.
+        """
+        if self.path is None:
+            return None
+        bm, dn = self.bm25, self.dense
+        return {
+            "bm25": (len(bm.vocab), bm.df.copy(), bm.doc_len, bm.alive.copy(), len(bm._doc_terms), list(bm._segments)),
+            "dense": (dn.vectors, dn.alive.clone()),
+            "kb": (dict(self.docs), dict(self.rows), len(self.row_doc)),
+        }
+
+    def _rollback(self, undo) -> None:
+        n_vocab, bm_df, bm_len, bm_alive, n_terms, segments = undo["bm25"]
+        bm = self.bm25
+        while len(bm.vocab) > n_vocab:  # new terms were appended last
+            bm.vocab.popitem()
+        bm.df, bm.doc_len, bm.alive, bm._segments, bm._stats = bm_df, bm_len, bm_alive, segments, None
+        del bm._doc_terms[n_terms:]
+        self.dense.vectors, self.dense.alive = undo["dense"]
+        self.docs, self.rows, n_rows = undo["kb"]
+        del self.row_doc[n_rows:], self.row_text[n_rows:], self.row_chunk[n_rows:]
 
     # -- search -----------------------------------------------------------------------
 
     def search(self, query: str, k: int = 5, *, method: str = "hybrid", depth: int = 100, rrf_k: int = 60) -> list[Hit]:
         """The ``k`` best passages for a text query. Hybrid fuses the top ``depth`` of each retriever."""
         k = _check_k(k)
-        if method not in ("bm25", "dense", "hybrid"):
-            raise ValueError(f"method must be 'bm25', 'dense' or 'hybrid', got {method!r}")
+        check_choice("method", method, ("bm25", "dense", "hybrid"))
+        check_int("depth", depth, min=1)
         if not isinstance(query, str) or not query.strip():
             raise ValueError("query must be a non-empty str")
         if not self.docs:
@@ -882,7 +959,6 @@ class KnowledgeBase:
     def to_bytes(self) -> bytes:
         docs_json = json.dumps([[d.id, d.title, d.text] for d in self.docs.values()], ensure_ascii=False).encode()
         vectors = self.dense.vectors[self._live_rows()].contiguous()
-        digest = hashlib.sha256(docs_json + vectors.numpy().tobytes()).hexdigest()
         header = {
             "format": self.FORMAT,
             "version": str(self.VERSION),
@@ -891,24 +967,54 @@ class KnowledgeBase:
             "config": json.dumps(self.config, sort_keys=True),
             "n_docs": str(len(self.docs)),
             "n_passages": str(len(vectors)),
-            "sha256": digest,
         }
+        header["sha256"] = _kb_digest(header, docs_json, vectors.numpy().tobytes())
         tensors = {"vectors": vectors, "docs": torch.frombuffer(bytearray(docs_json), dtype=torch.uint8)}
         return safetensors_bytes(tensors, header)
 
     def save(self, path) -> Path:
-        """Write the base to ``path`` atomically (the old file survives any failure)."""
+        """Write the base to ``path`` atomically (the old file survives any failure).
+
+        A file this handle loaded or saved before must not have changed since: if another
+        handle (another notebook, another process) saved to it in between, the save is
+        refused with :class:`StaleKnowledgeBaseError` rather than silently dropping the other
+        writer's documents. Writers to one folder are serialised by a lock, so the check and
+        the write are one step.
+        """
         path = Path(path)
-        atomic_write_bytes(path, self.to_bytes())
+        data = self.to_bytes()
+        key = _path_key(path)
+        with _folder_lock(path):
+            if key in self._on_disk:
+                now = _file_digest(path)
+                if now != self._on_disk[key]:
+                    raise StaleKnowledgeBaseError(
+                        f"{path} changed since this knowledge base loaded or saved it (another handle or process "
+                        "wrote to it); saving would lose that writer's documents. Reload it with "
+                        "KnowledgeBase.open(path, embedder) (or .load) and apply your change again."
+                    )
+            atomic_write_bytes(path, data)
+        self._on_disk[key] = hashlib.sha256(data).hexdigest()
         return path
 
-    def _commit(self) -> None:
-        if self.path is not None:
+    def _commit(self, undo=None) -> None:
+        """Write-through save of a bound base; on failure memory goes back to ``undo``'s state."""
+        if self.path is None:
+            return
+        try:
             self.save(self.path)
+        except BaseException:
+            if undo is not None:
+                self._rollback(undo)
+            raise
 
     @classmethod
     def load(cls, path, embedder) -> KnowledgeBase:
-        """Read a base written by :meth:`save`; every check runs before anything is built."""
+        """Read a base written by :meth:`save`; every check runs before anything is built.
+
+        Any damage — a truncated file, a flipped byte in the documents, the vectors, the
+        settings or the header — raises a ``ValueError`` that says why.
+        """
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"no knowledge base at {path}")
@@ -917,7 +1023,9 @@ class KnowledgeBase:
             n = int.from_bytes(raw[:8], "little")
             header = json.loads(raw[8 : 8 + n]).get("__metadata__") or {}
             tensors = load_safetensors(raw)
-        except (SafetensorError, ValueError, UnicodeDecodeError) as e:
+            if not isinstance(header, dict) or not all(isinstance(v, str) for v in header.values()):
+                raise ValueError("the header's metadata is not a str -> str map")
+        except (SafetensorError, ValueError, UnicodeDecodeError, AttributeError, TypeError, OverflowError) as e:
             raise ValueError(f"{path} is not a readable knowledge-base file (truncated or corrupt?): {e}") from e
         if header.get("format") != cls.FORMAT:
             raise ValueError(f"{path} is not a {cls.FORMAT} file (format: {header.get('format')!r})")
@@ -927,10 +1035,17 @@ class KnowledgeBase:
                 f"{path} has format version {version!r}; this course_lib reads versions <= {cls.VERSION}: upgrade course_lib"
             )
         vectors, docs_raw = tensors.get("vectors"), tensors.get("docs")
-        if vectors is None or docs_raw is None:
+        if vectors is None or docs_raw is None or vectors.dim() != 2 or docs_raw.dim() != 1:
             raise ValueError(f"{path} lacks its 'vectors' or 'docs' tensor")
+        if vectors.dtype != torch.float32 or docs_raw.dtype != torch.uint8:
+            raise ValueError(f"{path} is corrupt: its tensors have dtypes {vectors.dtype} and {docs_raw.dtype}")
         docs_json = docs_raw.numpy().tobytes()
-        if hashlib.sha256(docs_json + vectors.numpy().tobytes()).hexdigest() != header.get("sha256"):
+        vec_bytes = vectors.numpy().tobytes()
+        if int(version) == 1:  # version 1 checksummed documents and vectors only
+            digest = hashlib.sha256(docs_json + vec_bytes).hexdigest()
+        else:
+            digest = _kb_digest(header, docs_json, vec_bytes)
+        if digest != header.get("sha256"):
             raise ValueError(f"{path} is corrupt: its content does not match the sha256 in its header")
         if header.get("embedder") != embedder.fingerprint:
             raise ValueError(
@@ -939,12 +1054,20 @@ class KnowledgeBase:
             )
         if vectors.shape[1:] != (embedder.dim,) or str(embedder.dim) != header.get("dim"):
             raise ValueError(f"{path} holds vectors of shape {tuple(vectors.shape)}, embedder dim is {embedder.dim}")
-        kb = cls(embedder, **json.loads(header["config"]))
-        docs = [Document(*d) for d in json.loads(docs_json)]
+        try:
+            config = json.loads(header["config"])
+            check_keys("config", config, ("chunk_words", "chunk_overlap", "k1", "b"))
+            kb = cls(embedder, **config)
+            docs = [Document(*d) for d in json.loads(docs_json)]
+            if not all(isinstance(f, str) for d in docs for f in (d.id, d.title, d.text)):
+                raise ValueError("a document's id, title or text is not a str")
+        except (KeyError, TypeError, ValueError, UnicodeDecodeError) as e:
+            raise ValueError(f"{path} is corrupt: its settings or documents do not parse: {e}") from e
         if docs:
             kb.add(docs, vectors=vectors, _normalized=True)  # stored rows are unit already
         elif len(vectors):
             raise ValueError(f"{path} holds vectors but no documents")
+        kb._on_disk[_path_key(path)] = hashlib.sha256(raw).hexdigest()
         return kb
 
     @classmethod
@@ -955,9 +1078,12 @@ class KnowledgeBase:
         is left untouched.
         """
         path = Path(path)
-        kb = cls.load(path, embedder) if path.exists() else cls(embedder, **config)
-        if path.exists() and config and any(kb.config[k] != v for k, v in config.items()):
+        existed = path.exists()
+        kb = cls.load(path, embedder) if existed else cls(embedder, **config)
+        if existed and config and any(kb.config.get(k) != v for k, v in config.items()):
             raise ValueError(f"{path} was built with {kb.config}, you asked for {config}")
+        if not existed:
+            kb._on_disk[_path_key(path)] = None  # expect no file: another handle creating it first is a conflict
         kb.path = path
         return kb
 
@@ -980,8 +1106,7 @@ def reader_prompt(description: str, passages: Sequence[str] = ()) -> str:
     ``[1] <passage>\\n[2] <passage>\\nQ: <description>\\nA:`` — the answer follows as
     `` <title>`` and ends with the tokenizer's end-of-text token.
     """
-    if not isinstance(description, str):
-        raise TypeError(f"description must be a str, got {type(description).__name__}")
+    check_type("description", description, str)
     if isinstance(passages, str):
         raise TypeError("passages must be a list of strings")
     lines = [f"[{i}] {p}" for i, p in enumerate(passages, start=1)]

@@ -39,7 +39,7 @@ from dataclasses import dataclass, field
 import torch
 
 from course_lib import measure
-from course_lib.checks import check_float, check_int
+from course_lib.checks import check_float, check_int, check_tensor
 from course_lib.model import decode_tokens, token_probs
 
 # --------------------------------------------------------------------------- the caches
@@ -73,6 +73,11 @@ def rollback(cache: list, length: int) -> None:
 # --------------------------------------------------------------------------- accept / reject
 
 
+def _check_drafted(drafted, vocab: int) -> None:
+    for i, t in enumerate(drafted.tolist() if torch.is_tensor(drafted) else drafted):
+        check_int(f"drafted[{i}]", t, min=0, max=vocab - 1)
+
+
 def verify(p, q, drafted, *, generator=None) -> tuple[int, int]:
     r"""Speculative sampling's accept/reject step (Leviathan et al. 2023, Chen et al. 2023).
 
@@ -84,11 +89,22 @@ def verify(p, q, drafted, *, generator=None) -> tuple[int, int]:
     token comes from :math:`p_k`. The emitted token is then distributed exactly as
     :math:`p_i` — whatever :math:`q` is. Returns (number accepted, the next token).
     """
+    check_tensor("p", p, dims=("k+1", "vocab"), floating=True, finite=True)
+    check_tensor("q", q, dims=("k", "vocab"), floating=True, finite=True)
     k = len(drafted)
     if p.shape[0] != k + 1 or q.shape[0] != k or (k and p.shape[1] != q.shape[1]):
         raise ValueError(
             f"p must be (k+1, V) and q (k, V) for k = {k} drafted tokens, got {tuple(p.shape)}, {tuple(q.shape)}"
         )
+    if (p < 0).any() or (q < 0).any():
+        raise ValueError("p and q must be probability distributions (no negative entries); pass softmax(logits)")
+    _check_drafted(drafted, p.shape[1])
+    return _verify(p, q, drafted, generator)
+
+
+def _verify(p, q, drafted, generator) -> tuple[int, int]:
+    """:func:`verify` without the argument checks (the decoding loop's inputs are its own)."""
+    k = len(drafted)
     n = 0
     if k:
         x = torch.as_tensor(drafted, device=p.device)
@@ -107,6 +123,17 @@ def verify(p, q, drafted, *, generator=None) -> tuple[int, int]:
 def verify_greedy(target_logits, drafted) -> tuple[int, int]:
     """Greedy verification: keep drafted tokens while they equal the target's argmax, then
     emit the target's own argmax. target_logits (k+1, V). Returns (number accepted, next token)."""
+    check_tensor("target_logits", target_logits, dims=("k+1", "vocab"), floating=True)
+    if target_logits.shape[0] != len(drafted) + 1:
+        raise ValueError(
+            f"target_logits must have k+1 = {len(drafted) + 1} rows for {len(drafted)} drafted tokens, "
+            f"got {target_logits.shape[0]}"
+        )
+    _check_drafted(drafted, target_logits.shape[1])
+    return _verify_greedy(target_logits, drafted)
+
+
+def _verify_greedy(target_logits, drafted) -> tuple[int, int]:
     best = target_logits.argmax(-1).tolist()  # (k+1,)
     n = 0
     while n < len(drafted) and drafted[n] == best[n]:
@@ -231,10 +258,10 @@ def speculative_round(
     verify_feed = torch.tensor([tokens[t_len:] + drafted], device=device)
     logits = target(verify_feed, cache=target_cache)[0, -(k + 1) :]  # (k+1, V)
     if greedy:
-        n, nxt = verify_greedy(logits, drafted)
+        n, nxt = _verify_greedy(logits, drafted)
     else:
         p = token_probs(logits, temperature=temperature, top_k=top_k)  # (k+1, V)
-        n, nxt = verify(p, q[0] if k else p[:0], drafted, generator=generator)
+        n, nxt = _verify(p, q[0] if k else p[:0], drafted, generator)
     new = drafted[:n] + [nxt]
     length = len(tokens) + n  # positions the caches may keep: all but the last new token
     rollback(target_cache, length)

@@ -6,12 +6,15 @@ rate, gradient-norm clipping. Batches are drawn from a ``torch.Generator`` seede
 config, so the same seed gives the same losses, bit for bit, on the same machine.
 
 Checkpoints are safetensors files (no pickle, so loading one cannot run code). The model
-config and any metadata travel in the file's header; a truncated or corrupt file, or one
-whose tensors do not match the model, raises a ``ValueError`` that says which.
+config, any metadata and a sha256 of all of it travel in the file's header; a truncated or
+corrupt file (one flipped bit), or one whose tensors do not match the model, raises a
+``ValueError`` that says which. (Checkpoints written before the hash was added carry none;
+the shipped ones are checked against ``zoo_data/MANIFEST.json`` instead.)
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import time
@@ -220,7 +223,16 @@ def save_checkpoint(model: TinyLM, path, *, metadata: dict | None = None) -> Pat
     """Write ``model`` (weights + config + metadata) to a safetensors file, atomically.
 
     The bytes depend only on the weights and metadata (:func:`paths.safetensors_bytes`).
+    A checkpoint with a card beside it is written with :func:`checkpoint_bytes` and
+    :func:`paths.write_with_card` instead, so the pair changes as one unit.
     """
+    path = Path(path)
+    atomic_write_bytes(path, checkpoint_bytes(model, metadata=metadata))
+    return path
+
+
+def checkpoint_bytes(model: TinyLM, *, metadata: dict | None = None) -> bytes:
+    """The bytes of ``model``'s checkpoint (what :func:`save_checkpoint` writes), without writing them."""
     check_type("model", model, TinyLM)
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     if model.config.tie_embeddings:
@@ -230,9 +242,17 @@ def save_checkpoint(model: TinyLM, path, *, metadata: dict | None = None) -> Pat
         "config": model.config.to_json(),
         "metadata": json.dumps(metadata or {}, sort_keys=True),
     }
-    path = Path(path)
-    atomic_write_bytes(path, safetensors_bytes(state, header))
-    return path
+    body = safetensors_bytes(state, header)
+    header["sha256"] = _content_sha256(body, header)  # checked by read_checkpoint: a flipped bit is refused
+    return safetensors_bytes(state, header)
+
+
+def _content_sha256(raw: bytes, header: dict) -> str:
+    """sha256 of a checkpoint's tensor bytes, its config and its metadata (everything but the hash itself)."""
+    n = int.from_bytes(raw[:8], "little")
+    h = hashlib.sha256(raw[8 + n :])
+    h.update(b"\0" + header["config"].encode() + b"\0" + header.get("metadata", "").encode())
+    return h.hexdigest()
 
 
 def read_checkpoint(path) -> tuple[ModelConfig, dict, dict]:
@@ -254,6 +274,8 @@ def read_checkpoint(path) -> tuple[ModelConfig, dict, dict]:
         raise ValueError(
             f"{path} is a safetensors file but not a course_lib TinyLM checkpoint (header: {sorted(header)})"
         )
+    if "sha256" in header and _content_sha256(raw, header) != header["sha256"]:
+        raise ValueError(f"{path} does not match the sha256 in its header: the checkpoint is damaged")
     config = ModelConfig.from_dict(json.loads(header["config"]))
     return config, state, json.loads(header.get("metadata", "{}"))
 

@@ -10,15 +10,16 @@ by one deterministic command::
 The results are **committed** inside the package (``course_lib/zoo_data/``, a few MB in all):
 a notebook loads a patient in well under a second, CI never trains one, and Colab gets
 them with ``pip install``. Each checkpoint has a JSON card beside it (steps, tokens seen,
-val/test perplexity, sha256 of the weights file, the tokenizer's fingerprint, versions);
-``load`` verifies the sha256 so a corrupted file is caught, not silently used.
+val/test perplexity, sha256 of the weights file, the tokenizer's fingerprint, versions).
+The pair is written as one unit (:func:`paths.write_with_card`: a build killed at any
+moment leaves the old pair or the new one), and ``load`` checks both files against
+``zoo_data/MANIFEST.json`` and the checkpoint against its card (hashed once per process),
+so a damaged file is refused with the command that rebuilds it, never silently used.
 """
 
 from __future__ import annotations
 
 import argparse
-import hashlib
-import json
 import platform
 import sys
 import time
@@ -27,11 +28,11 @@ from pathlib import Path
 
 import torch
 
-from course_lib import data, fingerprint
+from course_lib import data, fingerprint, paths
 from course_lib.checks import check_choice
 from course_lib.model import ModelConfig, TinyLM
-from course_lib.paths import ZOO_DIR, atomic_write_bytes
-from course_lib.train import TrainConfig, evaluate, load_checkpoint, perplexity, save_checkpoint, train
+from course_lib.paths import ZOO_DIR  # noqa: F401  (re-exported: zoo.ZOO_DIR)
+from course_lib.train import TrainConfig, checkpoint_bytes, evaluate, load_checkpoint, perplexity, train
 
 #: name -> (model config, training config). Changing one means rebuilding that patient.
 RECIPES: dict[str, tuple[ModelConfig, TrainConfig]] = {
@@ -76,15 +77,20 @@ class Patient:
 
 
 def checkpoint_path(name: str) -> Path:
-    return ZOO_DIR / f"{name}.safetensors"
+    return paths.ZOO_DIR / f"{name}.safetensors"
 
 
 def card_path(name: str) -> Path:
-    return ZOO_DIR / f"{name}.json"
+    return paths.ZOO_DIR / f"{name}.json"
+
+
+def rebuild_command(name: str) -> str:
+    return f"python -m course_lib.build zoo build {name}"
 
 
 def sha256_file(path: Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+    """Hex sha256 of a file (hashed once per process: :func:`paths.verified_sha256`)."""
+    return paths.verified_sha256(Path(path))
 
 
 def names() -> list[str]:
@@ -96,20 +102,20 @@ def card(name: str) -> dict:
     check_choice("name", name, names())
     path = card_path(name)
     if not path.is_file():
-        raise FileNotFoundError(f"patient {name!r} is not built; run:  python -m course_lib.zoo build {name}")
-    return json.loads(path.read_text())
+        raise FileNotFoundError(f"patient {name!r} is not built; run:  {rebuild_command(name)}")
+    return paths.read_card(paths.zoo_file(path.name), rebuild=f"rebuild with  {rebuild_command(name)}")
 
 
 def load(name: str = "tiny", *, verify: bool = True) -> Patient:
-    """Load a pretrained patient (model in eval mode, tokenizer, card)."""
-    meta = card(name)
-    path = checkpoint_path(name)
-    if verify:
-        digest = sha256_file(path)
-        if digest != meta["sha256"]:
-            raise ValueError(
-                f"{path} has sha256 {digest}, its card says {meta['sha256']}: rebuild with  python -m course_lib.zoo build {name}"
-            )
+    """Load a pretrained patient (model in eval mode, tokenizer, card).
+
+    With ``verify`` (the default) the checkpoint and card are checked against the manifest
+    and against each other; each file is hashed once per process, so a second load is cheap.
+    """
+    check_choice("name", name, names())
+    if not card_path(name).is_file():
+        raise FileNotFoundError(f"patient {name!r} is not built; run:  {rebuild_command(name)}")
+    path, meta = paths.zoo_pair(checkpoint_path(name), card_path(name), verify=verify)
     model, _ = load_checkpoint(path)
     tokenizer = data.get_tokenizer(model.config.vocab_size)
     if data.tokenizer_sha256(tokenizer) != meta["tokenizer_sha256"]:
@@ -152,10 +158,18 @@ def build(name: str, *, progress: bool = True) -> dict:
         "machine": fingerprint.machine(),  # which CPU made train_seconds (course_lib.fingerprint)
         "command": f"python -m course_lib.zoo build {name}",
     }
-    path = save_checkpoint(model, checkpoint_path(name), metadata={"zoo": name})
-    meta["sha256"] = sha256_file(path)
-    atomic_write_bytes(card_path(name), (json.dumps(meta, indent=1) + "\n").encode())
-    return meta
+    return write_patient(name, model, meta)
+
+
+def write_patient(name: str, model: TinyLM, meta: dict) -> dict:
+    """Write a patient's checkpoint and card (``meta`` plus the checkpoint's sha256) as one unit.
+
+    Killed at any point, the zoo holds the old pair or the new pair, and no temporary files
+    once the next reader or writer has run; both files are then entered in the manifest.
+    """
+    check_choice("name", name, names())
+    blob = checkpoint_bytes(model, metadata={"zoo": name})
+    return paths.write_with_card(checkpoint_path(name), blob, card_path(name), meta, rebuild=rebuild_command(name))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -39,8 +39,11 @@ import subprocess
 import sys
 
 REPO_URL = "https://github.com/beyond-scale-course/efficient-ai-from-scratch"
+COURSE_VERSION = "0.1.0"  # the release this notebook was written for (scripts/pin_bootstrap.py)
 if importlib.util.find_spec("course_lib") is None:
-    subprocess.check_call([sys.executable, "-m", "pip", "install", "-q", f"beyond-scale-course @ git+{REPO_URL}"])
+    subprocess.check_call(
+        [sys.executable, "-m", "pip", "install", "-q", f"beyond-scale-course @ git+{REPO_URL}@v{COURSE_VERSION}"]
+    )
 if "google.colab" in sys.modules:  # let Colab render ipywidgets
     from google.colab import output
 
@@ -57,7 +60,7 @@ import numpy as np
 import torch
 from IPython.display import Markdown, display
 
-from course_lib import configs, scaling, viz, zoo
+from course_lib import claims, configs, scaling, viz, zoo
 
 
 def si(x: float, unit: str = "") -> str:
@@ -359,6 +362,28 @@ display(
     )
 )
 
+# %%
+usd_card = card_hours * scaling.PRICE_PER_GPU_HOUR  # Meta's published GPU-hours at our price
+usd_top = max(max(r["at_low"], r["at_high"]) for r in sens["dollars"])  # the dearest single assumption
+over_100m = [r["assumption"] for r in sens["dollars"] if max(r["at_low"], r["at_high"]) > 100e6]
+status = (
+    "holds" if min(run["dollars"], usd_card) > 100e6 else "holds with a caveat" if usd_top > 100e6 else "does not hold"
+)
+verdict_s1 = claims.verdict(
+    "S1",
+    status,
+    f"GPT-4's compute is unpublished; a Llama-3.1-405B-scale run (comparable quality, Llama Team 2024) costs "
+    f"${run['dollars'] / 1e6:.0f} M in GPU time at the defaults and ${usd_card / 1e6:.0f} M at Meta's published "
+    f"GPU-hours; "
+    + (
+        f"it passes $100 M only with one assumption at the end of its range ({' or '.join(over_100m)}: up to "
+        f"${usd_top / 1e6:.0f} M)"
+        if over_100m
+        else f"no single assumption in our ranges lifts it past $100 M (at most ${usd_top / 1e6:.0f} M)"
+    )
+    + " — the GPU time of the final run alone, without experiments, failed runs, data or staff.",
+)
+
 # %% [markdown]
 # ## 5 · Energy and CO2 in units you can picture
 
@@ -374,6 +399,25 @@ display(
         f"its {run['co2_kg'] / 1e6:.1f} kt CO2e equal **{cars:,.0f} cars driven for a year** "
         f"(at the [EPA's](https://www.epa.gov/greenvehicles/greenhouse-gas-emissions-typical-passenger-vehicle) {car_t_per_year} t per car)."
     )
+)
+
+# %% [markdown]
+# The article's comparison is with a car's *lifetime*. The figure behind that phrase is
+# Strubell et al. (2019), Table 1: an average American car, fuel included, emits
+# 126,000 lbs CO2e over its lifetime.
+
+# %%
+car_lifetime_t = 126_000 * 0.45359237 / 1e3  # Strubell et al. (2019): lbs -> tonnes
+lifetimes = run["co2_kg"] / 1e3 / car_lifetime_t
+co2_clean = min(top_co2["at_low"], top_co2["at_high"])  # the cleanest grid in our range
+lifetimes_clean = co2_clean / 1e3 / car_lifetime_t
+verdict_s2 = claims.verdict(
+    "S2",
+    "holds" if lifetimes_clean >= 3 else "holds with a caveat" if lifetimes >= 3 else "does not hold",
+    f"At the defaults the Llama-3.1-405B-scale run emits {run['co2_kg'] / 1e6:.1f} kt CO2e, the lifetime emissions "
+    f"of {lifetimes:,.0f} cars at Strubell et al.'s {car_lifetime_t:.0f} t per car, and still {lifetimes_clean:,.0f} "
+    f"on the cleanest grid in our range ({top_co2['low']:g} kg/kWh); market-based accounting with renewable "
+    f"purchases, as Meta also reports, would count it as zero.",
 )
 
 # %% [markdown]
@@ -477,8 +521,20 @@ fig.add_bar(y=names, x=[queries[n]["dollars_per_query"] for n in names], orienta
 fig.add_bar(y=names, x=[batched[n]["dollars_per_query"] for n in names], orientation="h", name="batch 64")
 fig
 
+# %%
+latency_x = big["latency_s"] / small["latency_s"]
+verdict_s3 = claims.verdict(
+    "S3",
+    "holds" if ratio_small > 100 and latency_x > 10 else "holds with a caveat",
+    f"A dense 1T model answering a 50-token question with 100 tokens costs ${big['dollars_per_query']:.2g} per query "
+    f"on {big['gpus']} H100s, {ratio_small:,.0f}x Phi-3-mini's, but its latency lower bound is "
+    f"{big['latency_s']:.1f} s ({big['decode_ms_per_token']:.0f} ms per token), {latency_x:.0f}x Phi-3-mini's "
+    f"(real systems add communication); batching 64 queries cuts its cost per query "
+    f"{big['dollars_per_query'] / batched['dense 1T (hypothetical)']['dollars_per_query']:.0f}x.",
+)
+
 # %% [markdown]
-# The metaphor holds, with two honest qualifications. First, these are lower bounds from
+# Two qualifications to that verdict. First, these are lower bounds from
 # the memory roofline at stated hardware assumptions; inter-GPU communication makes the
 # big models' real latency worse, not better. Second, the comparison says nothing about
 # *quality*: whether Phi-3-mini answers the question as well is exactly what the rest of
@@ -578,12 +634,14 @@ fig
 # into $E$.
 #
 # One change from the other chapters: these patients read **bytes**, not BPE tokens
-# (`scaling.byte_tokens`; loss in nats per byte). With a 256-entry vocabulary the output
-# layer costs almost nothing, so the compute goes into the transformer blocks whose size
-# we vary, and a short CPU budget is enough for size to matter. With the course's 4,096-token
-# vocabulary, models this small would spend most of their FLOPs on the output layer
-# (computed below) and learn little beyond word frequencies in the same time — try it by
-# passing `model_configs` with `vocab_size=4096` and `data.encode_split` tokens.
+# (`scaling.byte_tokens`; loss in nats per byte). A 256-entry vocabulary does not make the
+# output layer free — for the narrowest patient it is still a large share of the forward
+# FLOPs (computed below) — but far less than with the course's 4,096-token vocabulary, where
+# models this small would spend nearly all their FLOPs on the output layer and learn little
+# beyond word frequencies in the same time. With bytes, more of the compute goes into the
+# transformer blocks whose size we vary, and a short CPU budget is enough for size to
+# matter — try the alternative by passing `model_configs` with `vocab_size=4096` and
+# `data.encode_split` tokens.
 
 # %%
 from course_lib.model import ModelConfig, TinyLM
@@ -692,10 +750,27 @@ display(
     )
 )
 
+# %%
+shrinking = bool(np.all(gains > 0) and np.all(np.diff(gains) < 0))
+verdict_s4 = claims.verdict(
+    "S4",
+    "holds" if shrinking else "holds with a caveat",
+    f"On the Chinchilla fit's compute-optimal frontier every 10x of compute (about 10x the dollars) "
+    f"{'still lowers the loss, by less each time' if shrinking else 'does not lower the loss by less each time'}: "
+    f"{gains[0]:.3f} nats from 1e{int(np.log10(budgets[0]))} to 1e{int(np.log10(budgets[1]))} FLOPs, "
+    f"{gains[-1]:.3f} from 1e{int(np.log10(budgets[-2]))} to 1e{int(np.log10(budgets[-1]))}, toward the floor "
+    f"E = {scaling.CHINCHILLA.E:.2f}{' — slower than linear in log-compute' if shrinking else ''}; the {len(N)} "
+    f"patients trained here, at one "
+    f"data budget, gained {', '.join(f'{g:.3f}' for g in drops)} nats per doubling of size, too few and too uneven "
+    "to show a trend of their own.",
+)
+
 # %% [markdown]
 # What carries over from this and what does not. Loss falls with size on a fixed data
-# budget and each doubling buys a modest, uneven amount — qualitatively the curve of
-# section 7, measured on your CPU in the seconds the table shows. But these patients see only a few
+# budget and each doubling buys a modest, uneven amount, measured on your CPU in the
+# seconds the table shows. That is not section 7's curve: section 7 is a compute frontier
+# (each budget spent on its best size *and* data), while here every patient sees the same
+# bytes, so the extra compute of a bigger patient goes into size alone. But these patients see only a few
 # hundred thousand bytes, far less than 20 per parameter for the larger ones: at the
 # small end the limit is how fast a patient learns in 500 steps, not its size, so
 # neighbouring small sizes can sit close together; and the fitted $\alpha$ and $E$ describe this tiny
@@ -746,11 +821,13 @@ viz.static_twin(
 # * A Llama-3.1-405B-scale (GPT-4-class) run costs the tens of millions of dollars and
 #   tens of GWh computed above under the stated defaults; Meta's published GPU-hours agree
 #   once the average utilisation is lower than the peak.
-# * Loss improves as a small power of compute: every 10x buys less, toward a floor $E$. The
-#   five patients trained here show the same shape.
+# * On the Chinchilla fit, loss improves as a small power of compute: every 10x buys less,
+#   toward a floor $E$. The five patients trained here show something narrower: at one fixed
+#   data budget, loss falls with size by uneven amounts per doubling (section 8 prints them);
+#   they are not a compute frontier, and five points cannot locate a floor.
 # * At batch 1, decode latency and cost are set by the bytes of active weights read per
-#   token. A dense trillion-parameter model answering a short query is indeed a rocket
-#   engine on a bicycle; mixture-of-experts models read far fewer bytes per token (but
+#   token. A dense trillion-parameter model answering a short query costs far more than a
+#   small one (section 6 gives the verdict and its size); mixture-of-experts models read far fewer bytes per token (but
 #   must still be held in full), and small models are cheaper by orders of magnitude.
 #
 # **What this does not show:** quality. Whether the smaller or sparser model is good
@@ -824,6 +901,8 @@ print(
 # * Abdin et al. (2024), *Phi-3 Technical Report*. [arXiv:2404.14219](https://arxiv.org/abs/2404.14219)
 # * Brown et al. (2020), *Language Models are Few-Shot Learners* (GPT-3). [arXiv:2005.14165](https://arxiv.org/abs/2005.14165)
 # * Du et al. (2022), *GLaM: Efficient Scaling of Language Models with Mixture-of-Experts*. [arXiv:2112.06905](https://arxiv.org/abs/2112.06905)
+# * Yang et al. (2022), *Tensor Programs V: Tuning Large Neural Networks via Zero-Shot Hyperparameter Transfer* (μP). [arXiv:2203.03466](https://arxiv.org/abs/2203.03466)
+# * Strubell, Ganesh & McCallum (2019), *Energy and Policy Considerations for Deep Learning in NLP* (a car's lifetime CO2e). [arXiv:1906.02243](https://arxiv.org/abs/1906.02243)
 # * Patterson et al. (2021), *Carbon Emissions and Large Neural Network Training*. [arXiv:2104.10350](https://arxiv.org/abs/2104.10350)
 # * DeepSeek-AI (2024), *DeepSeek-V3 Technical Report* (the $2/GPU-hour price). [arXiv:2412.19437](https://arxiv.org/abs/2412.19437)
 # * Pope et al. (2023), *Efficiently Scaling Transformer Inference* (memory-bound decoding). [arXiv:2211.05102](https://arxiv.org/abs/2211.05102)

@@ -25,9 +25,10 @@
 # > **What you'll build:** a byte-level BPE encoder, token embeddings, RMSNorm, rotary
 # > position embeddings (RoPE), grouped-query attention, a SwiGLU MLP and the whole decoder —
 # > each step checked against the course library `course_lib`.
-# > **What you'll learn:** where a transformer's parameters and FLOPs go, why a KV cache
-# > changes generation from quadratic to linear work, and how to time code so that the
-# > numbers mean something.
+# > **What you'll learn:** where a transformer's parameters and FLOPs go, what a KV cache
+# > saves in generation (the prefix's keys and values are no longer recomputed; attention
+# > over them still grows with the context), and how to time code so that the numbers mean
+# > something.
 # > **What you'll need:** Python and PyTorch basics; no GPU, no downloads. The notebook runs
 # > within the course's budget of 90 seconds on a 2-core CPU (`make course` times it).
 
@@ -38,8 +39,11 @@ import subprocess
 import sys
 
 REPO_URL = "https://github.com/beyond-scale-course/efficient-ai-from-scratch"
+COURSE_VERSION = "0.1.0"  # the release this notebook was written for (scripts/pin_bootstrap.py)
 if importlib.util.find_spec("course_lib") is None:
-    subprocess.check_call([sys.executable, "-m", "pip", "install", "-q", f"beyond-scale-course @ git+{REPO_URL}"])
+    subprocess.check_call(
+        [sys.executable, "-m", "pip", "install", "-q", f"beyond-scale-course @ git+{REPO_URL}@v{COURSE_VERSION}"]
+    )
 if "google.colab" in sys.modules:  # let Colab render ipywidgets
     from google.colab import output
 
@@ -299,11 +303,12 @@ viz.Table(
 )
 
 # %% [markdown]
-# In a model this small the **embedding dominates** — most of the weights are the
-# vocabulary table, not the transformer. That is why chapter 12's big-model arithmetic and
+# In the demo model the **embedding dominates** — most of the weights are the vocabulary
+# table, not the transformer (section 6 counts the same share for the zoo's patients). That is why chapter 12's big-model arithmetic and
 # this toy give different pictures: in a 7 B model the blocks hold almost everything.
 
 # %%
+assert counts["embedding"] > counts["total"] / 2  # the demo model: the embedding dominates (counted)
 print(
     f"forward FLOPs per token at context {cfg.max_seq_len}: {flops['total']:,.0f} "
     f"(matmuls {flops['matmul']:,.0f} = 2 x {flops['matmul'] // 2:,} weights, attention {flops['attention']:,.0f})"
@@ -391,6 +396,13 @@ viz.Table(
     ],
     caption="The zoo (from the cards written at build time)",
 )
+
+# %%
+emb_share = {p.name: p.model.embed.weight.numel() / p.model.num_params() for p in (tiny, small)}
+print(
+    ", ".join(f"{name}: the embedding table holds {share:.0%} of the parameters" for name, share in emb_share.items())
+)
+assert emb_share["tiny"] > 0.5 > emb_share["small"]  # counted: only the tiny patient is mostly embedding
 
 # %% tags=["nbval-ignore-output"]
 # The build times above were measured when the zoo was built; say where, and what this machine is.
@@ -480,7 +492,11 @@ viz.static_twin(
 # prompt processed at once) and decode latency (one token at a time with a KV cache),
 # and peak memory while generating. Latencies are medians after warm-up, measured
 # **interleaved** — tiny, small, tiny, small, … — so any drift of the machine hits both,
-# and the comparison is reported as ratios.
+# and the comparison is reported as ratios. Peak memory is the process's resident-memory
+# high-water mark above what was in use when `generate` started, read after the C heap's
+# free pages are handed back to the system (`measure.peak_memory`); it counts whole 4 kB
+# pages and everything the process allocates meanwhile, so at this size read it as
+# megabytes, not bytes.
 
 # %% tags=["nbval-ignore-output"]
 card = measure.report_card(
@@ -499,6 +515,8 @@ card
 assert card.ratio("small", "params") > 5  # robust: counted, not timed
 assert card.cards["small"]["val_ppl"] < card.cards["tiny"]["val_ppl"]
 assert card.ratio("small", "weight_mb") == card.ratio("small", "params")  # fp32: 4 bytes per weight
+# generate() allocates a KV cache and logits: a peak of 0 would mean the meter cannot see them
+assert all(c["peak_mem_mb"] is None or c["peak_mem_mb"] > 0 for c in card.cards.values())
 
 # %% [markdown]
 # ## 8 · Latency versus context, and what the KV cache buys
@@ -506,7 +524,10 @@ assert card.ratio("small", "weight_mb") == card.ratio("small", "params")  # fp32
 # Generating token $t$ needs the keys and values of tokens $1..t-1$ in every layer.
 # Without a cache the model recomputes them all for every new token: $O(t)$ work per token,
 # $O(n^2)$ for a sequence. With a **KV cache** it keeps them and computes only the new
-# token's row — at the cost of memory that grows with the context (exercise below). We time
+# token's keys and values — at the cost of memory that grows with the context (exercise
+# below). The new token's attention still reads all $t$ cached keys, so a step is not free
+# of the context: the cache removes the $O(t)$ matrix products of recomputing the prefix,
+# not attention's own $O(t)$ dot products. We time
 # both on the small patient at several context lengths, side by side in one run.
 
 # %% tags=["nbval-ignore-output"]
@@ -614,11 +635,13 @@ display(
 # * The patient is a faithful miniature of Llama: RMSNorm, RoPE, GQA, SwiGLU, tied
 #   embeddings — each built here from its formula and checked against `course_lib`
 #   (and, in the tests, against Hugging Face `transformers`' Llama with the same weights).
-# * At this scale most parameters sit in the embedding table; FLOPs per token are about
-#   twice the number of weights the token passes through.
+# * In the demo model and the tiny patient most parameters sit in the embedding table; in
+#   the small patient the blocks already hold most of them (section 6 counts both). FLOPs
+#   per token are about twice the number of weights the token passes through.
 # * Measure latencies as medians after warm-up, interleaved, and report ratios.
 # * The KV cache trades memory for work: each new token computes only its own keys and
-#   values instead of the whole prefix's. Section 8 measured what that buys on this machine;
+#   values instead of the whole prefix's; its attention still reads every cached key, so
+#   the cost per token is not independent of the context. Section 8 measured what that buys on this machine;
 #   what that memory costs is the exercise.
 #
 # **When not to trust these numbers:** absolute milliseconds depend on your machine and

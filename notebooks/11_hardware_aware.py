@@ -31,7 +31,8 @@
 # > the decode-speed bound.
 # > **What you'll learn:** why LLM decoding is limited by memory bandwidth and prefill by
 # > compute, why batching is nearly free until it is not, what kernel fusion saves, and what
-# > it takes to fit a 3.8-billion-parameter model in 1 GB.
+# > it takes to fit a 3.8-billion-parameter model in 1 GiB
+# > (the article's "sub-1GB").
 # > **What you'll need:** chapter 01 (the patient) and the quantization vocabulary of
 # > chapter 05 help. No GPU (a last section runs only when one is present); the notebook
 # > runs within the course's 90-second budget on a 2-core CPU, `torch.compile` included.
@@ -43,8 +44,11 @@ import subprocess
 import sys
 
 REPO_URL = "https://github.com/beyond-scale-course/efficient-ai-from-scratch"
+COURSE_VERSION = "0.1.0"  # the release this notebook was written for (scripts/pin_bootstrap.py)
 if importlib.util.find_spec("course_lib") is None:
-    subprocess.check_call([sys.executable, "-m", "pip", "install", "-q", f"beyond-scale-course @ git+{REPO_URL}"])
+    subprocess.check_call(
+        [sys.executable, "-m", "pip", "install", "-q", f"beyond-scale-course @ git+{REPO_URL}@v{COURSE_VERSION}"]
+    )
 if "google.colab" in sys.modules:  # let Colab render ipywidgets
     from google.colab import output
 
@@ -62,7 +66,8 @@ import torch.nn.functional as F
 from IPython.display import Markdown, display
 from torch.utils.flop_counter import FlopCounterMode
 
-from course_lib import configs, hardware, measure, viz, zoo
+from course_lib import claims, configs, hardware, measure, viz, zoo
+from course_lib.experiments import hardware as hardware_runs
 from course_lib.paths import cache_dir
 
 PATIENT = "small"  # the zoo patient this chapter measures
@@ -181,11 +186,10 @@ viz.Table(
 )
 
 # %%
-# Robust facts only: every roof is a positive, finite measurement; the ridge lies where the formula says.
+# The one check a measurement can fail here: every roof is a positive, finite number (a broken timer
+# or a kernel that did not run gives 0, inf or nan).
 for value in list(roof.peaks.values()) + list(roof.bandwidths.values()):
     assert math.isfinite(value) and value > 0
-assert roof.bandwidth == max(roof.bandwidths.values())
-assert math.isclose(roof.attainable(roof.ridge("fp32")), roof.peak("fp32"))
 
 # %% [markdown]
 # ### bf16 and int8 on this CPU
@@ -234,8 +238,9 @@ print(
 # %% [markdown]
 # Where bf16 is emulated, even this memory-bound op may not get the 2× that its bytes
 # allow: the conversion work moves the bottleneck back to the ALUs. On CPUs with native
-# bf16 (AVX512-BF16, AMX) both the compute roof and the byte savings are real; on GPUs
-# they always are. The lesson generalises: **a lower precision is only faster where the
+# bf16 (AVX512-BF16, AMX) both the compute roof and the byte savings are real; so on NVIDIA
+# GPUs from Ampere (A100, 2020) on, whose tensor cores take bf16 — older ones (V100, T4)
+# have fp16 tensor cores but no bf16 path. The lesson generalises: **a lower precision is only faster where the
 # hardware has a fast path for it** — check, then measure.
 #
 # ### Threads that wait: spinning or sleeping
@@ -258,10 +263,10 @@ print(
 # and with one busy process (`python3 -c "while True: pass"`) per core started beside it and
 # killed right after. A loop that would run past a second is stopped there and its time
 # extrapolated, so the cell stays short however badly spinning does
-# (`hardware.wait_policy_experiment`; its docstring gives the details).
+# (`course_lib.experiments.hardware.wait_policy_experiment`; its docstring gives the details).
 
 # %% tags=["nbval-ignore-output"]
-wait_rows = hardware.wait_policy_experiment()
+wait_rows = hardware_runs.wait_policy_experiment()
 viz.Table(
     [
         {
@@ -368,7 +373,6 @@ viz.Table(
 
 # %%
 by_name = {c.name: c for c in shapes}
-assert round(h100_ridge) == 295
 assert by_name["prefill: MLP matmul"].intensity > h100_ridge > by_name["decode: MLP GEMV, batch 64"].intensity
 assert by_name["decode: MLP GEMV, batch 1"].intensity < 1.01 and by_name["attention decode"].intensity < 1.01
 assert by_name["attention prefill (unfused)"].intensity < by_name["attention prefill"].intensity / 10
@@ -389,8 +393,8 @@ assert by_name["attention prefill (unfused)"].intensity < by_name["attention pre
 # memory-bound ops are sized past the L3 cache, so they stream from DRAM.
 
 # %% tags=["nbval-ignore-output"]
-ops = hardware.standard_ops()
-placements = hardware.measure_ops(ops, roof, warmup=1, repeats=5)
+ops = hardware_runs.standard_ops()
+placements = hardware_runs.measure_ops(ops, roof, warmup=1, repeats=5)
 del ops
 viz.Table(
     [
@@ -500,7 +504,7 @@ display(
 # %% [markdown]
 # ## 5 · Where the patient's forward pass spends its time
 #
-# A profiler records every operator the forward pass launches. `hardware.profile` wraps
+# A profiler records every operator the forward pass launches. `course_lib.experiments.hardware.profile` wraps
 # `torch.profiler`: it labels the patient's parts (embedding, norms, attention, MLP, LM head)
 # with forward hooks, returns the top operators with their time, FLOPs and allocated
 # memory, and writes a Chrome trace that you can open in
@@ -524,16 +528,16 @@ def prefill():
 @torch.no_grad()
 def decode_step():
     for layer_cache in cache:
-        layer_cache.pos = T  # rewind: every call decodes position T again
+        layer_cache.truncate(T)  # rewind: every call decodes position T again
     model(new_token, cache=cache)
 
 
 trace_dir = cache_dir("hardware")
-prof_prefill = hardware.profile(
-    prefill, parts=hardware.patient_parts(model), repeats=3, trace_path=trace_dir / "prefill.json"
+prof_prefill = hardware_runs.profile(
+    prefill, parts=hardware_runs.patient_parts(model), repeats=3, trace_path=trace_dir / "prefill.json"
 )
-prof_decode = hardware.profile(
-    decode_step, parts=hardware.patient_parts(model), repeats=5, trace_path=trace_dir / "decode.json"
+prof_decode = hardware_runs.profile(
+    decode_step, parts=hardware_runs.patient_parts(model), repeats=5, trace_path=trace_dir / "decode.json"
 )
 
 # The profiler's own FLOP count of the matmuls equals 2 x weights x tokens (chapter 01's formula).
@@ -597,13 +601,14 @@ display(
 #
 # A decode step reads all the weights whether it produces one token or thirty-two, so
 # running $B$ sequences together multiplies throughput for nearly the same latency per step —
-# until the matmuls become compute-bound or the KV caches dominate the bytes. Prefill is
-# compute-bound already at batch 1 on a large model, so batching it buys little. Measured
-# on the patient (prompts of 32 tokens, 8 decoded), interleaved across batch sizes:
+# until the matmuls become compute-bound or the KV caches dominate the bytes. On a large
+# model prefill is compute-bound already at batch 1, so there batching it should buy little;
+# on a model as small as the patient it need not be, and the sweep says what it bought here.
+# Measured on the patient (prompts of 32 tokens, 8 decoded), interleaved across batch sizes:
 
 # %% tags=["nbval-ignore-output"]
 SWEEP_PROMPT = 32
-sweep = hardware.batch_sweep(
+sweep = hardware_runs.batch_sweep(
     model, batch_sizes=(1, 2, 4, 8, 16, 32), prompt_len=SWEEP_PROMPT, new_tokens=8, warmup=1, repeats=3
 )
 viz.Table(
@@ -625,13 +630,10 @@ fig.update_yaxes(type="log")
 fig.update_layout(title_text=f"Batch sweep, {PATIENT} patient", height=420)
 fig
 
-# %%
-# Robust, with a wide margin: 32 sequences per step give far more tokens/s than one.
+# %% tags=["nbval-ignore-output"]
+# Timed ratios, so reported, not asserted.
 gain = sweep[-1]["decode tokens/s"] / sweep[0]["decode tokens/s"]
 step_growth = sweep[-1]["decode ms/step"] / sweep[0]["decode ms/step"]
-assert gain > 2, gain
-
-# %% tags=["nbval-ignore-output"]
 prefill_gain = sweep[-1]["prefill tokens/s"] / sweep[0]["prefill tokens/s"]
 display(
     Markdown(
@@ -695,7 +697,7 @@ print(f"eager RMSNorm moves {traffic['bytes'] / fused.bytes:.2f}x the bytes of a
 # %% tags=["nbval-ignore-output"]
 dim = 2048
 rows = hardware.working_set_bytes(factor=2) // (4 * dim)  # arrays twice the L3 cache
-fusion = hardware.fusion_benchmark(rows=rows, dim=dim, hidden=dim, warmup=2, repeats=7)
+fusion = hardware_runs.fusion_benchmark(rows=rows, dim=dim, hidden=dim, warmup=2, repeats=7)
 viz.Table(
     [{k: (round(v, 2) if isinstance(v, float) else v) for k, v in r.items()} for r in fusion],
     caption="Eager vs torch.compile (fp32)",
@@ -704,7 +706,6 @@ viz.Table(
 # %%
 for r in fusion:
     assert r["traffic ratio"] > 1.5  # counted bytes, not timed: eager moves well over the fused minimum
-    assert r["compile s"] > 0 and r["compiled ms"] > 0
 
 # %% tags=["nbval-ignore-output"]
 rms_row, act_row = fusion
@@ -826,10 +827,35 @@ display(
     Markdown(
         f"With {small_fp.kv_cache / 2**20:.0f} MiB of KV cache and {small_fp.activations / 2**20:.0f} MiB of activations, "
         f"1 GiB leaves **{bits:.2f} bits per weight** for Phi-3-mini's {n_phi / 1e9:.2f} B weights. Group-wise int4 "
-        f"needs {4 + 16 / 128}. So either 2- to 3-bit quantization (chapter 05, with its quality cost), or a model "
+        f"needs {4 + 16 / 128}. So either quantization to at most {bits:.2f} bits per weight (chapter 05, with its "
+        f"quality cost), or a model "
         f"with at most **{max_params_int4 / 1e9:.2f} B** parameters at int4: pruning (chapter 06) or a smaller, "
         f"better-trained model (chapter 07)."
     )
+)
+
+# %%
+# E1, counted (configs and footprints, no timing): does the article's example fit its own budget?
+phi_int4 = fits[("phi-3-mini", "int4")]
+e1_status = (
+    "holds"
+    if phi_int4["fits 1 GiB"] == "yes"
+    else "holds with a caveat"
+    if phi_int4["fits 4 GiB"] == "yes" and bits >= 2
+    else "does not hold"
+)
+verdict_e1 = claims.verdict(
+    "E1",
+    e1_status,
+    f"Phi-3-mini's {n_phi / 1e9:.2f} B weights alone take "
+    f"{hardware.footprint('phi-3-mini', weight_dtype='int4', seq_len=4096).weights / GiB:.2f} GiB at group-wise int4, "
+    f"so with a 4,096-token fp16 cache it fits {'4 GiB' if phi_int4['fits 4 GiB'] == 'yes' else 'no budget up to 8 GiB'} "
+    f"but not 1 GiB; even with a 512-token context it would need at most {bits:.2f} bits per weight to fit 1 GiB, "
+    + (
+        "so the article's example meets a sub-1GB budget only with 2- to 3-bit weights."
+        if bits >= 2
+        else "below even 2-bit quantization: the article's example does not fit a sub-1GB budget."
+    ),
 )
 
 # %% [markdown]
@@ -907,6 +933,21 @@ print(
 )
 print(f"Mixtral-8x7B stores {mix_total / 1e9:.1f} B parameters but a token reads {mix_active / 1e9:.1f} B of them")
 
+# %% tags=["nbval-ignore-output"]
+# K1: decode's intensity against the ridge of this machine (measured) and of the H100 (datasheet).
+decode_intensity = by_name["decode: MLP GEMV, batch 1"].intensity
+k1_memory_bound = decode_intensity < min(roof.ridge("fp32"), h100_ridge)
+verdict_k1 = claims.verdict(
+    "K1",
+    "holds" if k1_memory_bound and int4_gain["mistral-7b"] > int4_gain["llama-2-7b"] else "holds with a caveat",
+    f"A decode step does {decode_intensity:.2f} FLOP per byte it reads, below the ridge of this machine "
+    f"({roof.ridge('fp32'):.1f}, measured) and of the H100 ({h100_ridge:.0f}, datasheet), so bytes set decode "
+    f"speed; architectures answer that: Mistral-7B's grouped-query attention (Ainslie et al., 2023, designed to "
+    f"cut decode's memory traffic) shrinks the KV cache so much that int4 weights raise its 4,096-token decode "
+    f"bound {int4_gain['mistral-7b']:.2f}x, against {int4_gain['llama-2-7b']:.2f}x for Llama-2-7B's "
+    "multi-head cache.",
+)
+
 # %% [markdown]
 # int4 weights do not quadruple the bound: the KV cache stays in fp16 and, at 4,096 tokens,
 # Llama-2-7B's (32 KV heads) is a large share of every step's bytes; Mistral-7B's GQA cache
@@ -932,7 +973,7 @@ if torch.cuda.is_available():
         xs = torch.randn(c.flops // (2 * 8192 * 8192), 8192, device="cuda", dtype=torch.float16)
         ws = torch.randn(8192, 8192, device="cuda", dtype=torch.float16)
         gpu_ops[label] = (c, lambda xs=xs, ws=ws: xs @ ws)
-    gpu_places = hardware.measure_ops(gpu_ops, gpu_roof, warmup=2, repeats=10)
+    gpu_places = hardware_runs.measure_ops(gpu_ops, gpu_roof, warmup=2, repeats=10)
     for d, p in gpu_roof.peaks.items():
         print(f"GPU peak {d}: {p / 1e12:.1f} TFLOP/s, ridge {gpu_roof.ridge(d):.0f} FLOP/byte")
     print(f"GPU bandwidth: {gpu_roof.bandwidth / 1e9:,.0f} GB/s")
@@ -961,7 +1002,9 @@ else:
 # **When not to trust these numbers:** the roofs are upper bounds measured with the best
 # kernels we have; caches make small working sets look faster than DRAM allows; and on a
 # busy machine every timing here is low and noisy, which is why the chapter asserts only
-# counted facts and reports measured ones as ratios.
+# counted facts (FLOPs, bytes, footprints) and, of its measurements, only that they are
+# positive, finite and nested as the profiler nests them; every measured ratio is reported,
+# never asserted.
 #
 # ## Exercise 1 · The intensity of attention at decode
 #
@@ -1038,6 +1081,7 @@ print(
 # * Dao et al. (2022), *FlashAttention: Fast and Memory-Efficient Exact Attention with IO-Awareness*. [arXiv:2205.14135](https://arxiv.org/abs/2205.14135)
 # * Yu et al. (2022), *Orca: A Distributed Serving System for Transformer-Based Generative Models*. OSDI. [usenix.org](https://www.usenix.org/conference/osdi22/presentation/yu)
 # * Kwon et al. (2023), *Efficient Memory Management for Large Language Model Serving with PagedAttention*. [arXiv:2309.06180](https://arxiv.org/abs/2309.06180)
+# * Ainslie et al. (2023), *GQA: Training Generalized Multi-Query Transformer Models from Multi-Head Checkpoints*. EMNLP. [arXiv:2305.13245](https://arxiv.org/abs/2305.13245)
 # * Ansel et al. (2024), *PyTorch 2: Faster Machine Learning Through Dynamic Python Bytecode Transformation and Graph Compilation*. ASPLOS. [doi:10.1145/3620665.3640366](https://doi.org/10.1145/3620665.3640366)
 # * Abdin et al. (2024), *Phi-3 Technical Report*. [arXiv:2404.14219](https://arxiv.org/abs/2404.14219)
 # * Jiang et al. (2024), *Mixtral of Experts*. [arXiv:2401.04088](https://arxiv.org/abs/2401.04088)

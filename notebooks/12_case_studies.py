@@ -42,8 +42,11 @@ import subprocess
 import sys
 
 REPO_URL = "https://github.com/beyond-scale-course/efficient-ai-from-scratch"
+COURSE_VERSION = "0.1.0"  # the release this notebook was written for (scripts/pin_bootstrap.py)
 if importlib.util.find_spec("course_lib") is None:
-    subprocess.check_call([sys.executable, "-m", "pip", "install", "-q", f"beyond-scale-course @ git+{REPO_URL}"])
+    subprocess.check_call(
+        [sys.executable, "-m", "pip", "install", "-q", f"beyond-scale-course @ git+{REPO_URL}@v{COURSE_VERSION}"]
+    )
 if "google.colab" in sys.modules:  # let Colab render ipywidgets
     from google.colab import output
 

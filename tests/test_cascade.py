@@ -267,7 +267,7 @@ def test_router_learns_who_is_right_and_matches_sklearn():
 @pytest.mark.parametrize("bad", [-0.1, 1.5, float("nan"), "0.5", None, True])
 def test_bad_threshold_raises(bad):
     preds, scores, costs, labels = _toy_cascade()
-    with pytest.raises(ValueError, match=r"thresholds\[0\] must be a number in \[0, 1\]"):
+    with pytest.raises(ValueError, match=r"thresholds\[0\] must be a finite number in \[0, 1\]"):
         cc.run_cascade(preds, scores, costs, [bad], labels)
     with pytest.raises(ValueError, match=r"in \[0, 1\]"):
         cc.accept(scores[0], bad)

@@ -95,3 +95,10 @@ def test_page_script_writes_the_page(tmp_path):
     assert "int8 weights take 3.95x fewer bytes" in out.read_text()
     (nbs / "06_pruning.py").write_text("")  # chapter 06 exists now, without a verdict: strict fails
     assert subprocess.run(cmd + ["--strict"], capture_output=True).returncode == 1
+
+
+def test_verdict_displays_once(monkeypatch):
+    shown = []
+    monkeypatch.setattr("IPython.display.display", lambda obj: shown.append(obj))
+    assert claims.verdict("Q1", "holds", "int8 weights take 3.95x fewer bytes here.") is None
+    assert len(shown) == 1 and isinstance(shown[0], claims.Verdict)

@@ -110,3 +110,35 @@ def test_corrupt_corpus_detected(monkeypatch, tmp_path):
             data.load_articles()
     finally:
         data.load_articles.cache_clear()
+
+
+def test_token_cache_is_checksummed(tokenizer, tmp_path, monkeypatch):
+    """A flipped byte in a cached token array is noticed: warned about and rebuilt, never loaded."""
+    monkeypatch.setenv("COURSE_LIB_CACHE", str(tmp_path))
+    val = data.encode_split("val", tokenizer)
+    (entry,) = (tmp_path / "tokens").glob("val-*.npy")
+    assert (entry.parent / (entry.name + ".sha256")).is_file()
+    raw = bytearray(entry.read_bytes())
+    raw[-3] ^= 1  # one token id changes; the file still parses
+    entry.write_bytes(bytes(raw))
+    with pytest.warns(UserWarning, match="does not match its sha256"):
+        again = data.encode_split("val", tokenizer)
+    assert np.array_equal(again, val)
+    assert entry.read_bytes() != bytes(raw)  # rebuilt on disk too
+    assert np.array_equal(data.encode_split("val", tokenizer), val)
+
+
+def test_shipped_tokenizer_is_verified(tmp_path, monkeypatch):
+    import shutil
+
+    from course_lib import paths
+
+    for name in ("tokenizer-4096.json", "MANIFEST.json"):
+        shutil.copy(paths.ZOO_DIR / name, tmp_path / name)
+    monkeypatch.setattr(paths, "ZOO_DIR", tmp_path)
+    monkeypatch.setattr(paths, "MANIFEST_PATH", tmp_path / "MANIFEST.json")
+    assert data.get_tokenizer().get_vocab_size() == data.DEFAULT_VOCAB_SIZE
+    raw = (tmp_path / "tokenizer-4096.json").read_text()
+    (tmp_path / "tokenizer-4096.json").write_text(raw.replace('"ab"', '"ba"', 1) if '"ab"' in raw else raw[:-2] + "  ")
+    with pytest.raises(ValueError, match=r"tokenizer-4096\.json.*data\.get_tokenizer\(rebuild=True\)"):
+        data.get_tokenizer()

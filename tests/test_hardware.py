@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 from torch.utils.flop_counter import FlopCounterMode
 
 from course_lib import configs, hardware, measure
+from course_lib.experiments import hardware as hardware_runs
 from course_lib.model import ModelConfig, RMSNorm, TinyLM, causal_mask
 
 ROOF = hardware.Roofline({"fp32": 100e9, "int8": 400e9}, {"read": 10e9, "copy": 8e9})
@@ -150,12 +151,12 @@ def test_bandwidth_bound_op_stays_under_its_bound():
 def test_measure_ops_places_every_op():
     a = torch.randn(32, 32)
     ops = {"mm": (hardware.matmul_cost(32, 32, 32), lambda: a @ a)}
-    (p,) = hardware.measure_ops(ops, ROOF, warmup=1, repeats=2)
+    (p,) = hardware_runs.measure_ops(ops, ROOF, warmup=1, repeats=2)
     assert p.name == "matmul" and p.achieved > 0 and p.intensity == ops["mm"][0].intensity
 
 
 def test_standard_ops_costs_describe_their_functions():
-    ops = hardware.standard_ops(big_bytes=2**20, d_model=64)
+    ops = hardware_runs.standard_ops(big_bytes=2**20, d_model=64)
     for name, (cost, fn) in ops.items():
         out = fn()
         assert cost.flops > 0 and cost.bytes > 0 and out.numel() > 0, name
@@ -168,7 +169,7 @@ def test_standard_ops_costs_describe_their_functions():
 
 def test_profile_counts_matmul_flops_and_writes_a_trace(tmp_path, capfd):
     a, b = torch.randn(64, 32), torch.randn(32, 48)
-    res = hardware.profile(lambda: a @ b, repeats=2, trace_path=tmp_path / "t.json")
+    res = hardware_runs.profile(lambda: a @ b, repeats=2, trace_path=tmp_path / "t.json")
     assert "profiler_start" not in capfd.readouterr().err  # the backend's time-stamped chatter is held back
     mm = next(r for r in res.ops if r["op"] == "aten::mm")
     assert mm["calls"] == 1 and mm["MFLOPs"] * 1e6 == pytest.approx(hardware.matmul_cost(64, 32, 48).flops)
@@ -178,8 +179,8 @@ def test_profile_counts_matmul_flops_and_writes_a_trace(tmp_path, capfd):
 
 def test_profile_times_model_parts(tiny_model):
     x = torch.randint(0, tiny_model.config.vocab_size, (2, 16))
-    parts = hardware.patient_parts(tiny_model)
-    res = hardware.profile(lambda: tiny_model(x), parts=parts, repeats=2)
+    parts = hardware_runs.patient_parts(tiny_model)
+    res = hardware_runs.profile(lambda: tiny_model(x), parts=parts, repeats=2)
     assert set(res.parts) == set(parts) and all(v > 0 for v in res.parts.values())
     # the profiler's own FLOP count of the linear layers = 2 x weights x tokens (model.flops_per_token)
     assert res.matmul_flops == pytest.approx(x.numel() * tiny_model.flops_per_token(16)["matmul"])
@@ -214,7 +215,7 @@ def test_op_traffic_ignores_views():
 
 @pytest.mark.slow
 def test_fusion_benchmark_small():
-    rows = hardware.fusion_benchmark(rows=64, dim=32, hidden=48, warmup=1, repeats=2)
+    rows = hardware_runs.fusion_benchmark(rows=64, dim=32, hidden=48, warmup=1, repeats=2)
     assert [r["op"] for r in rows] == ["RMSNorm", "SwiGLU activation"]
     for r in rows:
         assert r["eager ms"] > 0 and r["compiled ms"] > 0 and r["compile s"] > 0 and r["traffic ratio"] > 1
@@ -224,7 +225,7 @@ def test_fusion_benchmark_small():
 
 
 def test_batch_sweep(tiny_model):
-    rows = hardware.batch_sweep(tiny_model, batch_sizes=(1, 4), prompt_len=8, new_tokens=4, warmup=0, repeats=1)
+    rows = hardware_runs.batch_sweep(tiny_model, batch_sizes=(1, 4), prompt_len=8, new_tokens=4, warmup=0, repeats=1)
     assert [r["batch"] for r in rows] == [1, 4]
     for r in rows:
         assert r["decode tokens/s"] == pytest.approx(r["batch"] / (r["decode ms/step"] / 1e3))
@@ -321,7 +322,7 @@ def test_config_step_bytes():
         (lambda: hardware.decode_bound(0, 1e9), "bytes_per_step"),
         (lambda: hardware.decode_bound(1e9, float("inf")), "bandwidth"),
         (lambda: hardware.decode_bound(1e9, 1e9, batch_size=0), "batch_size"),
-        (lambda: hardware.profile(lambda: None, repeats=0), "repeats"),
+        (lambda: hardware_runs.profile(lambda: None, repeats=0), "repeats"),
     ],
 )
 def test_bad_input_raises_value_error(call, match):
@@ -333,13 +334,13 @@ def test_bad_types_raise_type_error(tiny_model):
     with pytest.raises(TypeError, match="cost must be an OpCost"):
         hardware.place("matmul", 1.0, ROOF)
     with pytest.raises(TypeError, match="fn must be callable"):
-        hardware.profile(42)
+        hardware_runs.profile(42)
     with pytest.raises(TypeError, match="config must be"):
         hardware.footprint(7)
     with pytest.raises(TypeError, match="TinyLM-like"):
         hardware.patient_step_bytes(torch.nn.Linear(2, 2), context=1)
     with pytest.raises(ValueError, match="batch_sizes"):
-        hardware.batch_sweep(tiny_model, batch_sizes=(0,))
+        hardware_runs.batch_sweep(tiny_model, batch_sizes=(0,))
     with pytest.raises(ValueError, match="context"):
         hardware.patient_step_bytes(tiny_model, context=tiny_model.config.max_seq_len + 1)
 
@@ -371,7 +372,7 @@ def _experiment_children() -> list[int]:
 
 
 def test_wait_policy_experiment_rows_and_cleanup():
-    rows = hardware.wait_policy_experiment(
+    rows = hardware_runs.wait_policy_experiment(
         policies=("PASSIVE",), busy=(False, True), shape=(8, 16, 32), iterations=30, warmup=2, max_seconds=2.0
     )
     assert [(r["OMP_WAIT_POLICY"], r["busy processes"]) for r in rows] == [
@@ -406,4 +407,14 @@ def test_wait_policy_experiment_rows_and_cleanup():
 )
 def test_wait_policy_experiment_bad_input(kwargs, match):
     with pytest.raises(ValueError, match=match):
-        hardware.wait_policy_experiment(**kwargs)
+        hardware_runs.wait_policy_experiment(**kwargs)
+
+
+def test_live_runs_are_not_a_build_and_have_a_command(capsys):
+    """Chapter 11 measures live: its runs module stores nothing, so course_lib.build does not list it."""
+    from course_lib import build
+
+    assert not hasattr(hardware_runs, "OUTPUTS") and build.find("hardware") is None
+    with pytest.raises(SystemExit) as e:
+        hardware_runs.main(["--help"])
+    assert e.value.code == 0 and "roofline" in capsys.readouterr().out

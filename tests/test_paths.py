@@ -122,3 +122,64 @@ def test_killed_writers_leave_no_stray_files(tmp_path):
     atomic_write_bytes(target, b"new")  # the next write sweeps the dead writers' temporaries
     assert target.read_bytes() == b"new"
     assert [p.name for p in tmp_path.iterdir()] == ["big.bin"]
+
+
+_PAIR_WRITER = """
+import os, signal, sys, pathlib
+from course_lib import paths
+d, when = pathlib.Path(sys.argv[1]), sys.argv[2]
+real_replace, real_write = os.replace, paths._fsynced_write
+def replace(src, dst):
+    if when == "after commit" and ".pending-" in str(src):
+        os.kill(os.getpid(), signal.SIGKILL)  # the card is committed, the data not yet renamed
+    real_replace(src, dst)
+def write(path, data):
+    if when == "mid data":
+        real_write(path, data[: len(data) // 2])
+        os.kill(os.getpid(), signal.SIGKILL)  # half of the new data written, nothing committed
+    real_write(path, data)
+paths.os.replace, paths._fsynced_write = replace, write
+paths.write_with_card(d / "w.bin", b"new" * 1000, d / "w.json", {"v": "new"})
+"""
+
+
+@pytest.mark.parametrize("when", ["mid data", "after commit"])
+def test_pair_writer_killed_at_each_step_leaves_old_or_new_pair(tmp_path, when):
+    """write_with_card SIGKILLed before and after its commit point: the reader sees one whole pair, no strays."""
+    import os
+    import signal
+
+    from course_lib import paths
+
+    paths.write_with_card(tmp_path / "w.bin", b"old" * 10, tmp_path / "w.json", {"v": "old"})
+    proc = subprocess.run([sys.executable, "-c", _PAIR_WRITER, str(tmp_path), when])
+    assert proc.returncode == -signal.SIGKILL
+    assert any(".pending-" in p.name for p in tmp_path.iterdir())  # what the dead writer left
+    card = paths.read_with_card(tmp_path / "w.bin", tmp_path / "w.json")
+    data = (tmp_path / "w.bin").read_bytes()
+    if when == "mid data":
+        assert card["v"] == "old" and data == b"old" * 10
+    else:  # rolled forward: the committed card's data is put in place
+        assert card["v"] == "new" and data == b"new" * 1000
+    assert paths.sha256_file(tmp_path / "w.bin") == card["sha256"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["w.bin", "w.json"]
+    assert os.getpid()  # the reader ran in this (live) process
+
+
+def test_read_with_card_errors_name_the_files(tmp_path):
+    from course_lib import paths
+
+    paths.write_with_card(tmp_path / "w.bin", b"abc", tmp_path / "w.json", {"v": 1})
+    (tmp_path / "w.bin").write_bytes(b"abd")
+    with pytest.raises(ValueError, match=r"w\.bin does not match the sha256 in its card .*w\.json.*run me"):
+        paths.read_with_card(tmp_path / "w.bin", tmp_path / "w.json", rebuild="run me")
+    (tmp_path / "w.json").write_text('{"v": 1, "sha2')
+    with pytest.raises(ValueError, match=r"w\.json is not valid JSON"):
+        paths.read_with_card(tmp_path / "w.bin", tmp_path / "w.json")
+    (tmp_path / "w.json").write_text('{"v": 1}')
+    with pytest.raises(ValueError, match=r"w\.json has no valid 'sha256'"):
+        paths.read_with_card(tmp_path / "w.bin", tmp_path / "w.json")
+    with pytest.raises(ValueError, match="two files in one folder"):
+        paths.write_with_card(tmp_path / "w.bin", b"x", tmp_path / "w.bin", {})
+    with pytest.raises(TypeError, match="data"):
+        paths.write_with_card(tmp_path / "w.bin", "text", tmp_path / "w.json", {})

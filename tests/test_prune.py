@@ -358,7 +358,7 @@ def test_structured_requires_known_layers():
 
 @pytest.mark.parametrize("s", [-0.1, 1.0, 1.5, "0.5", True, None, float("nan")])
 def test_bad_sparsity_is_rejected(s):
-    with pytest.raises(ValueError, match=r"sparsity must be a number in \[0, 1\)"):
+    with pytest.raises(ValueError, match=r"sparsity must be a finite number in \[0, 1\)"):
         P.magnitude_mask(torch.randn(4, 4), s)
 
 

@@ -316,7 +316,7 @@ def test_reciprocal_rank_fusion_by_hand():
         rag.reciprocal_rank_fusion([[1, 1]])
     with pytest.raises(ValueError, match="non-empty"):
         rag.reciprocal_rank_fusion([])
-    with pytest.raises(ValueError, match="k must be"):
+    with pytest.raises(ValueError, match="top must be"):
         rag.reciprocal_rank_fusion([[1]], top=0)
 
 
@@ -328,8 +328,10 @@ def test_ranks_and_metrics():
     assert m == {"recall@1": 1 / 3, "recall@2": 2 / 3, "mrr": (0.5 + 1) / 3}
     with pytest.raises(ValueError, match="ranked must be"):
         rag.ranks_of(ranked, [1, 2])
-    with pytest.raises(ValueError, match="k must be"):
+    with pytest.raises(ValueError, match="ks must be"):
         rag.retrieval_metrics(ranks, ks=(0,))
+    with pytest.raises(ValueError, match="1-based"):  # 0-based ranks would give mrr = inf
+        rag.retrieval_metrics(np.array([0.0, 1.0, np.inf]))
 
 
 # --------------------------------------------------------------------------- embedders
@@ -516,7 +518,7 @@ def test_kb_refuses_mismatched_files(tmp_path, lsa, articles):
     raw = path.read_bytes()
     n = int.from_bytes(raw[:8], "little")
     meta = json.loads(raw[8 : 8 + n])["__metadata__"]
-    for key, value, match in [("version", "2", "version"), ("format", "something.else/1", "not a")]:
+    for key, value, match in [("version", "3", "version"), ("format", "something.else/1", "not a")]:
         p = tmp_path / f"{key}.safetensors"
         p.write_bytes(save(load(raw), metadata={**meta, key: value}))
         with pytest.raises(ValueError, match=match):
@@ -540,6 +542,90 @@ def test_kb_failed_save_keeps_the_old_file(tmp_path, monkeypatch, lsa, articles)
     monkeypatch.undo()
     assert path.read_bytes() == before and len(rag.KnowledgeBase.load(path, lsa)) == 5
     assert not list(tmp_path.glob(".*tmp*"))  # no half-written file left behind
+    # memory was rolled back with the file: same state, and the retry succeeds
+    assert (
+        len(kb) == 5 and articles[5].title not in kb and kb.to_bytes() == rag.KnowledgeBase.load(path, lsa).to_bytes()
+    )
+    monkeypatch.setattr(os, "replace", crash)
+    with pytest.raises(OSError, match="disk full"):
+        kb.delete(articles[0].title)
+    monkeypatch.undo()
+    assert articles[0].title in kb and kb.to_bytes() == before
+    assert [h.doc_id for h in kb.search(articles[0].extract, 3)] == [
+        h.doc_id for h in rag.KnowledgeBase.load(path, lsa).search(articles[0].extract, 3)
+    ]
+    kb.add(docs_of(articles[5:6]))
+    assert len(rag.KnowledgeBase.load(path, lsa)) == 6
+
+
+def test_kb_two_handles_never_lose_a_document(tmp_path, lsa, articles):
+    path = tmp_path / "kb.safetensors"
+    a = rag.KnowledgeBase.open(path, lsa)
+    b = rag.KnowledgeBase.open(path, lsa)  # both see no file yet
+    a.add(docs_of(articles[:2]))
+    with pytest.raises(rag.StaleKnowledgeBaseError, match="Reload"):
+        b.add(docs_of(articles[2:3]))
+    assert articles[2].title not in b and len(b) == 0  # b's memory rolled back too
+    b = rag.KnowledgeBase.open(path, lsa)  # reload, then the change goes through
+    b.add(docs_of(articles[2:3]))
+    with pytest.raises(rag.StaleKnowledgeBaseError):
+        a.delete(articles[0].title)
+    assert articles[0].title in a
+    on_disk = rag.KnowledgeBase.load(path, lsa)
+    assert list(on_disk.docs) == [x.title for x in articles[:3]]  # every committed document kept
+    a = rag.KnowledgeBase.open(path, lsa)
+    a.delete(articles[0].title)
+    assert list(rag.KnowledgeBase.load(path, lsa).docs) == [x.title for x in articles[1:3]]
+    # a plain save over a file this handle never saw is an ordinary overwrite (re-running a notebook cell)
+    fresh = rag.KnowledgeBase(lsa)
+    fresh.add(docs_of(articles[5:6]))
+    fresh.save(path)
+    fresh.add(docs_of(articles[6:7]))
+    fresh.save(path)
+    assert len(rag.KnowledgeBase.load(path, lsa)) == 2
+
+
+def test_kb_checksum_covers_the_settings(tmp_path, lsa, articles):
+    from safetensors.torch import load, save
+
+    kb = rag.KnowledgeBase(lsa, chunk_words=30)
+    kb.add(docs_of(articles[:3]))
+    raw = kb.save(tmp_path / "kb.safetensors").read_bytes()
+    n = int.from_bytes(raw[:8], "little")
+    meta = json.loads(raw[8 : 8 + n])["__metadata__"]
+    for key, value in [("config", meta["config"].replace('"k1": 1.2', '"k1": 1.9')), ("n_docs", "4")]:
+        assert value != meta[key]
+        p = tmp_path / f"{key}.safetensors"
+        p.write_bytes(save(load(raw), metadata={**meta, key: value}))
+        with pytest.raises(ValueError, match="sha256"):
+            rag.KnowledgeBase.load(p, lsa)
+
+
+def test_kb_single_byte_flips_never_load_silently(tmp_path, lsa, articles):
+    """Flip single bytes all over a small file: each load raises ValueError or gives the same base."""
+    kb = rag.KnowledgeBase(lsa, chunk_words=12, chunk_overlap=1, k1=1.4, b=0.7)
+    kb.add([rag.Document("a", "A", "One river. It flows north."), rag.Document("b", "B", "A tower in a town.")])
+    raw = kb.save(tmp_path / "kb.safetensors").read_bytes()
+    want = kb.to_bytes()
+    rng = np.random.default_rng(0)
+    offsets = np.unique(np.concatenate([np.arange(min(len(raw), 400)), rng.integers(0, len(raw), 300)]))
+    p = tmp_path / "flip.safetensors"
+    outcomes = Counter()
+    for off in offsets.tolist():
+        for mask in (0x01, 0xFF):
+            bad = bytearray(raw)
+            bad[off] ^= mask
+            p.write_bytes(bytes(bad))
+            try:
+                back = rag.KnowledgeBase.load(p, lsa)
+            except ValueError:
+                outcomes["refused"] += 1
+                continue
+            assert back.to_bytes() == want and back.config == kb.config, (
+                f"byte {off} ^ {mask:#x} loaded a different base"
+            )
+            outcomes["identical"] += 1
+    assert outcomes["refused"] > 0.9 * sum(outcomes.values())
 
 
 # --------------------------------------------------------------------------- the reader

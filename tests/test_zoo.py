@@ -1,4 +1,5 @@
 import json
+import shutil
 
 import pytest
 import torch
@@ -28,13 +29,133 @@ def test_zoo_size_budget():
     assert total <= 25e6, f"committed zoo data is {total / 1e6:.1f} MB"
 
 
-def test_corrupt_checkpoint_is_refused(tmp_path, monkeypatch):
-    bad = tmp_path / "tiny.safetensors"
-    raw = zoo.checkpoint_path("tiny").read_bytes()
-    bad.write_bytes(raw[:-10] + b"0123456789")
-    monkeypatch.setattr(zoo, "checkpoint_path", lambda name: bad)
-    with pytest.raises(ValueError, match="sha256"):
+@pytest.fixture
+def zoo_copy(tmp_path, monkeypatch):
+    """A private ZOO_DIR holding a copy of the tiny patient, its tokenizer and the manifest."""
+    from course_lib import paths
+
+    for name in ("tiny.safetensors", "tiny.json", "tokenizer-4096.json", "MANIFEST.json"):
+        shutil.copy(paths.ZOO_DIR / name, tmp_path / name)
+    monkeypatch.setattr(paths, "ZOO_DIR", tmp_path)
+    monkeypatch.setattr(paths, "MANIFEST_PATH", tmp_path / "MANIFEST.json")
+    return tmp_path
+
+
+def _flip(path, at):
+    raw = bytearray(path.read_bytes())
+    raw[at] ^= 1
+    path.write_bytes(bytes(raw))
+
+
+def test_corrupt_checkpoint_is_refused(zoo_copy):
+    zoo.load("tiny")  # the copy is good
+    _flip(zoo_copy / "tiny.safetensors", -100)  # one bit of a weight
+    with pytest.raises(ValueError, match=r"tiny\.safetensors.*sha256.*python -m course_lib\.build zoo build tiny"):
         zoo.load("tiny")
+
+
+def test_card_and_checkpoint_must_agree(zoo_copy):
+    """Both files match the manifest, but the card names another checkpoint: refused, naming both."""
+    from course_lib import paths
+
+    card = json.loads((zoo_copy / "tiny.json").read_text())
+    card["sha256"] = "0" * 64
+    (zoo_copy / "tiny.json").write_text(json.dumps(card))
+    paths.record_artefact(zoo_copy / "tiny.json", rebuild=zoo.rebuild_command("tiny"))
+    with pytest.raises(
+        ValueError, match=r"tiny\.safetensors does not match the sha256 in its card .*tiny\.json.*zoo build tiny"
+    ):
+        zoo.load("tiny")
+
+
+@pytest.mark.parametrize("damage", ["truncated", "no sha256", "not a dict"])
+def test_bad_card_is_a_clear_value_error(zoo_copy, damage):
+    from course_lib import paths
+
+    path = zoo_copy / "tiny.json"
+    text = path.read_text()
+    card = json.loads(text)
+    del card["sha256"]
+    path.write_text(
+        {"truncated": text[: len(text) // 2], "no sha256": json.dumps(card), "not a dict": "[1, 2]"}[damage]
+    )
+    paths.record_artefact(path, rebuild=zoo.rebuild_command("tiny"))  # the manifest agrees: the card itself is bad
+    with pytest.raises(ValueError, match=r"tiny\.json (is not valid JSON|has no valid 'sha256').*zoo build tiny"):
+        zoo.load("tiny")
+    with pytest.raises(ValueError, match=r"tiny\.json"):
+        zoo.card("tiny")
+
+
+def test_rebuilt_pair_loads_and_second_load_hashes_nothing(zoo_copy, monkeypatch):
+    """write_patient writes checkpoint + card + manifest entries that load back; hashes are cached per process."""
+    from course_lib import paths
+
+    p = zoo.load("tiny")
+    with torch.no_grad():
+        p.model.embed.weight[0, 0] += 1
+    card = zoo.write_patient("tiny", p.model, {**p.meta, "note": "rebuilt"})
+    q = zoo.load("tiny")
+    assert q.meta["note"] == "rebuilt" and q.meta["sha256"] == card["sha256"] != p.meta["sha256"]
+    assert torch.equal(q.model.embed.weight, p.model.embed.weight)
+    calls = []
+    monkeypatch.setattr(paths, "sha256_file", lambda path: calls.append(path))
+    zoo.load("tiny")
+    assert calls == []
+    assert sorted(f.name for f in zoo_copy.iterdir()) == [
+        "MANIFEST.json",
+        "tiny.json",
+        "tiny.safetensors",
+        "tokenizer-4096.json",
+    ]
+
+
+_WRITER = """
+import sys, pathlib, torch
+from course_lib import paths, zoo
+d = pathlib.Path(sys.argv[1])
+paths.ZOO_DIR, paths.MANIFEST_PATH = d, d / "MANIFEST.json"
+p = zoo.load("tiny", verify=False)
+print("ready", flush=True)
+i = 0
+while True:
+    i += 1
+    with torch.no_grad():
+        p.model.embed.weight[0, 0] += 1
+    zoo.write_patient("tiny", p.model, {**p.meta, "iteration": i})
+"""
+
+
+def test_killed_patient_writer_leaves_a_consistent_pair(zoo_copy):
+    """SIGKILL zoo.write_patient at random moments: the checkpoint always matches its card, no stray files.
+
+    ``COURSE_KILLS`` sets how many kills (default 4, to keep the file fast); the closing note used 20.
+    """
+    import os
+    import random
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from course_lib import paths
+
+    rng = random.Random(0)
+    kills = int(os.environ.get("COURSE_KILLS", "4"))
+    for _ in range(kills):
+        proc = subprocess.Popen([sys.executable, "-c", _WRITER, str(zoo_copy)], stdout=subprocess.PIPE, text=True)
+        assert proc.stdout.readline().strip() == "ready"
+        time.sleep(rng.uniform(0.05, 0.6))
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+        proc.stdout.close()
+        card = paths.read_with_card(zoo_copy / "tiny.safetensors", zoo_copy / "tiny.json")  # finishes a committed write
+        assert paths.sha256_file(zoo_copy / "tiny.safetensors") == card["sha256"]
+        files = sorted(f.name for f in zoo_copy.iterdir())
+        assert files == ["MANIFEST.json", "tiny.json", "tiny.safetensors", "tokenizer-4096.json"], files
+    try:  # a kill after the pair but before the manifest update leaves the manifest behind: rebuild says so
+        zoo.load("tiny")
+    except ValueError as e:
+        assert "python -m course_lib.build zoo build tiny" in str(e)
 
 
 def test_bad_names():

@@ -9,6 +9,9 @@ experiments module defines
 * ``OUTPUTS`` — the zoo_data files it writes;
 * ``main(argv)`` — its command line.
 
+A module that stores nothing defines no ``OUTPUTS`` and is not a build: ``hardware.py``
+holds chapter 11's live measurement runs, which the chapter repeats on every machine.
+
 ``python -m course_lib.build --list`` lists every build; ``python -m course_lib.build moe``
 runs one (labml keeps a Switch Transformer's ``experiment.py`` beside its ``__init__.py``
 the same way).

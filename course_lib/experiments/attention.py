@@ -34,7 +34,7 @@ from course_lib.attention import (
 )
 from course_lib.measure import interleaved, peak_memory
 from course_lib.model import TinyLM
-from course_lib.paths import ZOO_DIR, atomic_write_bytes, cache_dir
+from course_lib.paths import ZOO_DIR, atomic_write_bytes, cache_dir, record_artefact, zoo_file
 from course_lib.train import evaluate, train
 
 #: what ``python -m course_lib.build attention`` writes into course_lib/zoo_data/
@@ -243,12 +243,13 @@ def build(names: list[str] | None = None, *, progress: bool = True) -> dict | No
         "command": "python -m course_lib.build attention",
     }
     atomic_write_bytes(ZOO_DIR / QUALITY_FILE, (json.dumps(out, indent=1) + "\n").encode())
+    record_artefact(ZOO_DIR / QUALITY_FILE, rebuild="python -m course_lib.build attention")
     return out
 
 
 def load_quality() -> dict:
     """The precomputed full-vs-window training results (``python -m course_lib.build attention``)."""
-    path = ZOO_DIR / QUALITY_FILE
+    path = zoo_file(QUALITY_FILE)
     if not path.is_file():
         raise FileNotFoundError(f"{path} is missing; build it with:  python -m course_lib.build attention")
     return json.loads(path.read_text())

@@ -29,7 +29,8 @@ from safetensors import safe_open
 
 from course_lib import data, encoder, fingerprint
 from course_lib.cascade import HEAD_WEIGHT_DECAY, MINI_TOKENS, head_predictions, topic_task
-from course_lib.paths import ZOO_DIR, atomic_write_bytes, cache_dir, safetensors_bytes
+from course_lib.checks import check_choice
+from course_lib.paths import ZOO_DIR, atomic_write_bytes, cache_dir, record_artefact, safetensors_bytes, zoo_file
 
 #: what ``python -m course_lib.build cascade`` writes into course_lib/zoo_data/
 OUTPUTS = ("cascade_logits.safetensors",)
@@ -93,6 +94,7 @@ def build() -> dict:
     )
     blob = safetensors_bytes(tensors, meta)
     atomic_write_bytes(logits_path(), blob)
+    record_artefact(logits_path(), rebuild=COMMAND)
     meta["sha256"] = hashlib.sha256(blob).hexdigest()
     meta["bytes"] = str(len(blob))
     return meta
@@ -101,12 +103,11 @@ def build() -> dict:
 def precomputed_logits(name: str) -> np.ndarray:
     """(N, 12) logits of ``mini32`` or ``minilm`` (row i = ``data.load_articles()[i]``),
     laid out like :func:`course_lib.cascade.head_predictions` returns them."""
-    if name not in PRECOMPUTED:
-        raise ValueError(f"name must be one of {sorted(PRECOMPUTED)}, got {name!r}")
+    check_choice("name", name, sorted(PRECOMPUTED))
     path = logits_path()
     if not path.is_file():
         raise FileNotFoundError(f"no {path.name}; build it with:  {COMMAND}")
-    with safe_open(str(path), framework="pt") as f:
+    with safe_open(str(zoo_file(path.name)), framework="pt") as f:
         meta = f.metadata()
         logits = f.get_tensor(name)
     if meta.get("corpus_sha256") != data.CORPUS_SHA256 or int(meta["n"]) != len(data.load_articles()):
@@ -120,7 +121,7 @@ def stored_machine() -> dict | None:
     path = logits_path()
     if not path.is_file():
         return None
-    with safe_open(str(path), framework="pt") as f:
+    with safe_open(str(zoo_file(path.name)), framework="pt") as f:
         raw = f.metadata().get("machine")
     return json.loads(raw) if raw else None
 

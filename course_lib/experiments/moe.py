@@ -46,7 +46,7 @@ from course_lib.moe import (
     routing_profile,
     token_routing,
 )
-from course_lib.paths import ZOO_DIR, atomic_write_bytes, cache_dir
+from course_lib.paths import ZOO_DIR, atomic_write_bytes, cache_dir, record_artefact, zoo_file
 from course_lib.train import TrainConfig, evaluate, save_checkpoint, train
 from course_lib.viz import HEATMAP_SCALE, PALETTE, figure, use_style
 
@@ -179,6 +179,8 @@ def build(
             "runs": {m: runs[m] for m in RUNS if m in runs},
         }
         atomic_write_bytes(path, (json.dumps(result, separators=(",", ":")) + "\n").encode())
+        if path.resolve().parent == ZOO_DIR.resolve():
+            record_artefact(path, rebuild="python -m course_lib.build moe")
 
     t0 = time.perf_counter()
     if jobs == 1:
@@ -205,7 +207,7 @@ def build(
 
 def load_runs(path: Path | None = None) -> dict:
     """The precomputed runs (``python -m course_lib.build moe`` writes them)."""
-    path = Path(path) if path is not None else ZOO_DIR / RUNS_FILE
+    path = Path(path) if path is not None else zoo_file(RUNS_FILE)
     if not path.is_file():
         raise FileNotFoundError(f"{path} is missing; build it with:  python -m course_lib.build moe")
     return json.loads(path.read_text())
@@ -380,7 +382,7 @@ def expert_parallel_demo(*, world_size: int = 2, n_tokens: int = 512) -> dict:
         t0 = time.perf_counter()
         mp.spawn(_ep_worker, args=(world_size, f"tcp://127.0.0.1:{port}", n_tokens, tmp), nprocs=world_size)
         wall = time.perf_counter() - t0
-        res = torch.load(Path(tmp) / "rank0.pt")
+        res = torch.load(Path(tmp) / "rank0.pt", weights_only=True)
     layer = _demo_layer()
     x = torch.randn(n_tokens, layer.d_model, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():

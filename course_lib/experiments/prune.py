@@ -25,9 +25,10 @@ import torch
 from torch import nn
 
 from course_lib import data, encoder, fingerprint, measure, zoo
+from course_lib.checks import check_int
 from course_lib.measure import weight_bytes
 from course_lib.notebook import set_seed
-from course_lib.paths import ZOO_DIR, atomic_write_bytes
+from course_lib.paths import ZOO_DIR, atomic_write_bytes, record_artefact, zoo_file
 from course_lib.prune import (
     STRUCTURED_METHODS,
     UNSTRUCTURED_METHODS,
@@ -60,8 +61,7 @@ def retrieval_pairs(n: int = 256) -> tuple[list[str], list[str]]:
 
     Query *i* is article *i*'s description, its one relevant passage is article *i*'s extract.
     """
-    if not isinstance(n, int) or n < 2:
-        raise ValueError(f"n must be an int >= 2, got {n!r}")
+    check_int("n", n, min=2)
     arts = sorted((a for a in data.articles("test") if a.description), key=lambda a: a.title)[:n]
     if len(arts) < n:
         raise ValueError(f"only {len(arts)} test articles have a description; n must be <= that")
@@ -72,8 +72,7 @@ def recall_at_k(queries: torch.Tensor, docs: torch.Tensor, k: int = 1) -> float:
     """Fraction of queries whose own document (same row) is among the ``k`` most similar."""
     if queries.shape != docs.shape:
         raise ValueError(f"queries and docs must have the same shape, got {tuple(queries.shape)}, {tuple(docs.shape)}")
-    if not isinstance(k, int) or not 1 <= k <= docs.shape[0]:
-        raise ValueError(f"k must be an int in [1, {docs.shape[0]}], got {k!r}")
+    check_int("k", k, min=1, max=docs.shape[0])
     sims = queries @ docs.T  # (Q, D) cosine similarities of unit vectors
     own = sims.diagonal()[:, None]
     rank = (sims > own).sum(1)  # documents strictly more similar than the right one
@@ -93,9 +92,9 @@ def bert_calibration(texts: Iterable[str], *, n: int = 32, max_length: int = 128
     Each is truncated to exactly ``max_length`` tokens, so the batches need no padding and
     no padding token enters the activation norms.
     """
-    for name, v in (("n", n), ("max_length", max_length), ("batch_size", batch_size)):
-        if not isinstance(v, int) or v < 1:
-            raise ValueError(f"{name} must be an int >= 1, got {v!r}")
+    check_int("n", n, min=1)
+    check_int("max_length", max_length, min=1)
+    check_int("batch_size", batch_size, min=1)
     tok = encoder.load_tokenizer()
     rows = []
     for t in texts:
@@ -402,7 +401,7 @@ def load_grid() -> dict:
     """The precomputed grid (``python -m course_lib.build prune``)."""
     if not GRID_PATH.is_file():
         raise FileNotFoundError(f"no pruning grid at {GRID_PATH}; build it with:  python -m course_lib.build prune")
-    return json.loads(GRID_PATH.read_text())
+    return json.loads(zoo_file(GRID_PATH.name).read_text())
 
 
 def build(parts: Iterable[str] | None = None, *, progress: bool = True) -> dict:
@@ -428,6 +427,7 @@ def build(parts: Iterable[str] | None = None, *, progress: bool = True) -> dict:
         )
         grid["meta"][f"{p}_seconds"] = round(time.perf_counter() - t0, 1)
         atomic_write_bytes(GRID_PATH, (json.dumps(grid, separators=(",", ":")) + "\n").encode())
+        record_artefact(GRID_PATH, rebuild="python -m course_lib.build prune")
         print(f"{p}: {grid['meta'][f'{p}_seconds']} s", flush=True)
     return load_grid()
 

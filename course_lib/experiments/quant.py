@@ -33,7 +33,8 @@ import torch
 from torch import nn
 
 from course_lib import data, encoder, fingerprint, measure, zoo
-from course_lib.paths import ZOO_DIR, atomic_write_bytes
+from course_lib.checks import check_choice
+from course_lib.paths import ZOO_DIR, atomic_write_bytes, record_artefact, zoo_file
 from course_lib.quant import convert_qat, prepare_qat, quantize_model
 from course_lib.train import TrainConfig, train
 
@@ -334,8 +335,7 @@ def build_grid(parts=("patient", "minilm"), *, log=print) -> dict:
     latency ratios.
     """
     for part in parts:
-        if part not in BUILD_PARTS:
-            raise ValueError(f"parts must be among {BUILD_PARTS}, got {part!r}")
+        check_choice("parts", part, BUILD_PARTS)
     for part in parts:
         t0 = time.perf_counter()
         if part in ("latency", "qat"):  # redo one piece of the patient part (which must exist)
@@ -365,6 +365,7 @@ def build_grid(parts=("patient", "minilm"), *, log=print) -> dict:
             "machine": machine,
         }
         atomic_write_bytes(GRID_PATH, (json.dumps(grid, indent=1) + "\n").encode())
+        record_artefact(GRID_PATH, rebuild=COMMAND)
     return grid
 
 
@@ -372,7 +373,7 @@ def load_grid() -> dict:
     """The precomputed grid (see :func:`build_grid`); raises with the build command when missing."""
     if not GRID_PATH.is_file():
         raise FileNotFoundError(f"no quantization grid at {GRID_PATH}; build it with:  {COMMAND}")
-    return json.loads(GRID_PATH.read_text())
+    return json.loads(zoo_file(GRID_PATH.name).read_text())
 
 
 def grid_point(grid: dict, model: str, method: str, bits: int, group) -> dict:

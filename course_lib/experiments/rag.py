@@ -27,11 +27,12 @@ import torch.nn.functional as F
 from safetensors import safe_open
 from tqdm.auto import tqdm
 
-from course_lib import data, encoder, fingerprint, zoo
+from course_lib import data, encoder, fingerprint, paths, zoo
+from course_lib.checks import check_choice
 from course_lib.model import TinyLM
 from course_lib.paths import ZOO_DIR, atomic_write_bytes, safetensors_bytes
 from course_lib.rag import PASSAGE_WORDS, BM25Index, MiniLMEmbedder, Reader, passage_of, reader_prompt, tokenize
-from course_lib.train import TrainConfig, load_state, lr_at, make_optimizer, read_checkpoint, save_checkpoint
+from course_lib.train import TrainConfig, checkpoint_bytes, load_state, lr_at, make_optimizer, read_checkpoint
 
 #: what ``python -m course_lib.build rag`` writes into course_lib/zoo_data/
 OUTPUTS = ("rag_reader.safetensors", "rag_reader.json", "rag_queries.safetensors")
@@ -148,8 +149,7 @@ def eval_queries(split: str = "test") -> tuple[np.ndarray, list[str]]:
 
     Rows index :func:`data.load_articles`; articles without a description are skipped.
     """
-    if split not in data.SPLITS:
-        raise ValueError(f"split must be one of {data.SPLITS}, got {split!r}")
+    check_choice("split", split, data.SPLITS)
     arts = data.load_articles()
     rows = [i for i, a in enumerate(arts) if a.description and data.split_of(a.title) == split]
     return np.asarray(rows, dtype=np.int64), [arts[i].description for i in rows]
@@ -169,7 +169,7 @@ def query_vectors(embedder, split: str = "test") -> torch.Tensor:
         return embedder.embed(texts)
     if not QUERIES_PATH.is_file():
         raise FileNotFoundError(f"no query cache at {QUERIES_PATH}; build it with:  python -m course_lib.build rag")
-    with safe_open(str(QUERIES_PATH), framework="pt") as f:
+    with safe_open(str(paths.zoo_file(QUERIES_PATH.name)), framework="pt") as f:
         meta = f.metadata()
         q, s, cached_rows = (f.get_tensor(k) for k in ("q", "scale", "rows"))
     if meta.get("corpus_sha256") != data.CORPUS_SHA256 or meta.get("split") != split:
@@ -198,6 +198,7 @@ def build_query_cache(split: str = "test") -> dict:
         "command": "python -m course_lib.build rag",
     }
     atomic_write_bytes(QUERIES_PATH, safetensors_bytes({"q": q, "scale": s, "rows": torch.as_tensor(rows)}, meta))
+    paths.record_artefact(QUERIES_PATH, rebuild="python -m course_lib.build rag")
     return meta
 
 
@@ -205,11 +206,7 @@ def load_reader(*, verify: bool = True) -> Reader:
     """The committed reader (fp16 on disk, fp32 in memory) with the course tokenizer; checks its sha256."""
     if not READER_PATH.is_file() or not READER_CARD.is_file():
         raise FileNotFoundError("the reader is not built; run:  python -m course_lib.build rag")
-    card = json.loads(READER_CARD.read_text())
-    if verify:
-        digest = hashlib.sha256(READER_PATH.read_bytes()).hexdigest()
-        if digest != card["sha256"]:
-            raise ValueError(f"{READER_PATH} has sha256 {digest}, its card says {card['sha256']}: rebuild it")
+    card = paths.zoo_pair(READER_PATH, READER_CARD, verify=verify)[1]  # manifest + card sha256, clear errors
     config, state, _ = read_checkpoint(READER_PATH)
     model = load_state(TinyLM(config), {k: v.float() for k, v in state.items()}, source=str(READER_PATH)).eval()
     tokenizer = data.get_tokenizer(config.vocab_size)
@@ -241,7 +238,7 @@ def build_reader(cfg: ReaderConfig | None = None, *, progress: bool = True) -> d
     losses = finetune_reader(reader, examples, cfg, progress=progress)
     seconds = time.perf_counter() - t0
     reader.model.half()  # stored in fp16 (half the bytes); evaluated exactly as it will be loaded
-    path = save_checkpoint(reader.model, READER_PATH, metadata={"rag_reader": asdict(cfg)})
+    blob = checkpoint_bytes(reader.model, metadata={"rag_reader": asdict(cfg)})  # written with its card below
     reader.model.float()
     arts = data.load_articles()
     test_rows, _ = eval_queries("test")
@@ -265,9 +262,9 @@ def build_reader(cfg: ReaderConfig | None = None, *, progress: bool = True) -> d
         "torch": torch.__version__,
         "machine": fingerprint.machine(),  # which CPU made train_seconds (course_lib.fingerprint)
         "command": "python -m course_lib.build rag",
-        "sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
+        "sha256": hashlib.sha256(blob).hexdigest(),
     }
-    atomic_write_bytes(READER_CARD, (json.dumps(card, indent=1) + "\n").encode())
+    paths.write_with_card(READER_PATH, blob, READER_CARD, card, rebuild="python -m course_lib.build rag")  # one unit
     return card
 
 
