@@ -58,7 +58,7 @@ execute: $(STAMP)  ## execute every notebook (cached) into build/executed; wall 
 	$(PY) scripts/execute_notebooks.py $(EXECUTE_FLAGS)
 
 book: $(STAMP) $(VENDOR_STAMP) execute  ## build the site into book/_build/html, warnings as errors
-	$(PY) scripts/article_page.py build/executed book/article_checked.md
+	$(PY) scripts/article_page.py build/executed book/article_checked.md --strict
 	$(VENV)/bin/jupyter-book build book --warningiserror --keep-going --quiet
 	$(PY) scripts/site_report.py $(HTML)
 
