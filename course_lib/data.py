@@ -156,7 +156,8 @@ def split_articles(
 
 def articles(split: str = "train") -> list[Article]:
     """Articles of one split (``train``, ``val`` or ``test``) with the default fractions."""
-    return split_articles()[check_choice("split", split, SPLITS)]
+    split = check_choice("split", split, SPLITS)  # before loading the corpus
+    return split_articles()[split]
 
 
 # --------------------------------------------------------------------------- tokenizer

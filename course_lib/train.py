@@ -112,6 +112,8 @@ class History:
 @torch.no_grad()
 def evaluate(model: TinyLM, tokens, *, seq_len: int = 128, batch_size: int = 16, max_batches: int | None = 8) -> float:
     """Mean next-token cross-entropy (nats) over consecutive windows of ``tokens``."""
+    if not callable(getattr(model, "loss", None)):
+        raise TypeError(f"model must be a TinyLM-like module with .loss(x, y), got {type(model).__name__}")
     was_training = model.training
     model.eval()
     total, n = 0.0, 0

@@ -214,6 +214,24 @@ def run_context() -> dict:
     return _CONTEXT
 
 
+def kernel_env() -> dict:
+    """The kernel's environment: figures for the book, threads that sleep, and the network guard.
+
+    ``tests/netguard_site`` on PYTHONPATH makes the kernel's Python install
+    course_lib.netguard at start-up (its sitecustomize), so a notebook that reaches the
+    network fails here as it would under pytest. Subprocesses a notebook starts inherit
+    the variable, but a non-Python one is outside the guard.
+    """
+    site = str(ROOT / "tests" / "netguard_site")
+    path = [site] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p and p != site]
+    return {
+        **os.environ,
+        "COURSE_BOOK_BUILD": "1",
+        "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE"),
+        "PYTHONPATH": os.pathsep.join(path),
+    }
+
+
 def execute(path: Path, key: str, timeout: int, *, out_dir: Path = OUT, strict: bool = False) -> dict:
     """Run one notebook (or take its passing cached run); returns its report with ``cached``."""
     out = out_dir / path.name
@@ -229,7 +247,7 @@ def execute(path: Path, key: str, timeout: int, *, out_dir: Path = OUT, strict: 
     load_start, t0 = load1(), time.perf_counter()
     error, peak, cpu = None, None, None
     try:
-        with client.setup_kernel(env={**os.environ, "COURSE_BOOK_BUILD": "1"}):
+        with client.setup_kernel(env=kernel_env()):
             try:
                 for index, cell in enumerate(nb.cells):
                     client.execute_cell(cell, index)

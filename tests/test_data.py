@@ -142,3 +142,11 @@ def test_shipped_tokenizer_is_verified(tmp_path, monkeypatch):
     (tmp_path / "tokenizer-4096.json").write_text(raw.replace('"ab"', '"ba"', 1) if '"ab"' in raw else raw[:-2] + "  ")
     with pytest.raises(ValueError, match=r"tokenizer-4096\.json.*data\.get_tokenizer\(rebuild=True\)"):
         data.get_tokenizer()
+
+
+def test_articles_checks_the_split_before_loading(monkeypatch):
+    from course_lib import data
+
+    monkeypatch.setattr(data, "split_articles", lambda: pytest.fail("loaded the corpus before checking split"))
+    with pytest.raises(ValueError, match="split must be one of"):
+        data.articles("training")

@@ -223,3 +223,13 @@ def test_doctor_calibration_fields():
     assert cal["matmuls"] == doctor.CALIBRATION_MATMULS
     assert cal["workload_cpu_s"] > 0 and cal["workload_wall_s"] > 0 and cal["stretch"] >= 1.0
     assert cal["probe_best_s"] > 0
+
+
+def test_kernels_run_with_the_network_guard_and_passive_threads(monkeypatch):
+    monkeypatch.setenv("PYTHONPATH", "/somewhere")
+    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+    env = ex.kernel_env()
+    parts = env["PYTHONPATH"].split(os.pathsep)
+    assert parts[0].endswith("tests/netguard_site") and "/somewhere" in parts
+    assert (Path(parts[0]) / "sitecustomize.py").is_file()
+    assert env["OMP_WAIT_POLICY"] == "PASSIVE" and env["COURSE_BOOK_BUILD"] == "1"

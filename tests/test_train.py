@@ -172,3 +172,12 @@ def test_checkpoint_detects_any_flipped_bit(tmp_path):
         read_checkpoint(path)
     path.write_bytes(raw)
     assert read_checkpoint(path)[2] == {"note": "x"}
+
+
+def test_evaluate_refuses_a_non_model():
+    import torch
+
+    from course_lib.train import evaluate
+
+    with pytest.raises(TypeError, match="model must be"):
+        evaluate(None, torch.zeros(1000, dtype=torch.long))
