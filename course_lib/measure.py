@@ -10,11 +10,16 @@ Every chapter, benchmark and test times code through this module, with one proto
 * **Side by side, interleaved.** Variants are timed A B C A B C ... in one run (the order
   rotating each round), so a machine that slows down mid-measurement hurts every variant
   alike, and we report *ratios* to a baseline, never absolute claims.
-* **A load probe.** Each round also times a small reference matmul. Its rate is compared
-  with the best rate this process has seen for it (this machine's roof for that shape):
-  a run where the probe ran at under 1/``NOISY_LOAD`` of its best was disturbed by other
-  work, so it is measured once more and the calmer run is kept; if it is still disturbed
-  the result says so (``Timings.noisy``) and prose generated from it can say so too.
+* **Other work, detected.** Around the run we read how much CPU time the whole machine
+  (including a hypervisor's steal) and this process used (Linux ``/proc/stat`` and
+  ``/proc/self/stat``): the difference is the cores *other* processes took meanwhile. When
+  that leaves our threads short of cores, the run is "noisy": it is measured once more and
+  the calmer run kept, and if it is still disturbed the result says so (``Timings.noisy``,
+  ``Timings.note()``), so prose generated from it can say so too. Each round also times a
+  small reference matmul (a load probe, compared with its best rate in this process); off
+  Linux that probe decides. We tried the probe alone first: on an idle 2-core machine it
+  read ×1.6–4 its best between other kernels (threads waking, caches refilled) and on a
+  busy one as little as ×1.25, so it cannot tell the two apart; the CPU accounting can.
 * **Words from numbers.** :func:`compare` and :func:`speed_phrase` turn two timings into
   "2.3× faster", "1.4× slower" or "within noise" — three ways, with the noise band taken
   from the measured spread — and :func:`growth` turns a size sweep into "flat", "grows
@@ -31,6 +36,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import math
+import os
 import re
 import statistics
 import time
@@ -93,27 +99,65 @@ class Timing:
 
 
 class Timings(dict):
-    """``{variant: Timing}`` plus how the run went: threads, load probe, noisy, re-measured."""
+    """``{variant: Timing}`` plus how the run went: threads, other work on the machine, re-measured."""
 
     threads: int = 1
     rounds: int = 0
+    others: float | None = None  # CPU cores other processes used during the run (None: unknown)
     load: float = 1.0  # probe median / the best probe time this process has seen
     remeasured: bool = False
 
     @property
     def noisy(self) -> bool:
-        """True when other work on the machine slowed this run (the probe ran > NOISY_LOAD x its best)."""
+        """True when other work competed for the cores this run's threads needed.
+
+        On Linux: other processes (and the hypervisor's steal) used more cores than were
+        left over beyond our threads, by over half a core (:func:`others_threshold`).
+        Elsewhere: the load probe ran more than NOISY_LOAD x its best.
+        """
+        if self.others is not None:
+            return self.others > others_threshold(self.threads)
         return self.load > NOISY_LOAD
 
     def note(self) -> str:
         """One line for a caption: rounds, threads, and whether the machine was busy."""
-        busy = (
-            f"; the machine was busy (probe ×{self.load:.1f} slower than its best), treat close calls as noise"
-            if self.noisy
-            else ""
-        )
+        if not self.noisy:
+            busy = ""
+        elif self.others is not None:
+            busy = f"; other processes used {self.others:.1f} CPU cores meanwhile, so treat close calls as noise"
+        else:
+            busy = f"; the machine was busy (probe ×{self.load:.1f} slower than its best), treat close calls as noise"
         threads = f"{self.threads} thread{'s' if self.threads != 1 else ''}"
         return f"median of {self.rounds} interleaved rounds, {threads}{busy}"
+
+
+# --------------------------------------------------------------------------- other work on the machine
+
+_CLK_TCK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+def _cpu_ticks() -> tuple[int, int] | None:
+    """(busy ticks of the whole machine, including steal; CPU ticks of this process), or None off Linux."""
+    try:
+        fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+        own = Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, ValueError, IndexError):
+        return None
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+    busy = sum(fields[:8]) - idle  # user nice system idle iowait irq softirq steal (guest is inside user)
+    return busy, int(own[11]) + int(own[12])  # utime + stime, all threads
+
+
+def others_threshold(threads: int) -> float:
+    """Cores other processes may use before they compete with ``threads`` of ours: the spare ones + 0.5."""
+    return max(0.5, (os.cpu_count() or 1) - threads + 0.5)
+
+
+def _others_cores(before, after, seconds: float) -> float | None:
+    if before is None or after is None or seconds <= 0:
+        return None
+    busy, own = after[0] - before[0], after[1] - before[1]
+    return max(0.0, (busy - own) / _CLK_TCK / seconds)
 
 
 # The load probe: a (64, 256) @ (256, 256) fp32 matmul, ~8 MFLOP, ~0.1-1 ms on a laptop core.
@@ -156,6 +200,7 @@ def _run(norm: dict, *, warmup: int, repeats: int, min_time: float, probe: bool)
     samples: dict[str, list[float]] = {n: [] for n in names}
     probes = []
     pfn = _probe_fn() if probe else None
+    ticks, t0 = _cpu_ticks(), time.perf_counter()
     for r in range(rounds):
         for n in names[r % len(names) :] + names[: r % len(names)]:
             samples[n].append(_time_once(norm[n][1], norm[n][0]))
@@ -163,6 +208,7 @@ def _run(norm: dict, *, warmup: int, repeats: int, min_time: float, probe: bool)
             probes.append(_time_once(pfn, None))
     out = Timings({n: Timing(s) for n, s in samples.items()})
     out.threads, out.rounds = torch.get_num_threads(), rounds
+    out.others = _others_cores(ticks, _cpu_ticks(), time.perf_counter() - t0)
     if probes:
         _PROBE["best"] = min(_PROBE["best"], min(probes))
         out.load = statistics.median(probes) / _PROBE["best"]
@@ -193,7 +239,8 @@ def interleaved(
     out = _run(norm, warmup=warmup, repeats=repeats, min_time=min_time, probe=probe)
     if probe and remeasure and out.noisy:
         again = _run(norm, warmup=0, repeats=repeats, min_time=min_time, probe=probe)
-        out = again if again.load < out.load else out
+        calmer = (again.others < out.others) if again.others is not None else (again.load < out.load)
+        out = again if calmer else out
         out.remeasured = True
     return out
 

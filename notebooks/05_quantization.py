@@ -504,12 +504,14 @@ display(
         caption=f"{M} x {K} x {N}; {t.note()}; CPU capability {cap}",
     )
 )
+others = "unknown" if t.others is None else f"{t.others:.1f}"
 busy = (
-    f"**This run was disturbed by other work** (the load probe ran ×{t.load:.1f} slower than its best"
-    f"{', even after one re-measurement' if t.remeasured else ''}; the fp32 matmul reached only {fp32_gflops:.1f} GFLOP/s), "
+    f"**This run was disturbed by other work** (other processes used {others} CPU cores meanwhile"
+    f"{', even after one re-measurement' if t.remeasured else ''}; the fp32 matmul reached {fp32_gflops:.1f} GFLOP/s), "
     "so the noise band is wider and close calls read *within noise*; re-run the cell on a quieter machine. "
     if t.noisy
-    else f"The machine was calm enough (load probe ×{t.load:.1f} its best; the fp32 matmul ran at {fp32_gflops:.1f} GFLOP/s). "
+    else f"The machine was calm enough (other processes used {others} CPU cores meanwhile; the fp32 matmul ran at "
+    f"{fp32_gflops:.1f} GFLOP/s). "
 )
 display(
     Markdown(

@@ -1,4 +1,5 @@
 import math
+import os
 import time
 
 import pytest
@@ -25,33 +26,48 @@ def test_min_time_adds_rounds_for_a_fast_function_only():
     assert slow.rounds == 3 and len(slow["s"].samples) == 3
 
 
-def test_load_probe_fields_and_note():
+def test_load_fields_and_note():
     t = measure.interleaved({"f": lambda: None}, warmup=1, repeats=5, min_time=0)
     assert t.threads == torch.get_num_threads() and t.rounds == 5
     assert t.load >= 1.0  # the probe's median over its best: never faster than its best
-    assert t.noisy == (t.load > measure.NOISY_LOAD)
-    assert t.note().startswith(f"median of {t.rounds} interleaved rounds, {t.threads} threads")
+    if t.others is not None:  # Linux: other processes' cores decide
+        assert t.others >= 0 and t.noisy == (t.others > measure.others_threshold(t.threads))
+    assert t.note().startswith(f"median of {t.rounds} interleaved rounds, {t.threads} thread")
     quiet = measure.Timings({"f": measure.Timing([1.0])})
-    quiet.rounds, quiet.threads, quiet.load = 7, 2, 1.1
+    quiet.rounds, quiet.threads, quiet.others = 7, 2, 0.1
     assert not quiet.noisy and quiet.note() == "median of 7 interleaved rounds, 2 threads"
     busy = measure.Timings({"f": measure.Timing([1.0])})
-    busy.rounds, busy.threads, busy.load = 7, 2, 3.0
-    assert busy.noisy and "busy" in busy.note() and "×3.0" in busy.note()
+    busy.rounds, busy.threads, busy.others = 7, os.cpu_count(), 1.2
+    assert busy.noisy and "1.2 CPU cores" in busy.note()
+    probe_only = measure.Timings({"f": measure.Timing([1.0])})  # off Linux: the probe decides
+    probe_only.rounds, probe_only.threads, probe_only.load = 7, 1, 3.0
+    assert probe_only.noisy and "busy" in probe_only.note() and "×3.0" in probe_only.note()
 
 
-def test_no_probe_means_no_load_reading():
+def test_others_threshold_leaves_spare_cores():
+    n = os.cpu_count()
+    assert measure.others_threshold(n) == 0.5 and measure.others_threshold(max(1, n - 2)) >= 0.5
+
+
+def _fake_busy_machine(monkeypatch):
+    """/proc/stat readings in which other processes keep every core busy."""
+    ticks = iter(range(0, 10**12, 10**7))
+    monkeypatch.setattr(measure, "_cpu_ticks", lambda: (next(ticks), 0))
+
+
+def test_no_probe_and_no_proc_means_no_reading(monkeypatch):
+    monkeypatch.setattr(measure, "_cpu_ticks", lambda: None)
     t = measure.interleaved({"f": lambda: None}, warmup=0, repeats=2, min_time=0, probe=False)
-    assert t.load == 1.0 and not t.noisy and not t.remeasured
+    assert t.load == 1.0 and t.others is None and not t.noisy and not t.remeasured
 
 
 def test_a_noisy_run_is_measured_again(monkeypatch):
-    measure.probe_best()  # measure the probe's roof once, then pretend it was impossibly fast
-    monkeypatch.setitem(measure._PROBE, "best", 1e-12)
+    _fake_busy_machine(monkeypatch)
     calls = []
     t = measure.interleaved({"f": lambda: calls.append(1)}, warmup=1, repeats=3, min_time=0)
     assert t.noisy and t.remeasured
     assert len(calls) == 1 + 3 + 3  # warm-up, the first run, the second run (no second warm-up)
-    assert "busy" in t.note()
+    assert "CPU cores" in t.note()
     once = measure.interleaved({"f": lambda: None}, warmup=1, repeats=3, min_time=0, remeasure=False)
     assert once.noisy and not once.remeasured
 
