@@ -312,6 +312,11 @@ def problems(found: dict[str, list[dict]], present: set[str]) -> list[str]:
     return bad
 
 
+def _text(s: str) -> str:
+    """Markdown-safe prose: a dollar sign is money, not the start of math."""
+    return str(s).replace("$", "\\$").replace("\n", " ")
+
+
 def page_markdown(found: dict[str, list[dict]], present: set[str], *, machine_line: str = "") -> str:
     """The book page: per section, each claim with its verdict, evidence and a link to its chapter."""
     counts = {s: 0 for s in VERDICTS}
@@ -322,7 +327,7 @@ def page_markdown(found: dict[str, list[dict]], present: set[str], *, machine_li
         "# The article, checked",
         "",
         "The course answers one article, *Beyond Scale: How AI Models Are Being Redesigned for Real-World "
-        "Efficiency*. Each row is one of its claims, quoted, with the verdict the chapter that tests it "
+        "Efficiency*. Below is each of its claims, quoted, with the verdict the chapter that tests it "
         "computed when this site was built — from the numbers measured on the build machine or from the "
         "published sources the chapter cites. Nothing on this page is typed by hand: it is collected from "
         "the executed notebooks (`scripts/article_page.py`).",
@@ -335,23 +340,23 @@ def page_markdown(found: dict[str, list[dict]], present: set[str], *, machine_li
         "",
     ]
     for section in dict.fromkeys(c.section for c in CLAIMS.values()):
-        lines += [
-            f"## {section}",
-            "",
-            "| claim | the article says | verdict | evidence | chapter |",
-            "|---|---|---|---|---|",
-        ]
+        lines += [f"## {section}", ""]
         for c in (c for c in CLAIMS.values() if c.section == section):
             got = found.get(c.id, [])
             if c.chapter not in present:
-                status, evidence, link = "chapter planned", "—", f"{c.chapter} (planned)"
+                status, evidence, where = "chapter planned", "", f"chapter {c.chapter}, not written yet"
             elif not got:
-                status, evidence, link = "no verdict recorded", "—", c.chapter
+                status, evidence, where = "no verdict recorded", "", f"chapter {c.chapter}"
             else:
                 v = got[0]
-                status, evidence = f"**{v['status']}**", v["evidence"]
-                link = f"{{doc}}`{v['notebook'][:-6]} <notebooks/{v['notebook'][:-6]}>`"
-            cells = [c.id, f"“{c.words}”", status, evidence, link]
-            lines.append("| " + " | ".join(str(x).replace("|", "\\|").replace("\n", " ") for x in cells) + " |")
-        lines.append("")
+                status, evidence = v["status"], v["evidence"]
+                where = f"{{doc}}`chapter {c.chapter} <notebooks/{v['notebook'][:-6]}>`"
+            # one block per claim (a table does not fit a phone); "$" is text here, not math
+            lines += [
+                f"**{c.id} · {status}** ({where})",
+                "",
+                f"> “{_text(c.words)}”",
+                "",
+                *([_text(evidence), ""] if evidence else []),
+            ]
     return "\n".join(lines).replace("\n\n\n", "\n\n")

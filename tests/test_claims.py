@@ -70,7 +70,7 @@ def test_collect_problems_and_page(tmp_path):
     page = claims.page_markdown(found, {"05", "06", "08"}, machine_line="AMD EPYC · AVX2 only")
     assert page.startswith("# The article, checked")
     assert "chapter planned" in page and "no verdict recorded" in page
-    assert "{doc}`05_quantization <notebooks/05_quantization>`" in page
+    assert "{doc}`chapter 05 <notebooks/05_quantization>`" in page
     assert "AMD EPYC · AVX2 only" in page
 
 
