@@ -965,7 +965,7 @@ print(
 assert card.ratio("moe top-2", "weight_mb") > 1.5 and abs(card.ratio("moe top-2", "gflops_per_token") - 1) < 0.02
 
 # %% [markdown]
-# **Why is the MoE patient slower at equal FLOPs?** At batch 1 these patients are so small
+# **Where does the MoE patient's time go at equal FLOPs?** At batch 1 these patients are so small
 # that an operator's arithmetic takes less time than calling it: every PyTorch operator pays
 # a roughly fixed cost (argument checks, dispatch, allocating its output) whatever its size.
 # So we count the operators one forward pass dispatches, with a `TorchDispatchMode` that
