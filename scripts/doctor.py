@@ -93,11 +93,14 @@ def _stretch(cal: dict | None) -> float | None:
         return None
 
 
+README_WALL_ROW = "| wall s |"
+
+
 def readme_reference() -> float | None:
-    """The README's idle `make course` total (sum of its "| seconds |" row), None if absent."""
+    """The README's idle `make course` total (sum of its "| wall s |" row), None if absent."""
     try:
         for line in (ROOT / "README.md").read_text().splitlines():
-            if line.startswith("| seconds |"):
+            if line.startswith(README_WALL_ROW):
                 return float(sum(float(x) for x in re.findall(r"\d+(?:\.\d+)?", line)))
     except OSError:
         pass
