@@ -1,0 +1,59 @@
+"""Chapter 11 (hardware-aware design): the checkers for its exercises."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from course_lib.exercises.core import CheckResult, run_cases
+
+
+def check_decode_attention_intensity(fn: Callable) -> CheckResult:
+    """11 — ``fn(kv_len, heads, kv_heads, head_dim, bytes_per_element)``: FLOPs per byte of one
+    decode step of attention (one new query per head attending to ``kv_len`` cached positions).
+
+    FLOPs: the two matmuls, 4 x heads x kv_len x head_dim. Bytes (fused): read q, the cached
+    K and V of the ``kv_heads`` key/value heads, write the output. Reference:
+    :func:`course_lib.hardware.attention_cost` with batch 1 and q_len 1.
+    """
+    from course_lib.hardware import attention_cost
+
+    dtypes = {4: "fp32", 2: "fp16", 1: "int8"}
+    cases = []
+    for kv_len, heads, kv_heads, head_dim in [(4096, 32, 32, 128), (4096, 32, 8, 128), (100, 6, 2, 32), (1, 4, 1, 8)]:
+        for b in (4, 2, 1):
+            cost = attention_cost(
+                batch=1, heads=heads, q_len=1, kv_len=kv_len, head_dim=head_dim, kv_heads=kv_heads, dtype=dtypes[b]
+            )
+            kw = dict(kv_len=kv_len, heads=heads, kv_heads=kv_heads, head_dim=head_dim, bytes_per_element=b)
+            cases.append((kw, cost.intensity))
+    return run_cases("11 · decode attention intensity", fn, cases, rel=1e-9)
+
+
+def check_ridge_batch(fn: Callable) -> CheckResult:
+    """11 — ``fn(k, n, peak_flops, bandwidth, bytes_per_element)``: the smallest batch m that makes
+    an (m, k) @ (k, n) matmul compute-bound on a machine with those roofs (None if none up to k·n does).
+
+    Reference: the first m whose :func:`course_lib.hardware.matmul_cost` intensity reaches
+    the ridge point ``peak_flops / bandwidth``, found by search.
+    """
+    from course_lib.hardware import matmul_cost
+
+    def reference(k, n, peak, bw, b):
+        ridge, dtype = peak / bw, {4: "fp32", 2: "fp16"}[b]
+        lo, hi = 1, k * n
+        if matmul_cost(hi, k, n, dtype=dtype).intensity < ridge:
+            return None
+        while lo < hi:  # intensity grows with m: bisect for the first m that reaches the ridge
+            mid = (lo + hi) // 2
+            lo, hi = (mid + 1, hi) if matmul_cost(mid, k, n, dtype=dtype).intensity < ridge else (lo, mid)
+        return lo
+
+    machines = [(50e9, 10e9), (1e12, 100e9), (989e12, 3.35e12), (20e9, 40e9)]  # the last: ridge below 1
+    cases = [
+        (dict(k=k, n=n, peak_flops=p, bandwidth=bw, bytes_per_element=b), reference(k, n, p, bw, b))
+        for k, n in [(4096, 4096), (4096, 14336), (192, 512)]
+        for p, bw in machines
+        for b in (4, 2)
+    ]
+    cases.append((dict(k=64, n=64, peak_flops=1e15, bandwidth=1e9, bytes_per_element=4), None))  # never compute-bound
+    return run_cases("11 · smallest compute-bound batch", fn, cases)
