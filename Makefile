@@ -25,7 +25,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
 .PHONY: help venv course execute book test test-fast lint unit determinism browser browser-deps \
-        lab bench sync constraints clean doctor stress
+        lab bench sync constraints clean doctor stress screenshots
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' Makefile | sed 's/:.*## /\t/'
@@ -48,6 +48,7 @@ $(VENDOR_STAMP): book/package.json book/package-lock.json scripts/vendor_js.py $
 	mkdir -p $(NPM_DIR) && cp book/package.json book/package-lock.json $(NPM_DIR)/
 	cd $(NPM_DIR) && npm ci --no-audit --no-fund --ignore-scripts --loglevel=error
 	$(PY) scripts/vendor_js.py
+	rm -rf $(HTML)  # Sphinx adds static files but never removes one: rebuild with the new set
 	touch $@
 
 # `make course` reports a slow notebook and never fails for it; `make test` adds --strict:
@@ -96,6 +97,14 @@ browser-deps:  ## Debian chromium for the browser tests (installs it when runnin
 
 browser: $(STAMP) browser-deps  ## the built site and a live JupyterLab, driven in chromium
 	LAB_NOTEBOOK=$(LAB_NOTEBOOK) $(PY) -m pytest -q -m browser tests/browser
+
+# A look, not only a test (issue #17): every figure of every chapter drawn in chromium at a
+# laptop's and a phone's width, with the legibility report beside the PNGs.
+SHOTS := build/screenshots/figures
+screenshots: $(STAMP) browser-deps execute  ## every figure at 1280 and 390 px -> build/screenshots/figures, with report.txt
+	rm -rf $(SHOTS) && mkdir -p $(SHOTS)
+	$(PY) scripts/figure_check.py --exit-zero --shots $(SHOTS) --json $(SHOTS)/report.json \
+	  $(sort $(wildcard build/executed/[0-9][0-9]_*.ipynb)) | tee $(SHOTS)/report.txt
 
 sync: $(STAMP)  ## re-pair notebooks after editing the .py sources
 	$(VENV)/bin/jupytext --sync notebooks/[0-9][0-9]_*.py

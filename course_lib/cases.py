@@ -725,7 +725,8 @@ def comparison_figure(
     context: int = 1024,
 ):
     """The widget's pure builder: decode tokens/s of every compared model (log scale) on one device kind,
-    the chosen model highlighted; the title gives its tokens/s, $/M tokens, J/token and whether it fits."""
+    the chosen model highlighted; the title gives its tokens/s, the line under it US$/M tokens, J/token and
+    whether it fits."""
     from course_lib import viz
 
     machines = {h100().name: h100()} if machines is None else machines
@@ -737,15 +738,20 @@ def comparison_figure(
     fit = (
         f"fits on {e.devices} device{'s' if e.devices > 1 else ''}" if e.fits else f"does not fit ({e.devices} needed)"
     )
-    title = (
-        f"{COMPARED[model]}, {dtype}, batch {batch_size} on {hardware}: {e.tokens_per_s:,.3g} tokens/s "
-        f"({e.bound}-bound), ${e.usd_per_million:,.3g}/M tokens, {e.joules_per_token:,.3g} J/token, {fit}"
+    tps = f"{e.tokens_per_s:,.0f}" if e.tokens_per_s >= 100 else f"{e.tokens_per_s:.3g}"
+    # A short title (it must not clip on a phone); the cost figures go in a line under it, which
+    # viz.tidy wraps like a subplot title. "US$", not a bare dollar sign (the book reads $…$ as math).
+    title = f"{COMPARED[model]}, {dtype}, batch {batch_size}: {tps} tokens/s on {hardware}"
+    detail = (
+        f"{e.bound}-bound, {fit}<br>US${e.usd_per_million:,.3g} per million tokens, {e.joules_per_token:,.3g} J/token"
     )
     fig = viz.figure(
         title_text=title,
         xaxis=dict(title="decode tokens/s, upper bound (log scale)", type="log"),
-        height=380,
-        margin=dict(l=130),
+        height=400,
+    )
+    fig.add_annotation(
+        text=detail, x=0.5, y=1.0, xref="paper", yref="paper", xanchor="center", yanchor="bottom", showarrow=False
     )
     names = list(COMPARED)
     colours = [viz.PALETTE[1] if m == model else (viz.PALETTE[0] if ests[m].fits else "#BBBBBB") for m in names]

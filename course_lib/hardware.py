@@ -500,6 +500,58 @@ def place(cost: OpCost, seconds: float, roof: Roofline) -> Placement:
 # --------------------------------------------------------------------------- the figure
 
 
+_SIDES = (
+    "top center",
+    "bottom center",
+    "middle right",
+    "middle left",
+    "top right",
+    "bottom left",
+    "top left",
+    "bottom right",
+)
+
+
+def _label_sides(xs, ys, labels, *, x_range, y_range, width_px=300.0, height_px=330.0, font_px=10.0) -> list[str]:
+    """A text position for each point's label so that labels and markers do not overlap (greedy, log-log axes).
+
+    Positions are estimated in pixels for a narrow plot area (a phone's column), where crowding
+    is worst: a label is about 0.62 x ``font_px`` per character wide and 1.5 x ``font_px`` high,
+    placed 7 px from its marker. Each label, in order of intensity, takes the first side of
+    :data:`_SIDES` that touches no marker, no label already placed and no edge of the plot (else
+    the least crowded).
+    """
+
+    def to_px(v, rng, size):
+        a, b = math.log10(rng[0]), math.log10(rng[1])
+        return (math.log10(v) - a) / (b - a) * size if b > a else size / 2
+
+    pts = [(to_px(x, x_range, width_px), height_px - to_px(y, y_range, height_px)) for x, y in zip(xs, ys)]
+    boxes = [(px - 5, py - 5, px + 5, py + 5) for px, py in pts]  # the markers
+
+    def box(i, side):
+        (px, py), w, h = pts[i], 0.62 * font_px * len(labels[i]), 1.5 * font_px
+        vert, horiz = side.split()
+        x0 = {"center": px - w / 2, "right": px + 7, "left": px - 7 - w}[horiz]
+        y0 = {"top": py - 7 - h, "bottom": py + 7, "middle": py - h / 2}[vert]
+        return (x0, y0, x0 + w, y0 + h)
+
+    def overlap(a, b):
+        return max(0.0, min(a[2], b[2]) - max(a[0], b[0])) * max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+
+    def outside(a):  # area of a label that leaves the plot (it would be cut by the panel)
+        inside = max(0.0, min(a[2], width_px) - max(a[0], 0.0)) * max(0.0, min(a[3], height_px) - max(a[1], 0.0))
+        return (a[2] - a[0]) * (a[3] - a[1]) - inside
+
+    sides = [""] * len(xs)
+    for i in sorted(range(len(xs)), key=lambda j: (xs[j], ys[j])):
+        costs = [(sum(overlap(box(i, s), b) for b in boxes) + outside(box(i, s)), k, s) for k, s in enumerate(_SIDES)]
+        _, _, best = min(costs)
+        sides[i] = best
+        boxes.append(box(i, best))
+    return sides
+
+
 def roofline_figure(
     roof: Roofline,
     placements: list[Placement] = (),
@@ -524,7 +576,7 @@ def roofline_figure(
     xs = [lo * (hi / lo) ** (i / 200) for i in range(201)]
     fig = figure(
         title_text=title or f"Roofline of this machine ({roof.device})",
-        xaxis=dict(type="log", title="arithmetic intensity (FLOPs per byte moved)"),
+        xaxis=dict(type="log", title="FLOPs per byte moved"),
         yaxis=dict(type="log", title="GFLOP/s (int8: GOP/s)"),
         height=520,
         hovermode="closest",
@@ -535,17 +587,28 @@ def roofline_figure(
             x=xs,
             y=ys,
             mode="lines",
-            name=f"roof {d}: {roof.peak(d) / 1e9:,.1f} GFLOP/s, ridge {roof.ridge(d):.3g} FLOP/B",
+            name=f"roof {d}: {roof.peak(d) / 1e9:,.0f} GFLOP/s",  # short: the legend must not crowd the plot
             line=dict(color=PALETTE[i % len(PALETTE)], width=2, dash="solid" if d == "fp32" else "dash"),
-            hoverinfo="skip",
+            hovertemplate=(
+                f"<b>{d} roof</b><br>peak {roof.peak(d) / 1e9:,.1f} GFLOP/s, ridge {roof.ridge(d):.3g} FLOP/B"
+                "<br>intensity %{x:.3g} FLOP/B: at most %{y:,.2f} GFLOP/s<extra></extra>"
+            ),
         )
     if placements:
+        all_y = [y for tr in fig.data for y in tr.y] + [p.achieved / 1e9 for p in placements]
+        sides = _label_sides(
+            [p.intensity for p in placements],
+            [p.achieved / 1e9 for p in placements],
+            [p.name for p in placements],
+            x_range=(lo, hi),
+            y_range=(min(v for v in all_y if v > 0), max(all_y)),
+        )
         fig.add_scatter(
             x=[p.intensity for p in placements],
             y=[p.achieved / 1e9 for p in placements],
             mode="markers+text",
             text=[p.name for p in placements],
-            textposition="top center",
+            textposition=sides,
             textfont=dict(size=10),
             name="measured ops",
             marker=dict(size=10, color=[PALETTE[3] if p.bound == "memory" else PALETTE[2] for p in placements]),
@@ -561,7 +624,7 @@ def roofline_figure(
             x=[c.intensity for c in predicted],
             y=[roof.attainable(c.intensity, c.dtype if c.dtype in roof.peaks else "fp32") / 1e9 for c in predicted],
             mode="markers",
-            name="predicted (on the roof)",
+            name="predicted",
             marker=dict(size=13, symbol="diamond-open", color=PALETTE[4], line=dict(width=2)),
             text=[c.name for c in predicted],
             customdata=[[c.shape] for c in predicted],

@@ -650,10 +650,10 @@ def budget_figure(
     n_grid = s["n_params"] * np.logspace(-1.5, 1.5, 121)
     losses = CHINCHILLA.loss(n_grid, compute / (6.0 * n_grid))
     rule_n, rule_d = tokens_per_param_rule(compute)
-    title = (
-        f"C = 1e{log10_compute:g} FLOPs → N* = {_si(s['n_params'])}, D* = {_si(s['n_tokens'])} tokens, "
-        f"loss {s['loss']:.3f}<br>${_si(s['dollars'])}, {_si(s['kwh'] / 1e3)} MWh, {_si(s['co2_kg'] / 1e3)} t CO2e "
-        f"(at ${price_per_gpu_hour:g}/GPU-h, MFU {utilization:.0%}, {grid_kg_per_kwh:g} kg/kWh)"
+    title = (  # three short lines, so the bill stays legible on a phone
+        f"1e{log10_compute:g} FLOPs → N* = {_si(s['n_params'])}, D* = {_si(s['n_tokens'])} tokens<br>"
+        f"loss {s['loss']:.3f}; US${_si(s['dollars'])}, {_si(s['kwh'] / 1e3)} MWh, {_si(s['co2_kg'] / 1e3)} t CO2e<br>"
+        f"at US${price_per_gpu_hour:g}/GPU-h, MFU {utilization:.0%}, {grid_kg_per_kwh:g} kg/kWh"
     )
     fig = viz.figure(
         title_text=title,

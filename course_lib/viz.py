@@ -12,10 +12,14 @@ Tests call the pure function. The palette is Okabe & Ito's, safe for colour-blin
 
 from __future__ import annotations
 
+import base64
+import copy
 import html
 import inspect
 import itertools
+import math
 import os
+import re
 from collections.abc import Callable
 from pathlib import Path
 
@@ -49,12 +53,646 @@ def plotly_template():
     )
 
 
+# --------------------------------------------------------------------------- figure style
+
+#: The plotly.js config every course renderer passes: no plotly logo, and no cloud
+#: "Share chart…" button (plotly.js 4 shows it unless ``showSendToCloud`` is false; offline it
+#: does nothing, online it would post the figure to a cloud service). plotly.js 4 has no
+#: "edit in Chart Studio" or "link" buttons any more, and plotly.py warns about config keys it
+#: does not know, so those keys are not passed.
+PLOTLY_CONFIG = {
+    "displaylogo": False,
+    "showSendToCloud": False,
+    "modeBarButtonsToRemove": ["sendChartToCloud", "sendDataToCloud"],
+    "responsive": True,
+}
+
+#: Width (px) a figure is laid out for when it does not set one: the book's content column.
+DEFAULT_WIDTH = 760
+DEFAULT_HEIGHT = 450
+#: Below this width (px, a phone) every legend goes under the plot; the book lays a figure
+#: out again for :data:`PHONE_WIDTH` when its column is narrower than this.
+NARROW_WIDTH = 560
+PHONE_WIDTH = 358
+#: Average glyph width in ems of a sans-serif font, on the generous side, so an estimated
+#: line is never longer than the drawn one (13–16 px system-ui averages about 0.5 em).
+CHAR_EM = 0.58
+#: Fewest pixels tidy leaves to the plot area when it grows the margins of a figure.
+MIN_PLOT_PX = 280
+#: plotly.js's own layout defaults (used when neither the figure nor its template sets a value).
+_PLOTLY_DEFAULTS = {"font.size": 12, "margin": {"l": 80, "r": 80, "t": 100, "b": 80}}
+#: Trace types that draw on x/y axes (the others have no cartesian axes).
+_NOT_CARTESIAN = {
+    "pie", "table", "sunburst", "treemap", "icicle", "sankey", "parcoords", "parcats", "indicator",
+    "funnelarea", "scatterpolar", "scatterpolargl", "barpolar", "scattergeo", "choropleth",
+    "scatter3d", "surface", "mesh3d", "cone", "streamtube", "volume", "isosurface", "scattermap",
+    "scattermapbox", "choroplethmap", "choroplethmapbox", "densitymap", "densitymapbox",
+    "scatterternary", "scattersmith",
+}  # fmt: skip
+#: Trace types that get no legend entry unless ``showlegend=True``.
+_NO_LEGEND = {
+    "heatmap", "contour", "histogram2d", "histogram2dcontour", "image", "table", "surface",
+    "parcoords", "parcats", "sankey", "indicator", "choropleth", "choroplethmap", "choroplethmapbox",
+    "densitymap", "densitymapbox", "splom", "cone", "streamtube", "volume", "isosurface", "mesh3d",
+}  # fmt: skip
+_AXIS_KEY = re.compile(r"^([xy])axis(\d*)$")
+# Spans that must stay on one line: a tag with its content (<b>…</b>, <sup>…</sup>, …),
+# a lone tag, and inline math ($…$, \(…\)).
+_ATOMIC = re.compile(r"<(\w+)\b[^>]*>.*?</\1>|<[^>]+>|\$[^$]*\$|\\\(.*?\\\)", re.S)
+_BR = re.compile(r"<br\s*/?>", re.I)
+_GLUE = {"=", "≈", "<", ">", "≤", "≥", "×", "→", "÷", "~"}
+
+
+def _visible_len(text: str) -> int:
+    """Characters a reader sees: tags dropped, an entity (``&amp;``) counts as one."""
+    return len(html.unescape(re.sub(r"<[^>]+>", "", text)))
+
+
+def wrap_text(text: str, max_chars: int) -> str:
+    """``text`` with ``<br>`` between words so no line is longer than ``max_chars`` characters.
+
+    Existing ``<br>`` stay; tags with their content (``<b>…</b>``, ``<sup>…</sup>``) and math
+    (``$…$``, ``\\(…\\)``) are never split. Idempotent: a wrapped text wraps to itself. A
+    single word longer than a line keeps its own line (splitting a word is worse).
+    """
+    if not isinstance(text, str) or not text:
+        return text
+    max_chars = max(int(max_chars), 8)
+    out = []
+    for segment in _BR.split(text):
+        # protect the spaces inside atomic spans, split into words, restore
+        protected = _ATOMIC.sub(lambda m: m.group(0).replace(" ", "\0"), segment)
+        words = [w.replace("\0", " ") for w in protected.split(" ") if w != ""]
+        # "T = 0.8" stays on one line: a lone operator glues its two neighbours
+        glued: list[str] = []
+        i = 0
+        while i < len(words):
+            if words[i] in _GLUE and glued and i + 1 < len(words):
+                glued[-1] = f"{glued[-1]} {words[i]} {words[i + 1]}"
+                i += 2
+            else:
+                glued.append(words[i])
+                i += 1
+        words = glued
+        lines, line, length = [], [], 0
+        for w in words:
+            n = _visible_len(w)
+            if line and length + 1 + n > max_chars:
+                lines.append(" ".join(line))
+                line, length = [w], n
+            else:
+                length += n + (1 if line else 0)
+                line.append(w)
+        lines.append(" ".join(line))
+        out.append("<br>".join(lines))
+    return "<br>".join(out)
+
+
+def _lines(text) -> int:
+    return len(_BR.split(text)) if isinstance(text, str) and text else 0
+
+
+def _chars_for(px: float, font_px: float) -> int:
+    return max(int(px / (font_px * CHAR_EM)), 8)
+
+
+def _text_px(text: str, font_px: float) -> float:
+    return max((_visible_len(line) for line in _BR.split(text)), default=0) * font_px * CHAR_EM
+
+
+class _Layout:
+    """Effective layout values: the figure's own, else its template's, else plotly.js's."""
+
+    def __init__(self, layout: dict):
+        self.layout = layout
+        self.template = ((layout.get("template") or {}).get("layout")) or {}
+
+    def get(self, *path, default=None):
+        for source in (self.layout, self.template):
+            node = source
+            for key in path:
+                node = node.get(key) if isinstance(node, dict) else None
+                if node is None:
+                    break
+            if node is not None:
+                return node
+        return default
+
+    def axis(self, key: str, *path, default=None):
+        """A value of axis ``key`` (e.g. ``xaxis3``), falling back to the template's ``xaxis``."""
+        node = self.layout.get(key) or {}
+        for k in path:
+            node = node.get(k) if isinstance(node, dict) else None
+            if node is None:
+                break
+        if node is not None:
+            return node
+        return self.get(key[:5], *path, default=default)
+
+    @property
+    def font(self) -> float:
+        return float(self.get("font", "size", default=_PLOTLY_DEFAULTS["font.size"]))
+
+    def margin(self, side: str) -> float:
+        return float(self.get("margin", side, default=_PLOTLY_DEFAULTS["margin"][side]))
+
+
+def _title_text(title) -> str | None:
+    if isinstance(title, str):
+        return title
+    if isinstance(title, dict):
+        return title.get("text")
+    return None
+
+
+def _set_title_text(parent: dict, key: str, max_chars: int) -> int:
+    """Wrap ``parent[key]`` (a title string or dict with ``text``); return its line count."""
+    title = parent.get(key)
+    if isinstance(title, str):
+        parent[key] = title = wrap_text(title, max_chars)
+        return _lines(title)
+    if isinstance(title, dict) and isinstance(title.get("text"), str):
+        title["text"] = wrap_text(title["text"], max_chars)
+        return _lines(title["text"])
+    return 0
+
+
+def _trace_axes(trace: dict) -> tuple[str, str] | None:
+    if trace.get("type", "scatter") in _NOT_CARTESIAN:
+        return None
+    x, y = trace.get("xaxis") or "x", trace.get("yaxis") or "y"
+    return "xaxis" + x[1:], "yaxis" + y[1:]
+
+
+def _values(trace: dict, letter: str) -> list:
+    """The ``x`` or ``y`` values of a trace as a flat list (plotly 6 stores arrays base64-encoded)."""
+    import numpy as np
+
+    v = trace.get(letter)
+    if v is None:
+        return []
+    try:
+        if isinstance(v, dict) and "bdata" in v:
+            arr = np.frombuffer(base64.b64decode(v["bdata"]), dtype=np.dtype(v["dtype"]))
+        else:
+            arr = np.asarray(v, dtype=object)
+        return [e for e in arr.ravel().tolist() if e is not None]
+    except (TypeError, ValueError):  # ragged or odd data: no values, no error
+        return []
+
+
+def _domain(lay: _Layout, key: str) -> tuple[float, float]:
+    d = lay.axis(key, "domain", default=[0.0, 1.0])
+    return float(d[0]), float(d[1])
+
+
+def _is_subplot_title(ann: dict, top_edges: set[float]) -> bool:
+    """An annotation like those ``make_subplots(subplot_titles=...)`` writes above a subplot."""
+    return (
+        ann.get("yref", "paper") == "paper"
+        and ann.get("xref", "paper") == "paper"
+        and ann.get("showarrow") is False
+        and ann.get("yanchor") == "bottom"
+        and isinstance(ann.get("y"), (int, float))
+        and any(abs(ann["y"] - e) < 1e-6 for e in top_edges)
+    )
+
+
+def _wrap_annotations(annotations, lay: _Layout, plot_w: float, x_domains: list, top_edges: set, lines: dict) -> None:
+    """Wrap subplot titles to their column; record in ``lines`` the most lines above each row."""
+    for ann in annotations or []:
+        if not isinstance(ann, dict) or not isinstance(ann.get("text"), str):
+            continue
+        if not _is_subplot_title(ann, top_edges):
+            continue
+        x = ann.get("x", 0.5)
+        widths = [b - a for a, b in x_domains if a - 1e-6 <= x <= b + 1e-6]
+        span = min(widths) if widths else 1.0
+        size = float((ann.get("font") or {}).get("size") or lay.font)
+        ann["text"] = wrap_text(ann["text"], _chars_for(span * plot_w, size))
+        edge = min(top_edges, key=lambda e: abs(e - ann["y"]))
+        lines[edge] = max(lines.get(edge, 0), _lines(ann["text"]))
+
+
+def _layout_updates(layout: dict):
+    """Layout-update dicts of slider steps and update-menu buttons (they replace titles)."""
+    for group in ("sliders", "updatemenus"):
+        for menu in layout.get(group) or []:
+            for step in (menu or {}).get("steps" if group == "sliders" else "buttons") or []:
+                args = (step or {}).get("args") or []
+                method = step.get("method", "restyle")
+                idx = {"update": 1, "relayout": 0}.get(method)
+                if idx is not None and len(args) > idx and isinstance(args[idx], dict):
+                    yield args[idx]
+
+
+def _grow_fonts(node, minimum: float = 10.0) -> None:
+    """Set every font ``size`` under ``node`` that is below ``minimum`` px to ``minimum``."""
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if key.endswith("font") and isinstance(value, dict) and "size" in value:
+                size = value["size"]
+                if isinstance(size, (int, float)) and not isinstance(size, bool) and size < minimum:
+                    value["size"] = minimum
+                elif isinstance(size, (list, tuple)):
+                    value["size"] = [max(s, minimum) if isinstance(s, (int, float)) else s for s in size]
+            if isinstance(value, (dict, list)):
+                _grow_fonts(value, minimum)
+    elif isinstance(node, list) and node and isinstance(node[0], (dict, list)):
+        for item in node:
+            _grow_fonts(item, minimum)
+
+
+def _log_ticks(axis: dict, values: list, lay_range) -> None:
+    """Ticks of a log axis: decades when the data span two or more, else a 1-2-5 series.
+
+    plotly's automatic log ticks label the minor ticks with a bare leading digit ("2", "5"),
+    which reads as a value of 2 or 5. Explicit decades (``dtick``) or explicit 1-2-5 values
+    (``tickvals``, labelled as full numbers) avoid that.
+    """
+    if any(k in axis for k in ("dtick", "tickvals", "tickmode")):
+        return
+    if lay_range and len(lay_range) == 2 and all(isinstance(v, (int, float)) for v in lay_range):
+        lo, hi = 10 ** min(lay_range), 10 ** max(lay_range)
+    else:
+        pos = [float(v) for v in values if isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0]
+        if not pos:
+            return
+        lo, hi = min(pos), max(pos)
+    first, last = math.ceil(math.log10(lo) - 1e-9), math.floor(math.log10(hi) + 1e-9)
+    decades = last - first + 1
+    if decades >= 2:
+        axis["dtick"] = max(1, math.ceil((last - first) / 8))
+        if axis["dtick"] == 1:
+            axis.setdefault("minor", {"ticks": "outside", "dtick": "D1", "showgrid": False})
+        return
+    series = [m * 10**e for e in range(first - 1, last + 2) for m in (1, 2, 5)]
+    inside = [v for v in series if lo / 1.05 <= v <= hi * 1.05]
+    if len(inside) >= 2:
+        axis["tickmode"] = "array"
+        axis["tickvals"] = inside
+        axis["ticktext"] = [f"{v:g}" for v in inside]
+
+
+def _legend_entries(data: list, layout: dict) -> tuple[int, float]:
+    """(entries, longest name in characters) the legend shows at once, over slider steps."""
+    eligible = []
+    for tr in data:
+        kind = tr.get("type", "scatter")
+        show = tr.get("showlegend")
+        eligible.append(show is True or (show is None and kind not in _NO_LEGEND))
+    visibility_sets = [[tr.get("visible", True) is not False for tr in data]]
+    for update in (layout.get("sliders") or [{}])[0].get("steps") or []:
+        args = (update or {}).get("args") or []
+        if args and isinstance(args[0], dict) and isinstance(args[0].get("visible"), list):
+            visibility_sets.append([v is not False for v in args[0]["visible"]])
+    best, longest = 0, 0.0
+    for vis in visibility_sets:
+        names, seen_groups = [], set()
+        for tr, ok, v in zip(data, eligible, vis):
+            if not (ok and v):
+                continue
+            if tr.get("type") == "pie":
+                names += [str(x) for x in tr.get("labels") or []]
+                continue
+            group = tr.get("legendgroup")
+            if group and group in seen_groups and tr.get("showlegend") is not True:
+                continue
+            seen_groups.add(group)
+            names.append(str(tr.get("name") or f"trace {len(names)}"))
+        best = max(best, len(names))
+        longest = max([longest] + [_visible_len(n) for n in names])
+    return best, longest
+
+
+def _legend_rows(names_count: int, longest: float, font: float, avail: float) -> int:
+    item = 40 + longest * font * CHAR_EM
+    per_row = max(int(avail // item), 1)
+    return math.ceil(names_count / per_row)
+
+
+def _x_tick_block(lay: _Layout, data: list, key: str, plot_w: float) -> float:
+    """Pixels the tick labels of x axis ``key`` take below the plot (rotated when crowded)."""
+    if lay.axis(key, "showticklabels", default=True) is False or lay.axis(key, "visible", default=True) is False:
+        return 0.0
+    font = float(lay.axis(key, "tickfont", "size", default=lay.font))
+    height = font * 1.3 + 10
+    labels = lay.axis(key, "ticktext")
+    if labels is None:
+        labels = []
+        for tr in data:
+            axes = _trace_axes(tr)
+            if axes and axes[0] == key:
+                labels += [v for v in _values(tr, "x") if isinstance(v, str)]
+        labels = list(dict.fromkeys(labels))
+    if not labels:
+        return height
+    widths = [_text_px(str(s), font) for s in labels]
+    a, b = _domain(lay, key)
+    spacing = (b - a) * plot_w / max(len(labels), 1)
+    if max(widths) + 6 <= spacing:
+        return height
+    if spacing >= 2.2 * font:  # plotly turns crowded labels by 30° first
+        return 0.5 * max(widths) + font + 12
+    return max(widths) + 12
+
+
+def _tidy_dict(fig: dict, width: float | None = None) -> dict:
+    fig = dict(fig)
+    layout = copy.deepcopy(fig.get("layout") or {})
+    data = [dict(tr) for tr in fig.get("data") or []]
+    lay = _Layout(layout)
+    width = float(layout.get("width") or width or DEFAULT_WIDTH)
+    given_height = layout.get("height")
+    height = float(given_height or lay.get("height", default=DEFAULT_HEIGHT))
+    t0, b0 = lay.margin("t"), lay.margin("b")
+    l0, r0 = lay.margin("l"), lay.margin("r")
+    plot_w = max(width - l0 - r0 - 20, 100.0)  # 20: room automargin may take for tick labels
+    plot_h0 = height - t0 - b0
+
+    # ---- axes: every cartesian axis in use gets automargin
+    axis_keys = {k for k in layout if _AXIS_KEY.match(k)}
+    for tr in data:
+        axes = _trace_axes(tr)
+        if axes:
+            axis_keys.update(axes)
+    if not data and not axis_keys:
+        axis_keys = {"xaxis", "yaxis"}  # an empty figure still draws one pair of axes
+    for key in sorted(axis_keys):
+        axis = layout.setdefault(key, {})
+        if not axis.get("automargin"):
+            axis["automargin"] = True
+        if lay.axis(key, "type") == "log":
+            letter = key[0]
+            vals = []
+            for tr in data:
+                axes = _trace_axes(tr)
+                if axes and axes[0 if letter == "x" else 1] == key:
+                    vals += _values(tr, letter)
+            _log_ticks(axis, vals, axis.get("range"))
+
+    # ---- subplot titles (annotations at the top edge of a y domain)
+    x_domains = [_domain(lay, k) for k in axis_keys if k.startswith("x")] or [(0.0, 1.0)]
+    top_edges = {_domain(lay, k)[1] for k in axis_keys if k.startswith("y")} or {1.0}
+    edge_lines: dict[float, int] = {}
+    _wrap_annotations(layout.get("annotations"), lay, plot_w, x_domains, top_edges, edge_lines)
+    for update in _layout_updates(layout):
+        _wrap_annotations(update.get("annotations"), lay, plot_w, x_domains, top_edges, edge_lines)
+    band_lines = edge_lines.get(max(top_edges), 0)
+
+    # ---- main title: wrapped to the width, placed at the top, above any subplot titles
+    title_font = float(lay.get("title", "font", "size", default=round(lay.font * 1.4)))
+    title_chars = _chars_for(width - 40, title_font)
+    title_lines = _set_title_text(layout, "title", title_chars)
+    for update in _layout_updates(layout):
+        for k in [k for k in update if k in ("title", "title.text")]:
+            title_lines = max(title_lines, _set_title_text(update, k, title_chars))
+    band = band_lines * 16 * 1.3 + 6 if band_lines else 0.0
+    if title_lines:
+        title = layout["title"] if isinstance(layout.get("title"), dict) else {"text": layout.get("title")}
+        layout["title"] = title
+        # Placed by tidy, which sizes the top margin itself: plotly's title.automargin pushes
+        # the margin and then shifts a multi-line title up, out of the figure (plotly.js 4.1).
+        title.update(yref="container", y=1, yanchor="top", automargin=False)
+        # plotly.js draws a multi-line title anchored at the top 0.7 em too high: pad for it.
+        title.setdefault("pad", {})["t"] = 10 + (round(0.75 * title_font) if title_lines > 1 else 0)
+        top = 10 + title_lines * title_font * 1.3 + 8 + band
+    else:
+        top = band + 10 if band else 0.0
+    t = math.ceil(max(t0, top))
+
+    # ---- on a phone, a y title repeated along a row is kept on the first column only: the
+    # columns' gap cannot hold it, and the reader has it once per row
+    if width < NARROW_WIDTH:
+        _drop_repeated_y_titles(layout, lay, axis_keys)
+
+    # ---- x-axis titles wrapped to their axis length (y-axis titles once the height is known)
+    _wrap_axis_titles(layout, lay, axis_keys, "x", plot_w)
+
+    # ---- below the plot: x tick labels and title, then the legend, then the slider
+    bottom_y = min((_domain(lay, k)[0] for k in axis_keys if k.startswith("y")), default=0.0)
+    below, row_gap_h = 0.0, 0.0
+    y_tops = sorted(_domain(lay, k)[1] for k in axis_keys if k.startswith("y"))
+    for key in axis_keys:
+        if not key.startswith("x"):
+            continue
+        anchor = lay.axis(key, "anchor", default="y")
+        ykey = "yaxis" + (anchor[1:] if anchor.startswith("y") else "")
+        block = _x_tick_block(lay, data, key, plot_w)
+        title_lines_x = _lines(_title_text(layout[key].get("title")))
+        if title_lines_x:
+            size = float(lay.axis(key, "title", "font", "size", default=round(lay.font * 1.2)))
+            block += title_lines_x * size * 1.3 + 8
+        y_bottom = _domain(lay, ykey)[0] if ykey in axis_keys else bottom_y
+        if abs(y_bottom - bottom_y) <= 1e-6:
+            below = max(below, block)
+            continue
+        # a row above another: the gap between them must hold this axis and the titles below
+        tops_below = [e for e in y_tops if e < y_bottom - 1e-6]
+        if tops_below and y_bottom - max(tops_below) > 1e-3:
+            edge = max(tops_below)
+            need = block + edge_lines.get(edge, 0) * 16 * 1.3 + 20
+            row_gap_h = max(row_gap_h, need / (y_bottom - edge))
+    below = math.ceil(below + 10)
+
+    entries, longest = _legend_entries(data, layout)
+    show_legend = layout.get("showlegend", lay.get("showlegend"))
+    legend_shown = show_legend is True or (show_legend is None and entries >= 2)
+    legend = layout.get("legend") or {}
+    move_legend = legend_shown and (entries > 3 or longest > 22 or width < NARROW_WIDTH)
+    sliders = layout.get("sliders") or []
+
+    b = math.ceil(b0)
+    legend_h = 0.0
+    if move_legend:
+        lfont = float(lay.get("legend", "font", "size", default=lay.font))
+        rows = _legend_rows(entries, longest, lfont, width - l0 - 10)
+        legend_h = rows * max(22.0, lfont * 1.85) + 10 + (lfont * 1.6 if _title_text(legend.get("title")) else 0)
+    slider_h = 0.0
+    if sliders:
+        sfont = float((sliders[0].get("font") or {}).get("size") or lay.font)
+        slider_h = (sfont * 1.4 + 10) + 28 + (sfont * 1.4 + 12) + 10  # current value, rail, labels, pad
+    if move_legend or sliders:
+        b = math.ceil(max(b0, below + (legend_h + 6 if move_legend else 0) + slider_h + 8))
+    if move_legend:
+        # Relative to the plot area (paper), not the container: with a slider, plotly grows
+        # the margin again for a container-anchored legend and the plot shrinks.
+        layout["legend"] = legend
+        legend.update(orientation="h", xref="paper", x=0, xanchor="left", yref="paper", yanchor="top")
+    if sliders:
+        for s in sliders:
+            s.setdefault("pad", {})["t"] = math.ceil(below + (legend_h + 6 if move_legend else 0))
+            s["y"], s["yanchor"] = 0, "top"
+            cv = s.setdefault("currentvalue", {})
+            cv.setdefault("xanchor", "left")
+            cv["offset"] = 8
+            _hide_crowded_step_labels(s, lay, plot_w)
+
+    # ---- tables: tall enough for every row
+    table_h = _table_height(data, lay, width - l0 - r0)
+    new_height = height
+    if table_h is not None:
+        new_height = t + b + table_h
+    else:
+        # the plot keeps its room (up to MIN_PLOT_PX) and stacked rows their gaps
+        new_height = max(height, t + b + min(MIN_PLOT_PX, plot_h0), t + b + min(row_gap_h, 1200.0))
+    # a legend placed in plot units assumes the height it was computed for: pin it
+    if new_height != height or given_height is not None or move_legend or sliders:
+        layout["height"] = math.ceil(new_height)
+    if move_legend:
+        legend["y"] = -round(below / (layout.get("height", height) - t - b), 4)
+
+    _wrap_axis_titles(layout, lay, axis_keys, "y", layout.get("height", height) - t - b)
+    margin = layout.setdefault("margin", {})
+    pinned = move_legend or sliders or table_h is not None  # positions computed from these margins
+    if t != t0 or pinned:
+        margin["t"] = t
+    if b != b0 or pinned:
+        margin["b"] = b
+
+    _grow_fonts(layout)
+    for i, tr in enumerate(data):
+        if any(k.endswith("font") for k in tr) or tr.get("type") == "table":
+            data[i] = copy.deepcopy(tr)
+            _grow_fonts(data[i])
+    fig["layout"], fig["data"] = layout, data
+    return fig
+
+
+def _drop_repeated_y_titles(layout: dict, lay: _Layout, axis_keys) -> None:
+    rows: dict[tuple[float, float], list[tuple[float, str]]] = {}
+    for key in axis_keys:
+        if key[0] != "y" or _title_text(layout[key].get("title")) is None:
+            continue
+        anchor = lay.axis(key, "anchor", default="x")
+        xkey = "xaxis" + (anchor[1:] if anchor.startswith("x") else "")
+        rows.setdefault(_domain(lay, key), []).append((_domain(lay, xkey)[0], key))
+    for members in rows.values():
+        members.sort()
+        first = _title_text(layout[members[0][1]].get("title"))
+        for _, key in members[1:]:
+            if _title_text(layout[key].get("title")) == first:
+                layout[key]["title"] = (
+                    {**layout[key]["title"], "text": ""} if isinstance(layout[key]["title"], dict) else ""
+                )
+
+
+def _wrap_axis_titles(layout: dict, lay: _Layout, axis_keys, letter: str, plot_px: float) -> None:
+    """Wrap the titles of the ``letter`` axes (and their slider-step versions) to the axis length."""
+    for key in sorted(k for k in axis_keys if k[0] == letter):
+        a, b = _domain(lay, key)
+        size = float(lay.axis(key, "title", "font", "size", default=round(lay.font * 1.2)))
+        # 0.85: a rotated y title longer than its axis makes plotly push both margins, which
+        # shortens the axis further; keep a y title well inside the estimated length.
+        chars = _chars_for((b - a) * max(plot_px, 100.0) * (0.85 if letter == "y" else 1.0), size)
+        if isinstance(layout[key].get("title"), (str, dict)):
+            _set_title_text(layout[key], "title", chars)
+        for update in _layout_updates(layout):
+            for k in (f"{key}.title", f"{key}.title.text"):
+                if k in update:
+                    _set_title_text(update, k, chars)
+
+
+def _hide_crowded_step_labels(slider: dict, lay: _Layout, plot_w: float) -> None:
+    """Step labels that would run into each other are drawn transparent (the current value shows)."""
+    steps = slider.get("steps") or []
+    if len(steps) < 2:
+        return
+    font = float((slider.get("font") or {}).get("size") or lay.font)
+    spacing = float(slider.get("len", 1.0)) * plot_w / (len(steps) - 1)
+    widest = max(_text_px(str(s.get("label", "")), font) for s in steps)
+    if widest + 8 <= spacing:
+        return
+    color = (slider.get("font") or {}).get("color") or lay.get("font", "color", default="#444")
+    slider.setdefault("currentvalue", {}).setdefault("font", {}).setdefault("color", color)
+    slider.setdefault("font", {})["color"] = "rgba(0,0,0,0)"
+
+
+def _table_height(data: list, lay: _Layout, table_w: float) -> float | None:
+    """Pixels a figure of plotly tables needs to show every row (None: no table)."""
+    tables = [tr for tr in data if tr.get("type") == "table"]
+    if not tables:
+        return None
+    need = 0.0
+    for tr in tables:
+        header, cells = tr.get("header") or {}, tr.get("cells") or {}
+        columns = [
+            [c] if isinstance(c, str) or not hasattr(c, "__iter__") else list(c) for c in (cells.get("values") or [])
+        ]
+        n_rows = max((len(c) for c in columns), default=0)
+        widths = tr.get("columnwidth")
+        n_cols = max(len(columns), len(header.get("values") or []), 1)
+        if isinstance(widths, (list, tuple)) and len(widths) == n_cols:
+            total = float(sum(widths)) or 1.0
+            col_px = [table_w * w / total for w in widths]
+        else:
+            col_px = [table_w / n_cols] * n_cols
+        cfont = float((cells.get("font") or {}).get("size") or lay.font)
+        hfont = float((header.get("font") or {}).get("size") or lay.font)
+        row_h = float(cells.get("height") or 20)
+        head_h = float(header.get("height") or 28)
+
+        def lines(value, col, font, col_px=col_px):
+            chars = _chars_for(max(col_px[col] - 12, 20), font)
+            return max(_lines(wrap_text(str(value), chars)), 1)
+
+        head_lines = max(
+            (lines(v, i, hfont) for i, v in enumerate(header.get("values") or []) if i < n_cols), default=1
+        )
+        # plotly.js grows a row holding n lines to n line heights plus about 13 px of padding
+        total_h = max(head_h, head_lines * hfont * 1.3 + 13)
+        for r in range(n_rows):
+            row_lines = max(
+                (lines(c[r], i, cfont) for i, c in enumerate(columns) if r < len(c) and i < n_cols), default=1
+            )
+            total_h += max(row_h, row_lines * cfont * 1.3 + 13)
+        a, b = (tr.get("domain") or {}).get("y", [0.0, 1.0])
+        need = max(need, (total_h + 12) / max(b - a, 0.05))
+    return need
+
+
+def tidy(fig, *, width: int | None = None):
+    """The course's layout rules applied to ``fig``: a new figure, the input untouched.
+
+    Pure and idempotent (``tidy(tidy(f)) == tidy(f)``); takes a plotly ``Figure`` or the
+    figure dict plotly hands its renderers and returns the same kind. Every course renderer
+    calls it, so chapters do not hand-tune margins. The rules, all generic:
+
+    * every x/y axis gets ``automargin`` (tick labels and titles push the margins);
+    * the title, subplot titles and axis titles are wrapped with ``<br>`` at word
+      boundaries to the width they have (figure width, else :data:`DEFAULT_WIDTH`); the
+      title sits at the top, the top margin holds it and the subplot titles under it;
+    * a legend with more than three entries or long names goes below the x-axis title,
+      horizontally, and the bottom margin grows to hold it;
+    * a slider goes below that (its current-value label cannot cover the axis title);
+      step labels that would run into each other are hidden (the current value shows);
+    * log axes label decades, or 1-2-5 values as full numbers, never a bare "2" or "5";
+    * a figure of plotly tables is as tall as its rows;
+    * no font is smaller than 10 px;
+    * the figure grows in height when its margins grew, so the plot keeps its room, and
+      stacked subplots get the height their gaps need for axis and subplot titles.
+
+    ``width`` is the width in px to lay out for when the figure sets none (default
+    :data:`DEFAULT_WIDTH`); below :data:`NARROW_WIDTH` every legend goes below the plot.
+    """
+    if width is not None and (isinstance(width, bool) or not isinstance(width, (int, float)) or width < 200):
+        raise ValueError(f"width must be a number of pixels >= 200 or None, got {width!r}")
+    if isinstance(fig, dict):
+        return _tidy_dict(fig, width)
+    import plotly.graph_objects as go
+
+    if isinstance(fig, go.Figure):
+        return go.Figure(_tidy_dict(fig.to_dict(), width))
+    raise TypeError(f"fig must be a plotly Figure or a figure dict, got {type(fig).__name__}")
+
+
 class _BookRenderer:
     """Plotly renderer for the book build: a div and a ``Plotly.newPlot`` call, no plotly.js.
 
     The site loads its one copy of plotly.js on every page, so inlining the 4.8 MB library
     in each figure (plotly's default offline HTML) is unnecessary. Div ids count up from 1
-    in each kernel, so two executions of a notebook produce identical HTML.
+    in each kernel, so two executions of a notebook produce identical HTML. The figure goes
+    through :func:`tidy` first, and the modebar gets :data:`PLOTLY_CONFIG`.
     """
 
     def __init__(self):
@@ -66,39 +704,112 @@ class _BookRenderer:
     def to_mimebundle(self, fig_dict):
         import plotly.io as pio
 
+        wide, narrow = tidy(fig_dict), tidy(fig_dict, width=PHONE_WIDTH)
         self.count = next(self._ids)
-        height = (fig_dict.get("layout") or {}).get("height") or 450
+        height = (wide.get("layout") or {}).get("height") or DEFAULT_HEIGHT
         html = pio.to_html(
-            fig_dict,
+            wide,
             include_plotlyjs=False,
             full_html=False,
             div_id=f"course-fig-{self.count}",
             default_height=f"{height}px",
             default_width="100%",
-            config={"displaylogo": False, "responsive": True},
+            config=dict(PLOTLY_CONFIG),
             validate=False,
+            post_script=_narrow_script(wide, narrow),
         )
         return {"text/html": html}
 
 
+def _narrow_script(wide: dict, narrow: dict) -> str | None:
+    """JavaScript that lays the figure out again for a phone when its column is narrow.
+
+    A figure laid out for the book's column (titles wrapped, legend placed) would clip on a
+    390 px screen; the page switches to the layout :func:`tidy` made for
+    :data:`PHONE_WIDTH` (only the top-level layout keys that differ), and back.
+    """
+    from plotly.io.json import to_json_plotly
+
+    lw, ln = wide.get("layout") or {}, narrow.get("layout") or {}
+    diff = {k: ln.get(k) for k in set(lw) | set(ln) if k != "template" and lw.get(k) != ln.get(k)}
+    if not diff:
+        return None
+    back = {k: lw.get(k) for k in diff}
+    hw = lw.get("height") or DEFAULT_HEIGHT
+    hn = ln.get("height") or hw
+    return (
+        "(function(){var gd=document.getElementById('{plot_id}');if(!gd||!window.Plotly)return;"
+        f"var narrow={to_json_plotly(diff)},wide={to_json_plotly(back)},mode='wide';"
+        f"function fit(){{var m=gd.offsetWidth&&gd.offsetWidth<{NARROW_WIDTH}?'narrow':'wide';"
+        "if(m===mode)return;mode=m;"
+        f"gd.style.height=(m==='narrow'?{hn}:{hw})+'px';"
+        "Plotly.relayout(gd,JSON.parse(JSON.stringify(m==='narrow'?narrow:wide)));}"
+        "fit();window.addEventListener('resize',fit);})();"
+    )
+
+
+def _course_renderers() -> dict:
+    """Course versions of plotly's notebook renderers: :func:`tidy`, then plotly's own code.
+
+    Subclasses, so JupyterLab and VS Code still render the plotly mimetype natively and
+    Colab still gets plotly's HTML; only the figure (tidied) and the config differ.
+    """
+    from plotly.io._base_renderers import ColabRenderer, MimetypeRenderer, NotebookRenderer, PlotlyRenderer
+
+    def tidied(base):
+        def to_mimebundle(self, fig_dict):
+            return base.to_mimebundle(self, tidy(fig_dict))
+
+        return to_mimebundle
+
+    classes = {
+        name: type(f"Course{base.__name__}", (base,), {"to_mimebundle": tidied(base)})
+        for name, base in (("mimetype", PlotlyRenderer), ("colab", ColabRenderer), ("notebook", NotebookRenderer))
+    }
+    book = type("CourseBookRenderer", (_BookRenderer, MimetypeRenderer), {})
+    return {
+        "course_book": book(),
+        "course_mimetype": classes["mimetype"](config=dict(PLOTLY_CONFIG)),
+        "course_colab": classes["colab"](config=dict(PLOTLY_CONFIG)),
+        "course_notebook": classes["notebook"](config=dict(PLOTLY_CONFIG)),
+        "course_notebook_connected": classes["notebook"](config=dict(PLOTLY_CONFIG), connected=True),
+    }
+
+
+#: plotly renderer name -> the course renderer that replaces it.
+_COURSE_RENDERER = {
+    "plotly_mimetype": "course_mimetype",
+    "jupyterlab": "course_mimetype",
+    "vscode": "course_mimetype",
+    "nteract": "course_mimetype",
+    "colab": "course_colab",
+    "notebook": "course_notebook",
+    "notebook_connected": "course_notebook_connected",
+}
+
+
 def configure_plotly_renderer() -> str:
-    """Pick how figures are displayed: book build, Colab, or plotly's default (JupyterLab).
+    """Pick how figures are displayed: book build, Colab, or plotly's choice (JupyterLab).
 
     ``COURSE_BOOK_BUILD=1`` (set by the book's Sphinx extension for the kernels it starts)
-    selects :class:`_BookRenderer`; on Colab plotly's ``colab`` renderer; otherwise plotly's
-    own choice, which JupyterLab and VS Code render natively.
+    selects the book renderer; on Colab the course Colab renderer; otherwise plotly's own
+    choice (JupyterLab and VS Code render the plotly mimetype natively), with each of
+    plotly's notebook renderers swapped for its course subclass, which calls :func:`tidy`.
     """
     import sys
 
     import plotly.io as pio
-    from plotly.io._base_renderers import MimetypeRenderer
 
+    for name, renderer in _course_renderers().items():
+        if name not in pio.renderers:
+            pio.renderers[name] = renderer
     if os.environ.get("COURSE_BOOK_BUILD") == "1":
-        book = type("CourseBookRenderer", (_BookRenderer, MimetypeRenderer), {})()
-        pio.renderers["course_book"] = book
         pio.renderers.default = "course_book"
     elif "google.colab" in sys.modules:
-        pio.renderers.default = "colab"
+        pio.renderers.default = "course_colab"
+    elif pio.renderers.default:
+        names = pio.renderers.default.split("+")
+        pio.renderers.default = "+".join(dict.fromkeys(_COURSE_RENDERER.get(n, n) for n in names))
     return pio.renderers.default
 
 
@@ -254,45 +965,90 @@ def interactive(builder: Callable, **controls):
     return box
 
 
-def static_twin(builder: Callable, grid: dict[str, list], *, fixed: dict | None = None, label: str | None = None):
+def _setting_text(value) -> str:
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value)
+
+
+def default_step_label(settings: dict) -> str:
+    """``"name = value, name = value"``: the slider label of one grid point when none is given."""
+    return ", ".join(f"{name} = {_setting_text(v)}" for name, v in settings.items())
+
+
+def static_twin(
+    builder: Callable,
+    grid: dict[str, list],
+    *,
+    fixed: dict | None = None,
+    label: str | None = None,
+    step_label: Callable[[dict], str] | None = None,
+    start: dict | None = None,
+):
     """One plotly figure holding ``builder`` at every point of ``grid``, with a slider.
 
     Works without a kernel (static HTML): each slider step shows the traces built for one
-    combination of settings and applies that figure's title. Every figure the builder
-    returns for the grid must have the same kind of layout (axes, subplots).
+    combination of settings and applies that figure's title and annotations (so subplot
+    titles follow the slider). Every figure the builder returns for the grid must have the
+    same kind of layout (axes, subplots).
+
+    ``step_label(settings) -> str`` names each step for a reader (default
+    :func:`default_step_label`, "name = value, …"); ``label`` is an optional prefix for the
+    current value shown above the slider. ``start`` (a dict naming some or all settings)
+    picks the step shown first: the first grid point that matches it.
     """
     import plotly.graph_objects as go
 
-    if not grid or not all(isinstance(v, (list, tuple)) and v for v in grid.values()):
+    check_callable("builder", builder)
+    if not isinstance(grid, dict) or not grid or not all(isinstance(v, (list, tuple)) and v for v in grid.values()):
         raise ValueError("grid must map each setting name to a non-empty list of values")
+    if step_label is not None and not callable(step_label):
+        raise TypeError(f"step_label must be callable (settings dict -> str), got {type(step_label).__name__}")
+    if label is not None and not isinstance(label, str):
+        raise TypeError(f"label must be a str or None, got {type(label).__name__}")
     fixed = fixed or {}
     names = list(grid)
-    combos = list(itertools.product(*(grid[n] for n in names)))
-    figs = [builder(**dict(zip(names, c)), **fixed) for c in combos]
-    out = go.Figure(layout=figs[0].layout)
-    spans, titles = [], []
+    combos = [dict(zip(names, c)) for c in itertools.product(*(grid[n] for n in names))]
+    first = 0
+    if start is not None:
+        if not isinstance(start, dict):
+            raise TypeError(f"start must be a dict of settings (a subset of {names}), got {type(start).__name__}")
+        unknown = [k for k in start if k not in grid]
+        if unknown:
+            raise ValueError(f"start names {unknown}, not settings of the grid; allowed: {names}")
+        missing = {k: v for k, v in start.items() if v not in list(grid[k])}
+        if missing:
+            allowed = {k: list(grid[k]) for k in missing}
+            raise ValueError(f"start values {missing} are not in the grid; allowed: {allowed}")
+        first = next(i for i, c in enumerate(combos) if all(c[k] == v for k, v in start.items()))
+    name_step = step_label or default_step_label
+    labels = []
+    for c in combos:
+        text = name_step(dict(c))
+        if not isinstance(text, str):
+            raise TypeError(f"step_label must return a str, got {type(text).__name__} for {c}")
+        labels.append(text)
+    figs = [builder(**c, **fixed) for c in combos]
+    out = go.Figure(layout=figs[first].layout)
+    spans, titles, annotations = [], [], []
     for f in figs:
-        start = len(out.data)
+        a = len(out.data)
         out.add_traces(list(f.data))
-        spans.append((start, len(out.data)))
+        spans.append((a, len(out.data)))
         titles.append(f.layout.title.text if f.layout.title and f.layout.title.text else "")
+        annotations.append([ann.to_plotly_json() for ann in f.layout.annotations or ()])
     n = len(out.data)
     steps = []
-    for (a, b), c, title in zip(spans, combos, titles):
+    for (a, b), text, title, anns in zip(spans, labels, titles, annotations):
         visible = [a <= i < b for i in range(n)]
         steps.append(
-            dict(
-                method="update",
-                label=", ".join(f"{v}" for v in c) if len(names) > 1 else f"{c[0]}",
-                args=[{"visible": visible}, {"title.text": title}],
-            )
+            dict(method="update", label=text, args=[{"visible": visible}, {"title.text": title, "annotations": anns}])
         )
     for i, tr in enumerate(out.data):
-        tr.visible = spans[0][0] <= i < spans[0][1]
-    prefix = label or ", ".join(names)
+        tr.visible = spans[first][0] <= i < spans[first][1]
     out.update_layout(
-        sliders=[dict(active=0, steps=steps, currentvalue=dict(prefix=f"{prefix}: "), pad=dict(t=50))],
-        title_text=titles[0],
+        sliders=[dict(active=first, steps=steps, currentvalue=dict(prefix=f"{label}: " if label else ""))],
+        title_text=titles[first],
     )
     return out
 

@@ -247,9 +247,9 @@ run = scaling.training_cost(C405, n_gpus=16384)
 assert abs(C405 / 3.8e25 - 1) < 0.01  # 6ND reproduces the paper's compute
 display(
     Markdown(
-        f"$6ND$ = 6 × {si(n405)} × 15.6 T = **{C405:.3g} FLOPs** (paper: 3.8e25). At the defaults that is "
+        f"6ND = 6 × {si(n405)} × 15.6 T = **{C405:.3g} FLOPs** (paper: 3.8e25). At the defaults that is "
         f"**{run['gpu_hours'] / 1e6:.1f} M GPU-hours** — {run['days']:.0f} days on 16,384 H100s — costing "
-        f"**${run['dollars'] / 1e6:.0f} M**, using **{run['kwh'] / 1e6:.1f} GWh** and emitting "
+        f"**US\\${run['dollars'] / 1e6:.0f} M**, using **{run['kwh'] / 1e6:.1f} GWh** and emitting "
         f"**{run['co2_kg'] / 1e6:.1f} kt CO2e**."
     )
 )
@@ -298,10 +298,8 @@ from plotly.subplots import make_subplots
 
 viz.use_style()
 
-fig = make_subplots(
-    rows=1, cols=2, subplot_titles=("cost (USD millions)", "emissions (kt CO2e)"), horizontal_spacing=0.25
-)
-for col, (key, scale) in enumerate((("dollars", 1e6), ("co2_kg", 1e6)), start=1):
+fig = make_subplots(rows=2, cols=1, subplot_titles=("cost (US$ millions)", "emissions (kt CO2e)"), vertical_spacing=0.2)
+for row, (key, scale) in enumerate((("dollars", 1e6), ("co2_kg", 1e6)), start=1):
     ref = scaling.training_cost(**base)[key] / scale
     for r in sens[key]:
         label = f"{r['assumption']} {r['low']:g}–{r['high']:g}"
@@ -311,17 +309,13 @@ for col, (key, scale) in enumerate((("dollars", 1e6), ("co2_kg", 1e6)), start=1)
             x=[hi - lo],
             base=[lo],
             orientation="h",
-            marker_color=viz.PALETTE[col - 1],
+            marker_color=viz.PALETTE[row - 1],
             showlegend=False,
-            row=1,
-            col=col,
+            row=row,
+            col=1,
         )
-    fig.add_vline(x=ref, line_dash="dot", row=1, col=col)
-fig.update_layout(
-    template="course",
-    title_text="Llama-3.1-405B-scale run: each assumption varied alone (dotted: defaults)",
-    height=430,
-)
+    fig.add_vline(x=ref, line_dash="dot", row=row, col=1)
+fig.update_layout(template="course", title_text="One assumption varied at a time (dotted: defaults)", height=560)
 fig
 
 # %%
@@ -352,9 +346,9 @@ assert {top_usd["assumption"], sens["dollars"][1]["assumption"]} == {"price_per_
 display(
     Markdown(
         f"Within these ranges, **{top_usd['assumption']}** and **{sens['dollars'][1]['assumption']}** move the dollars most "
-        f"(${top_usd['at_low'] / 1e6:.0f} M – ${top_usd['at_high'] / 1e6:.0f} M and "
-        f"${min(sens['dollars'][1]['at_low'], sens['dollars'][1]['at_high']) / 1e6:.0f} M – "
-        f"${max(sens['dollars'][1]['at_low'], sens['dollars'][1]['at_high']) / 1e6:.0f} M); **grid intensity** moves "
+        f"(US\\${top_usd['at_low'] / 1e6:.0f} M – US\\${top_usd['at_high'] / 1e6:.0f} M and "
+        f"US\\${min(sens['dollars'][1]['at_low'], sens['dollars'][1]['at_high']) / 1e6:.0f} M – "
+        f"US\\${max(sens['dollars'][1]['at_low'], sens['dollars'][1]['at_high']) / 1e6:.0f} M); **grid intensity** moves "
         f"the emissions most — a factor of {top_co2['at_high'] / top_co2['at_low']:.0f} between the cleanest and the "
         f"dirtiest grid in our range, more than any hardware assumption. That is why Meta reports *two* emissions "
         f"figures for the same training: location-based (the local grids' average) and market-based (zero, because it "
@@ -373,13 +367,13 @@ verdict_s1 = claims.verdict(
     "S1",
     status,
     f"GPT-4's compute is unpublished; a Llama-3.1-405B-scale run (comparable quality, Llama Team 2024) costs "
-    f"${run['dollars'] / 1e6:.0f} M in GPU time at the defaults and ${usd_card / 1e6:.0f} M at Meta's published "
+    f"USD {run['dollars'] / 1e6:.0f} M in GPU time at the defaults and USD {usd_card / 1e6:.0f} M at Meta's published "
     f"GPU-hours; "
     + (
-        f"it passes $100 M only with one assumption at the end of its range ({' or '.join(over_100m)}: up to "
-        f"${usd_top / 1e6:.0f} M)"
+        f"it passes USD 100 M only with one assumption at the end of its range ({' or '.join(over_100m)}: up to "
+        f"USD {usd_top / 1e6:.0f} M)"
         if over_100m
-        else f"no single assumption in our ranges lifts it past $100 M (at most ${usd_top / 1e6:.0f} M)"
+        else f"no single assumption in our ranges lifts it past USD 100 M (at most USD {usd_top / 1e6:.0f} M)"
     )
     + " — the GPU time of the final run alone, without experiments, failed runs, data or staff.",
 )
@@ -480,9 +474,9 @@ viz.Table(
             "ms per token": round(q["decode_ms_per_token"], 2),
             "latency (s)": round(q["latency_s"], 2),
             "GPU-seconds": round(q["gpu_seconds_per_query"], 2),
-            "$ per query": f"{q['dollars_per_query']:.2g}",
+            "US$ per query": f"{q['dollars_per_query']:.2g}",
             "Wh per query": f"{q['wh_per_query']:.2g}",
-            "$ per query, batch 64": f"{batched[name]['dollars_per_query']:.2g}",
+            "US$ per query, batch 64": f"{batched[name]['dollars_per_query']:.2g}",
         }
         for name, q in queries.items()
     ],
@@ -500,7 +494,7 @@ display(
         f"At batch 1 the dense 1T model costs **{ratio_small:,.0f}x** as much per query as Phi-3-mini and "
         f"**{ratio_moe:.0f}x** as much as GLaM, whose token reads only its active experts; it needs "
         f"{big['gpus']} GPUs just to hold its weights against Phi-3-mini's {small['gpus']}. Batching 64 queries "
-        f"shares each weight read: the dense 1T model then costs ${batched['dense 1T (hypothetical)']['dollars_per_query']:.2g} "
+        f"shares each weight read: the dense 1T model then costs US\\${batched['dense 1T (hypothetical)']['dollars_per_query']:.2g} "
         f"per query — still **{batched['dense 1T (hypothetical)']['dollars_per_query'] / batched['Phi-3-mini 3.8B']['dollars_per_query']:,.0f}x** Phi-3-mini's. "
         f"The MoE's advantage shrinks with batching ({ratio_moe:.0f}x at batch 1, "
         f"{batched['dense 1T (hypothetical)']['dollars_per_query'] / batched['GLaM 1.2T MoE']['dollars_per_query']:.1f}x at batch 64) "
@@ -511,8 +505,8 @@ display(
 
 # %%
 fig = viz.figure(
-    title_text="Cost of one short query (log scale): batch 1 vs batch 64",
-    xaxis=dict(title="USD per query", type="log"),
+    title_text="Cost of one short query, batch 1 vs 64",
+    xaxis=dict(title="US$ per query (log scale)", type="log"),
     height=380,
     barmode="group",
 )
@@ -526,7 +520,7 @@ latency_x = big["latency_s"] / small["latency_s"]
 verdict_s3 = claims.verdict(
     "S3",
     "holds" if ratio_small > 100 and latency_x > 10 else "holds with a caveat",
-    f"A dense 1T model answering a 50-token question with 100 tokens costs ${big['dollars_per_query']:.2g} per query "
+    f"A dense 1T model answering a 50-token question with 100 tokens costs USD {big['dollars_per_query']:.2g} per query "
     f"on {big['gpus']} H100s, {ratio_small:,.0f}x Phi-3-mini's, but its latency lower bound is "
     f"{big['latency_s']:.1f} s ({big['decode_ms_per_token']:.0f} ms per token), {latency_x:.0f}x Phi-3-mini's "
     f"(real systems add communication); batching 64 queries cuts its cost per query "
@@ -600,8 +594,8 @@ viz.Table(
 # %%
 assert np.all(gains > 0) and np.all(np.diff(gains) < 0)  # every 10x still helps, each one less
 fig = viz.figure(
-    title_text="Diminishing returns: compute-optimal loss vs compute (Chinchilla fit)",
-    xaxis=dict(title="training compute (FLOPs, log scale)", type="log"),
+    title_text="Chinchilla fit: best loss vs compute",
+    xaxis=dict(title="training FLOPs (log scale)", type="log"),
     yaxis=dict(title="predicted loss (nats/token)"),
     height=420,
 )
@@ -709,8 +703,8 @@ assert loss[-1] < loss[0] - 0.2  # the largest beats the smallest by a clear mar
 assert loss[-2:].max() < loss[:2].min() - 0.1  # and the two largest beat the two smallest
 assert sweep[-1]["tokens"] / sweep[-1]["params"] < 20  # the largest sees far fewer than 20 bytes per parameter
 fig = viz.figure(
-    title_text="A scaling law measured on this machine (one data budget)",
-    xaxis=dict(title="non-embedding parameters N (log scale)", type="log"),
+    title_text="A scaling law measured here",
+    xaxis=dict(title="non-embedding parameters (log)", type="log"),
     yaxis=dict(title="validation loss (nats/byte)"),
     height=420,
 )
@@ -727,17 +721,17 @@ drops = -steps_down / np.diff(np.log2(N))  # nats gained per doubling of N, betw
 monotone = bool(np.all(steps_down < 0))
 display(
     Markdown(
-        f"**How well does it fit?** The offset law reaches $R^2$ = {fit.r2:.3f} (RMSE {fit.rmse:.3f} nats), "
+        f"**How well does it fit?** The offset law reaches R² = {fit.r2:.3f} (RMSE {fit.rmse:.3f} nats), "
         f"the pure power law {pure.r2:.3f} (RMSE {pure.rmse:.3f}). Five points and three parameters leave "
-        f"only two degrees of freedom, so a high $R^2$ is cheap; the fairer test is prediction: fitted on the "
+        f"only two degrees of freedom, so a high R² is cheap; the fairer test is prediction: fitted on the "
         f"four smallest patients, the law predicts the largest's loss "
         f"{'too high' if extrapolation_error > 0 else 'too low'} by {abs(extrapolation_error):.3f} nats. "
         + (
-            f"The fitted floor $E$ sits at its lower bound 0: {len(N)} points spanning {np.log10(N[-1] / N[0]):.1f} "
-            "decades of $N$ cannot pin down an irreducible loss, so here the offset law is no better than a "
+            f"The fitted floor *E* sits at its lower bound 0: {len(N)} points spanning {np.log10(N[-1] / N[0]):.1f} "
+            "decades of *N* cannot pin down an irreducible loss, so here the offset law is no better than a "
             "straight line in log-log. "
             if fit.E < 1e-3
-            else f"The fitted floor is $E$ = {fit.E:.2f} nats/byte. "
+            else f"The fitted floor is *E* = {fit.E:.2f} nats/byte. "
         )
         + (
             "Every bigger patient beat every smaller one."
@@ -806,7 +800,8 @@ viz.static_twin(
         "grid_kg_per_kwh": [0.05, 0.429],
     },
     fixed={"price_per_gpu_hour": 2.0},
-    label="log10 FLOPs, MFU, kg CO2/kWh",
+    step_label=lambda s: f"1e{s['log10_compute']:.0f} FLOPs, MFU {s['utilization']}, {s['grid_kg_per_kwh']} kg/kWh",
+    start={"log10_compute": 24.0, "utilization": 0.4, "grid_kg_per_kwh": 0.429},
 )
 
 # %% [markdown]
@@ -833,36 +828,63 @@ viz.static_twin(
 # **What this does not show:** quality. Whether the smaller or sparser model is good
 # enough is the question every later chapter answers with measurements.
 #
-# ## Exercise 1 · The compute-optimal split
+# ## Exercises
 #
-# Write `optimal_split(compute)` returning `(N, D)` that minimise the Chinchilla loss
-# (use `scaling.CHINCHILLA`'s `E, A, B, alpha, beta`) subject to $6ND = C$, in closed form.
-# Hint: substitute $D = C/6N$ and set the derivative in $N$ to zero.
+# ### 1 · A model you will also serve: the inference-aware split
+#
+# Section 7 split a *training* budget. But a model that will answer many queries also pays
+# about $2N$ FLOPs for every token it ever generates, so a smaller model trained on more
+# data can be cheaper over its life even though it needs more training compute to reach the
+# same loss (Sardana et al., 2023). Write `inference_aware_split(target_loss, inference_tokens)`
+# returning `(N, D)`: the model size and training tokens that reach the Chinchilla loss
+# `target_loss` (use `scaling.CHINCHILLA`'s `E, A, B, alpha, beta`) at the least total
+# compute $6ND + 2N\,D_{inf}$, to 0.1 %.
+#
+# Hints: on the curve $L(N, D) = \ell$ you can solve for the data $D(N)$ a model of size $N$
+# needs; below some $N$ no amount of data reaches $\ell$. Then it is a one-dimensional
+# minimisation over $N$ — search over $\log N$ (as section 7 did with `minimize_scalar`).
+# With `inference_tokens = 0` your answer must agree with `scaling.compute_optimal` at that loss.
 
 # %%
-from course_lib.exercises import check_compute_optimal, check_decode_latency
+from course_lib.exercises import check_decode_latency, check_inference_aware_split, check_training_time_prediction
 
 
-def optimal_split(compute: float) -> tuple[float, float]:
+def inference_aware_split(target_loss: float, inference_tokens: float) -> tuple[float, float]:
     raise NotImplementedError  # your code here
 
 
-check_compute_optimal(optimal_split)
+check_inference_aware_split(inference_aware_split)
 
 
-# %% tags=["solution"]
-def optimal_split(compute: float) -> tuple[float, float]:
+# %% tags=["solution"] jupyter={"source_hidden": true} cellView="form"
+# @title Solution — try the exercise first
+def inference_aware_split(target_loss: float, inference_tokens: float) -> tuple[float, float]:
     law = scaling.CHINCHILLA
-    # dL/dN = 0 on D = C/6N:  alpha*A/N^alpha = beta*B/D^beta  ->  N = G (C/6)^(beta/(alpha+beta))
-    g = (law.alpha * law.A / (law.beta * law.B)) ** (1 / (law.alpha + law.beta))
-    n = g * (compute / 6) ** (law.beta / (law.alpha + law.beta))
-    return n, compute / (6 * n)
+    gap = target_loss - law.E  # what the two power-law terms may add up to
+
+    def data_needed(n):  # solve E + A/N^a + B/D^b = target for D
+        return (law.B / (gap - law.A / n**law.alpha)) ** (1 / law.beta)
+
+    def log_total_flops(log_n):  # training + serving, on the curve L = target
+        n = math.exp(log_n)
+        return math.log(6 * n * data_needed(n) + 2 * n * inference_tokens)
+
+    log_n_min = math.log(law.A / gap) / law.alpha  # infinite data just reaches the target here
+    res = minimize_scalar(log_total_flops, bounds=(log_n_min + 1e-9, log_n_min + math.log(1e6)), method="bounded")
+    n = math.exp(res.x)
+    return n, data_needed(n)
 
 
-assert check_compute_optimal(optimal_split).passed
+assert check_inference_aware_split(inference_aware_split).passed
+for served in (0.0, 1e12, 1e13, 1e14):
+    n_s, d_s = inference_aware_split(2.0, served)
+    print(
+        f"loss 2.0, serving {served:.0e} tokens: N = {si(n_s)}, D = {si(d_s)} ({d_s / n_s:,.0f} tokens per parameter), "
+        f"training {6 * n_s * d_s:.2e} + inference {2 * n_s * served:.2e} FLOPs"
+    )
 
 # %% [markdown]
-# ## Exercise 2 · The memory-bandwidth floor of decoding
+# ### 2 · The memory-bandwidth floor of decoding
 #
 # Write `decode_ms_per_token(config, bandwidth, dtype)`: the least time (ms) one GPU needs
 # to generate one token at batch size 1 for a published config, i.e. the bytes of the
@@ -878,7 +900,8 @@ def decode_ms_per_token(config: dict, bandwidth: float, dtype: str = "fp16") -> 
 check_decode_latency(decode_ms_per_token)
 
 
-# %% tags=["solution"]
+# %% tags=["solution"] jupyter={"source_hidden": true} cellView="form"
+# @title Solution — try the exercise first
 def decode_ms_per_token(config: dict, bandwidth: float, dtype: str = "fp16") -> float:
     _, active = configs.count_params(config)
     return active * configs.dtype_bytes(dtype) / bandwidth * 1e3
@@ -888,6 +911,68 @@ assert check_decode_latency(decode_ms_per_token).passed
 print(
     f"Mixtral-8x7B on one H100 at fp16: >= {decode_ms_per_token(mixtral, scaling.BANDWIDTH):.1f} ms per token (if it fit)"
 )
+
+# %% [markdown]
+# ### 3 · Predict, then measure: training a wider patient
+#
+# Section 8's table gives, for each patient, its training FLOPs and the seconds it took.
+# A patient wider than any of them — `wide` below, 3 layers of width 96 — is to be trained
+# for `wide_steps` steps of the same 8 × 64 bytes. **Predict the seconds** before the next cell
+# measures them: a simple model is FLOPs ÷ the FLOP/s this machine reached in the sweep
+# (`scaling.patient_training_flops` counts a patient's FLOPs; `sweep` holds the table's rows).
+
+# %%
+wide = ModelConfig(vocab_size=256, d_model=96, n_layers=3, n_heads=4, max_seq_len=64)
+wide_steps = 12
+
+
+def predicted_wide_seconds() -> float:
+    raise NotImplementedError  # your prediction, in seconds
+
+
+# %% tags=["nbval-ignore-output"]
+import time
+
+from course_lib.train import TrainConfig, train
+
+torch.manual_seed(0)
+wide_model = TinyLM(wide)
+wide_tcfg = TrainConfig(
+    steps=wide_steps, batch_size=tcfg.batch_size, seq_len=tcfg.seq_len, lr=tcfg.lr, warmup_steps=2, eval_every=0
+)
+t0 = time.perf_counter()
+train(wide_model, train_bytes, None, wide_tcfg, progress=False)
+wide_seconds = time.perf_counter() - t0
+print(f"{wide_steps} steps of the {wide.d_model} x {wide.n_layers} patient: {wide_seconds:.2f} s (one run)")
+check_training_time_prediction(predicted_wide_seconds, wide_seconds)
+
+
+# %% tags=["solution", "nbval-ignore-output"] jupyter={"source_hidden": true} cellView="form"
+# @title Solution — try the exercise first
+def predicted_wide_seconds() -> float:
+    largest = sweep[-1]  # the widest patient of the sweep: its achieved FLOP/s
+    flops_per_second = largest["train_flops"] / largest["seconds"]
+    tokens = wide_steps * tcfg.batch_size * tcfg.seq_len
+    wide_flops = scaling.patient_training_flops(TinyLM(wide), n_tokens=tokens, seq_len=tcfg.seq_len)["exact"]
+    return wide_flops / flops_per_second
+
+
+assert check_training_time_prediction(predicted_wide_seconds, wide_seconds).passed
+
+# %% [markdown]
+# ## Self-check
+#
+# The measured question's answer key is this run's own sweep (section 8): predict it first.
+
+# %% tags=["nbval-ignore-output"]
+from course_lib import quiz
+
+quiz.show("00", measured={"q4": "yes" if monotone else "no"})
+
+# %%
+from course_lib import progress
+
+progress.show("00")
 
 # %% [markdown]
 # ## References
@@ -904,7 +989,8 @@ print(
 # * Yang et al. (2022), *Tensor Programs V: Tuning Large Neural Networks via Zero-Shot Hyperparameter Transfer* (μP). [arXiv:2203.03466](https://arxiv.org/abs/2203.03466)
 # * Strubell, Ganesh & McCallum (2019), *Energy and Policy Considerations for Deep Learning in NLP* (a car's lifetime CO2e). [arXiv:1906.02243](https://arxiv.org/abs/1906.02243)
 # * Patterson et al. (2021), *Carbon Emissions and Large Neural Network Training*. [arXiv:2104.10350](https://arxiv.org/abs/2104.10350)
-# * DeepSeek-AI (2024), *DeepSeek-V3 Technical Report* (the $2/GPU-hour price). [arXiv:2412.19437](https://arxiv.org/abs/2412.19437)
+# * Sardana et al. (2023), *Beyond Chinchilla-Optimal: Accounting for Inference in Language Model Scaling Laws*. [arXiv:2401.00448](https://arxiv.org/abs/2401.00448)
+# * DeepSeek-AI (2024), *DeepSeek-V3 Technical Report* (the US\$2/GPU-hour price). [arXiv:2412.19437](https://arxiv.org/abs/2412.19437)
 # * Pope et al. (2023), *Efficiently Scaling Transformer Inference* (memory-bound decoding). [arXiv:2211.05102](https://arxiv.org/abs/2211.05102)
 # * NVIDIA H100 datasheet. <https://www.nvidia.com/en-us/data-center/h100/>
 # * U.S. EIA, *How much electricity does an American home use?* <https://www.eia.gov/tools/faqs/faq.php?id=97&t=3>;

@@ -23,7 +23,8 @@
 # that every chapter repeats on its variants, side by side with the baseline.
 #
 # > **What you'll build:** a byte-level BPE encoder, token embeddings, RMSNorm, rotary
-# > position embeddings (RoPE), grouped-query attention, a SwiGLU MLP and the whole decoder —
+# > position embeddings (RoPE), grouped-query attention, a SwiGLU MLP and the whole decoder,
+# > the training loop (learning-rate schedule, clipping, AdamW) and KV-cache decoding —
 # > each step checked against the course library `course_lib`.
 # > **What you'll learn:** where a transformer's parameters and FLOPs go, what a KV cache
 # > saves in generation (the prefix's keys and values are no longer recomputed; attention
@@ -54,6 +55,7 @@ from course_lib.notebook import start
 device = start(seed=0)
 
 # %%
+import copy
 import json
 import math
 
@@ -64,7 +66,7 @@ from IPython.display import Markdown, display
 
 from course_lib import data, fingerprint, measure, viz, zoo
 from course_lib.model import Attention, ModelConfig, RMSNorm, SwiGLU, TinyLM, apply_rope, rope_cache
-from course_lib.train import TrainConfig, evaluate, perplexity, train
+from course_lib.train import TrainConfig, evaluate, lr_at, perplexity, train
 
 # %% [markdown]
 # ## 1 · The data: ten thousand Wikipedia summaries, offline
@@ -317,10 +319,117 @@ print(
 # %% [markdown]
 # ## 5 · Training a patient live
 #
-# `course_lib.train.train` is the standard small-LM recipe: AdamW, linear warm-up then
-# cosine decay, gradient clipping; batches are random windows of the training tokens drawn
-# from a seeded generator, so a rerun gives the same curve. We train the demo model above
-# for a few seconds. A reference point: a model that knows nothing assigns every token
+# Training is the standard small-LM recipe (nanoGPT, Llama): AdamW, linear warm-up then
+# cosine decay of the learning rate, gradient clipping; batches are random windows of the
+# training tokens drawn from a seeded generator, so a rerun gives the same curve. We write
+# the loop out piece by piece, check that it takes **the same steps** as the library's
+# `course_lib.train.train`, then let the library train the demo model for a few seconds
+# (it adds evaluation and a progress bar, nothing else).
+#
+# **The learning rate.** Warm up linearly for $t_w$ steps (large early steps from random
+# weights are unstable), then follow half a cosine from $\eta$ down to $\eta_{min}$:
+# $\;\eta_t = \eta_{min} + \tfrac12(\eta - \eta_{min})\big(1 + \cos(\pi\,\tfrac{t - t_w}{T - t_w})\big)$.
+
+
+# %%
+def lr_schedule(step: int, c: TrainConfig) -> float:
+    if step < c.warmup_steps:
+        return c.lr * (step + 1) / c.warmup_steps  # linear warm-up
+    progress = min(1.0, (step - c.warmup_steps) / max(1, c.steps - c.warmup_steps))  # 0 -> 1
+    lr_min = c.lr * c.min_lr_ratio
+    return lr_min + 0.5 * (c.lr - lr_min) * (1 + math.cos(math.pi * progress))  # cosine decay
+
+
+probe_cfg = TrainConfig(steps=160, warmup_steps=10)
+assert all(lr_schedule(s, probe_cfg) == lr_at(s, probe_cfg) for s in range(probe_cfg.steps))
+print("lr at steps 0, 9, 10, 85, 159:", [f"{lr_schedule(s, probe_cfg):.2e}" for s in (0, 9, 10, 85, 159)])
+
+# %% [markdown]
+# **A batch** is `batch_size` windows of `seq_len + 1` consecutive tokens starting at
+# random offsets; the input is the window without its last token, the target the window
+# shifted by one — every position predicts its successor. **The loss** is the mean
+# next-token cross-entropy $-\frac{1}{BT}\sum \log p_\theta(y_{b,t}\mid x_{b,\le t})$,
+# here from `log_softmax` and a gather of the target's log-probability.
+
+# %%
+train_tensor = torch.as_tensor(np.asarray(train_ids, dtype=np.int64))  # (N,)
+
+
+def get_batch(gen: torch.Generator, batch_size: int, seq_len: int):
+    starts = torch.randint(0, len(train_tensor) - seq_len, (batch_size,), generator=gen)  # (B,)
+    windows = train_tensor[starts[:, None] + torch.arange(seq_len + 1)]  # (B, T+1)
+    return windows[:, :-1], windows[:, 1:]  # inputs x, targets y: (B, T) each
+
+
+def cross_entropy(logits, targets):  # logits (B, T, V), targets (B, T)
+    log_p = logits.log_softmax(-1)  # (B, T, V)
+    return -log_p.gather(-1, targets[..., None]).mean()  # mean of -log p(target)
+
+
+xb, yb = get_batch(torch.Generator().manual_seed(0), 2, 8)
+assert torch.equal(xb[:, 1:], yb[:, :-1])  # the targets are the inputs shifted by one
+with torch.no_grad():
+    assert torch.allclose(cross_entropy(model(xb), yb), model.loss(xb, yb), atol=1e-6)
+
+# %% [markdown]
+# **One optimiser step.** Backpropagate, then **clip**: if the gradient's global norm
+# $\lVert g\rVert$ exceeds $c$, scale every gradient by $c/\lVert g\rVert$ (one bad batch cannot
+# throw the weights far). Then **AdamW** (Loshchilov & Hutter, 2019) keeps running means of
+# the gradient and of its square, $m \leftarrow \beta_1 m + (1-\beta_1) g$,
+# $v \leftarrow \beta_2 v + (1-\beta_2) g^2$, corrects their start-up bias
+# $\hat m = m/(1-\beta_1^t)$, $\hat v = v/(1-\beta_2^t)$, and moves each weight by
+# $-\eta_t\,\hat m/(\sqrt{\hat v} + \epsilon)$: a step of about $\eta_t$ whatever the gradient's
+# scale. Weight decay shrinks the *matrices* (not the norm gains) by $1 - \eta_t\lambda$,
+# decoupled from the gradient.
+
+
+# %%
+def train_from_scratch(model, c: TrainConfig, eps: float = 1e-8) -> list[float]:
+    gen = torch.Generator().manual_seed(c.seed)  # the batches' random offsets
+    params = list(model.parameters())  # the tied embedding counts once
+    m = [torch.zeros_like(p) for p in params]  # AdamW's first moment
+    v = [torch.zeros_like(p) for p in params]  # and second moment
+    (b1, b2), losses = c.betas, []
+    model.train()
+    for step in range(c.steps):
+        lr = lr_schedule(step, c)
+        x, y = get_batch(gen, c.batch_size, c.seq_len)  # (B, T) each
+        loss = cross_entropy(model(x), y)
+        for p in params:
+            p.grad = None
+        loss.backward()
+        grad_norm = torch.sqrt(sum(p.grad.pow(2).sum() for p in params)).item()  # global L2 norm
+        clip = min(1.0, c.grad_clip / (grad_norm + 1e-6))
+        with torch.no_grad():
+            for p, m_i, v_i in zip(params, m, v):
+                g = p.grad * clip
+                if p.dim() >= 2:  # decay matrices only
+                    p.mul_(1 - lr * c.weight_decay)
+                m_i.mul_(b1).add_(g, alpha=1 - b1)
+                v_i.mul_(b2).addcmul_(g, g, value=1 - b2)
+                m_hat, v_hat = m_i / (1 - b1 ** (step + 1)), v_i / (1 - b2 ** (step + 1))
+                p.sub_(lr * m_hat / (v_hat.sqrt() + eps))
+        losses.append(loss.item())
+    model.eval()
+    return losses
+
+
+# Same initial weights, same seed: the loop above and the library must take the same steps.
+check_cfg = TrainConfig(steps=8, batch_size=4, seq_len=32, warmup_steps=3, eval_every=0, seed=1)
+torch.manual_seed(0)
+ours_model = TinyLM(cfg)
+lib_model = copy.deepcopy(ours_model)
+ours_losses = train_from_scratch(ours_model, check_cfg)
+lib_losses = train(lib_model, train_ids, None, check_cfg, progress=False).loss
+assert np.allclose(ours_losses, lib_losses, atol=1e-4), (ours_losses, lib_losses)
+assert all(torch.allclose(a, b, atol=1e-4) for a, b in zip(ours_model.parameters(), lib_model.parameters()))
+print("loss per step, ours:   ", np.round(ours_losses, 4))
+print("loss per step, library:", np.round(lib_losses, 4))
+
+# %% [markdown]
+# Same losses, same weights after eight steps. Now the library's `train` (this loop plus
+# a validation pass every `eval_every` steps) trains the demo model for a few seconds.
+# A reference point: a model that knows nothing assigns every token
 # probability $1/V$, a cross-entropy of $\ln V$ nats; a **unigram** model that only knows
 # how frequent each token is does better.
 
@@ -437,8 +546,9 @@ print(
 # Generation turns logits into a choice. **Temperature** $\tau$ divides the logits before
 # the softmax ($\tau \to 0$ is greedy, large $\tau$ flattens the distribution); **top-k**
 # keeps only the $k$ most likely tokens. The figure is a pure function of the two
-# settings; below it, the live widget (needs a kernel) and its static twin (works in the
-# book) share that function.
+# settings (the prompt is "The capital of France is"; ␣ marks a token's leading space);
+# below it, the live widget (needs a kernel) and its static twin (works in the book) share
+# that function.
 
 # %%
 prompt_ids = small.encode("The capital of France is")
@@ -456,11 +566,11 @@ def sampling_figure(temperature: float = 1.0, top_k: int = 4096, n_show: int = 1
             logits = logits.masked_fill(logits < logits.topk(top_k).values[-1], float("-inf"))
         probs = logits.softmax(-1)
     top = probs.topk(n_show)
-    labels = [repr(tokenizer.decode([i])) for i in top.indices.tolist()]
+    labels = [tokenizer.decode([i]).replace(" ", "␣") for i in top.indices.tolist()]  # ␣ marks a space
     entropy = -(probs[probs > 0] * probs[probs > 0].log()).sum().item()
     fig = viz.figure(
-        title_text=f"'The capital of France is' → next token (τ={temperature}, top-k={top_k}; entropy {entropy:.2f} nats)",
-        xaxis_title="probability",
+        title_text=f"Next token: τ = {temperature}, top-k = {top_k}",
+        xaxis_title=f"probability (entropy {entropy:.2f} nats)",
         yaxis=dict(autorange="reversed"),
         height=420,
     )
@@ -481,7 +591,10 @@ viz.interactive(
 
 # %%
 viz.static_twin(
-    sampling_figure, {"temperature": [0.0, 0.3, 0.7, 1.0, 1.5, 3.0], "top_k": [5, 40, 4096]}, label="temperature, top-k"
+    sampling_figure,
+    {"temperature": [0.0, 0.3, 0.7, 1.0, 1.5, 3.0], "top_k": [5, 40, 4096]},
+    step_label=lambda s: f"τ {s['temperature']}, top-k {s['top_k']}",
+    start={"temperature": 1.0, "top_k": 40},
 )
 
 # %% [markdown]
@@ -527,8 +640,58 @@ assert all(c["peak_mem_mb"] is None or c["peak_mem_mb"] > 0 for c in card.cards.
 # token's keys and values — at the cost of memory that grows with the context (exercise
 # below). The new token's attention still reads all $t$ cached keys, so a step is not free
 # of the context: the cache removes the $O(t)$ matrix products of recomputing the prefix,
-# not attention's own $O(t)$ dot products. We time
-# both on the small patient at several context lengths, side by side in one run.
+# not attention's own $O(t)$ dot products.
+#
+# **The cache, written out.** Decoding with a cache has two phases. *Prefill* runs the
+# whole prompt through the model once and keeps every layer's keys and values. Each
+# *decode* step then feeds only the newest token: it is embedded, rotated by RoPE **at its
+# own position** (the cache's length), projected to one query and one key/value pair per
+# layer; the pair is appended to that layer's cache and the query attends over all of it.
+# No mask is needed in a decode step — everything in the cache is in the past.
+
+
+# %%
+@torch.no_grad()
+def generate_with_cache(model, prompt, n_new: int):
+    """Greedy decoding with a KV cache built from plain tensors (prompt (B, T0) -> (B, T0 + n_new))."""
+    caches = [{"k": None, "v": None} for _ in model.blocks]  # per layer: (B, H_kv, t, d), t grows
+    feed, start, new_tokens = prompt, 0, []
+    for _ in range(n_new):
+        B, T = feed.shape  # T = prompt length at prefill, then 1
+        cos, sin = model.rope_cos[start : start + T], model.rope_sin[start : start + T]  # positions start..start+T-1
+        h = model.embed(feed)  # (B, T, C)
+        for blk, kv in zip(model.blocks, caches):
+            a = blk.attn
+            q, k, v = a.project(blk.attn_norm(h), cos, sin)  # q (B, H, T, d); k, v (B, H_kv, T, d)
+            kv["k"] = k if kv["k"] is None else torch.cat([kv["k"], k], dim=2)  # append: (B, H_kv, start+T, d)
+            kv["v"] = v if kv["v"] is None else torch.cat([kv["v"], v], dim=2)
+            rep = a.n_heads // a.n_kv_heads  # GQA: each cached head serves `rep` query heads
+            K, V = kv["k"].repeat_interleave(rep, dim=1), kv["v"].repeat_interleave(rep, dim=1)
+            scores = q @ K.transpose(-2, -1) / math.sqrt(a.head_dim)  # (B, H, T, start+T)
+            past = torch.arange(start + T)[None, :] <= torch.arange(start, start + T)[:, None]  # (T, start+T)
+            scores = scores.masked_fill(~past, float("-inf"))  # all True in a decode step (T = 1)
+            h = h + a.o_proj((scores.softmax(-1) @ V).transpose(1, 2).reshape(B, T, -1))
+            h = h + blk.mlp(blk.mlp_norm(h))
+        logits = model.lm_head(model.norm(h[:, -1]))  # (B, V): only the last position is needed
+        nxt = logits.argmax(-1, keepdim=True)  # greedy: (B, 1)
+        new_tokens.append(nxt)
+        start, feed = start + T, nxt  # the cache now holds `start` positions; feed only the new token
+    print(f"cache after {n_new} tokens: {len(caches)} layers x k, v of shape {tuple(caches[0]['k'].shape)}")
+    return torch.cat([prompt, *new_tokens], dim=1)
+
+
+kv_prompt = small.encode("The Eiffel Tower is")
+ours_tokens = generate_with_cache(small.model, kv_prompt, 24)
+assert torch.equal(ours_tokens, small.model.generate(kv_prompt, 24))  # the library's cached decode
+assert torch.equal(ours_tokens, small.model.generate(kv_prompt, 24, use_cache=False))  # and no cache at all
+print(repr(tokenizer.decode(ours_tokens[0].tolist())))
+
+# %% [markdown]
+# The same 24 tokens as the library's `generate`, with and without its cache: keeping the
+# keys and values changes the work, not the answer. Now we time both on the small patient
+# at several context lengths, side by side in one run. Each point is the median of the
+# interleaved rounds; the bars span the fastest to the slowest round, so a point the
+# machine disturbed shows as a long bar, not as a fact.
 
 # %% tags=["nbval-ignore-output"]
 contexts = [16, 64, 128, 192]
@@ -561,19 +724,28 @@ viz.Table(
 )
 
 # %% tags=["nbval-ignore-output"]
+series = [  # (variant, label, divide by: 1 for the whole prompt, `new` for per token)
+    ("prefill", "prefill (whole prompt)", 1),
+    ("decode, KV cache", "decode per token, KV cache", new),
+    ("decode, no cache", "decode per token, no cache", new),
+]
 fig = viz.figure(
-    title_text="Latency vs context (small patient)", xaxis_title="context length (tokens)", yaxis_title="milliseconds"
+    title_text="Latency vs context (small patient)",
+    xaxis_title="context length (tokens)",
+    yaxis_title="ms (bars: fastest–slowest round)",
 )
-fig.add_scatter(x=contexts, y=[r["prefill ms"] for r in rows], name="prefill (whole prompt)", mode="lines+markers")
-fig.add_scatter(
-    x=contexts, y=[r["decode ms/token (cache)"] for r in rows], name="decode per token, KV cache", mode="lines+markers"
-)
-fig.add_scatter(
-    x=contexts,
-    y=[r["decode ms/token (no cache)"] for r in rows],
-    name="decode per token, no cache",
-    mode="lines+markers",
-)
+for variant, label, per in series:
+    med = [kv_timings[c][variant].median / per * 1e3 for c in contexts]
+    lo = [min(kv_timings[c][variant].samples) / per * 1e3 for c in contexts]
+    hi = [max(kv_timings[c][variant].samples) / per * 1e3 for c in contexts]
+    fig.add_scatter(
+        x=contexts,
+        y=med,
+        name=label,
+        mode="lines+markers",
+        error_y=dict(type="data", array=[h - m for h, m in zip(hi, med)], arrayminus=[m - b for m, b in zip(med, lo)]),
+        marker_symbol=["circle-open" if kv_timings[c].noisy else "circle" for c in contexts],
+    )
 fig
 
 # %% tags=["nbval-ignore-output"]
@@ -590,6 +762,7 @@ def verb(g):  # "stays flat" | "grows about linearly" | ...
     return "stays flat" if g.word == "flat" else g.word
 
 
+g_prefill = measure.growth(contexts, [r["prefill ms"] for r in rows])
 g_cache = measure.growth(contexts, [r["decode ms/token (cache)"] for r in rows])
 g_full = measure.growth(contexts, [r["decode ms/token (no cache)"] for r in rows])
 busy = [ctx for ctx in contexts if kv_timings[ctx].noisy]
@@ -598,16 +771,23 @@ if g_cache.word == "flat":
         ": every step pays the same fixed cost whatever the context — reading all the weights and launching the "
         "model's operators one by one from Python — and at this size that cost hides the attention over the cache"
     )
+elif g_cache.exponent < 0:
+    why_cache = (
+        ". Nothing in a cached step gets cheaper as the cache grows, so a falling time is the machine's noise, "
+        "not the model: compare the bars in the figure"
+    )
 else:
     why_cache = (
-        ". Attention over the cache does $O(t)$ work per token, so some growth is expected; the comparison with "
+        ". Attention over the cache does O(t) work per token, so some growth is expected; the comparison with "
         "recomputing the prefix, at the end of this paragraph, shows how much it matters"
     )
-if g_full.exponent >= 0.75:
-    why_full = ", as the $O(t)$ argument says"
+if g_full.exponent < 0:
+    why_full = ", which only the machine's noise can explain: recomputing a longer prefix is more work"
+elif g_full.exponent >= 0.75:
+    why_full = ", as the O(t) argument says"
 else:
     why_full = (
-        ", less steeply than the $O(t)$ argument alone predicts: part of each step is a fixed cost that does not "
+        ", less steeply than the O(t) argument alone predicts: part of each step is a fixed cost that does not "
         "depend on the context"
     )
 display(
@@ -616,10 +796,12 @@ display(
         f"{g_cache.exponent:.2f} over {contexts[0]}–{contexts[-1]} tokens){why_cache}. Without the cache it "
         f"**{verb(g_full)}** (exponent {g_full.exponent:.2f}){why_full}. The cache made decoding "
         f"{cache_phrase(contexts[0])} at {contexts[0]} tokens of context and {cache_phrase(contexts[-1])} at "
-        f"{contexts[-1]}."
+        f"{contexts[-1]}. Prefill, which processes the whole prompt at once, **{verb(g_prefill)}** with the "
+        f"prompt's length (exponent {g_prefill.exponent:.2f})."
         + (
-            f" The machine was busy while the runs at {', '.join(map(str, busy))} tokens were measured, so single "
-            "points may be off; the fitted exponents use all of them."
+            f" The machine was busy while the runs at {', '.join(map(str, busy))} tokens were measured (open "
+            "markers in the figure), so single points may be off; their bars show by how much, and the fitted "
+            "exponents use all the points."
             if busy
             else ""
         )
@@ -638,16 +820,22 @@ display(
 # * In the demo model and the tiny patient most parameters sit in the embedding table; in
 #   the small patient the blocks already hold most of them (section 6 counts both). FLOPs
 #   per token are about twice the number of weights the token passes through.
-# * Measure latencies as medians after warm-up, interleaved, and report ratios.
+# * Training is a short loop — a seeded batch, cross-entropy, backward, clip, AdamW under
+#   a warm-up-then-cosine learning rate — written out here and checked step for step
+#   against `course_lib.train`.
+# * Measure latencies as medians after warm-up, interleaved, and report ratios with the
+#   spread of the rounds: a single disturbed point is noise, not a finding.
 # * The KV cache trades memory for work: each new token computes only its own keys and
 #   values instead of the whole prefix's; its attention still reads every cached key, so
 #   the cost per token is not independent of the context. Section 8 measured what that buys on this machine;
-#   what that memory costs is the exercise.
+#   what that memory costs is the first exercise.
 #
 # **When not to trust these numbers:** absolute milliseconds depend on your machine and
 # on what else it is doing; ratios measured in one run are what carry over.
 #
-# ## Exercise · How big is a KV cache?
+# ## Exercises
+#
+# ### 1 · How big is a KV cache?
 #
 # Write `kv_cache_bytes(config, seq_len, batch_size, bytes_per_value)` returning how many
 # bytes the keys and values of **all layers** take for `batch_size` sequences of `seq_len`
@@ -655,7 +843,7 @@ display(
 # formula with the bytes of real caches allocated by the model.
 
 # %%
-from course_lib.exercises import check_kv_cache_bytes
+from course_lib.exercises import check_batched_decode_prediction, check_kv_cache_bytes, check_top_p
 
 
 def kv_cache_bytes(config: ModelConfig, seq_len: int, batch_size: int = 1, bytes_per_value: int = 4) -> int:
@@ -665,7 +853,8 @@ def kv_cache_bytes(config: ModelConfig, seq_len: int, batch_size: int = 1, bytes
 check_kv_cache_bytes(kv_cache_bytes)
 
 
-# %% tags=["solution"]
+# %% tags=["solution"] jupyter={"source_hidden": true} cellView="form"
+# @title Solution — try the exercise first
 def kv_cache_bytes(config: ModelConfig, seq_len: int, batch_size: int = 1, bytes_per_value: int = 4) -> int:
     # keys and values (2) x layers x batch x kv heads x positions x head_dim x bytes
     return 2 * config.n_layers * batch_size * config.n_kv_heads * seq_len * config.head_dim * bytes_per_value
@@ -679,6 +868,102 @@ print(
 )
 
 # %% [markdown]
+# ### 2 · Nucleus (top-p) sampling
+#
+# Section 6 cut the distribution to a fixed number of tokens (top-k). **Top-p** (Holtzman
+# et al., 2020) adapts the cut to the model's confidence: keep the *smallest* set of most
+# likely tokens whose probabilities add up to at least `p`, zero the others, and
+# renormalise. After "The capital of France is" a confident model may keep two tokens;
+# after "The" it keeps hundreds.
+#
+# Write `top_p_probs(logits, p)`: logits `(..., V)` → probabilities `(..., V)` (float32,
+# each row summing to 1) over the last axis. The most likely token is always kept. Hint:
+# sort, take a cumulative sum, and decide for each sorted token from the mass *before* it.
+
+
+# %%
+def top_p_probs(logits: torch.Tensor, p: float) -> torch.Tensor:
+    raise NotImplementedError  # your code here
+
+
+check_top_p(top_p_probs)
+
+
+# %% tags=["solution"] jupyter={"source_hidden": true} cellView="form"
+# @title Solution — try the exercise first
+def top_p_probs(logits: torch.Tensor, p: float) -> torch.Tensor:
+    probs = logits.float().softmax(-1)  # (..., V)
+    sorted_p, order = probs.sort(-1, descending=True)
+    keep_sorted = sorted_p.cumsum(-1) - sorted_p < p  # mass before each token < p: it is still needed
+    keep = torch.zeros_like(keep_sorted).scatter(-1, order, keep_sorted)  # back to vocabulary order
+    kept = probs * keep
+    return kept / kept.sum(-1, keepdim=True)
+
+
+assert check_top_p(top_p_probs).passed
+for p in (0.5, 0.9):
+    print(f"top-p {p} keeps {int((top_p_probs(next_logits, p) > 0).sum())} tokens after 'The capital of France is'")
+
+# %% [markdown]
+# ### 3 · Predict, then measure: a decode step for 8 sequences
+#
+# A server rarely decodes one sequence at a time. Predict how many times longer **one
+# decode step** of the small patient (KV cache, 64 tokens of context) takes for a batch of
+# **8** sequences than for 1. Write down a simple model first — what does each step
+# compute, and what does it have to read, whatever the batch? — then return your ratio.
+# The cell after it measures the ratio on this machine and compares.
+
+
+# %%
+def predicted_batch8_ratio() -> float:
+    raise NotImplementedError  # your prediction: time(batch 8 step) / time(batch 1 step)
+
+
+# %% tags=["nbval-ignore-output"]
+batch_steps = 8
+batch_timings = measure.interleaved(
+    {f"batch {b}": measure.decode_fn(small.model, prompt_len=64, new_tokens=batch_steps, batch=b) for b in (1, 8)},
+    warmup=1,
+    repeats=5,
+    min_time=0,
+)
+batch8_ratio = batch_timings["batch 8"].median / batch_timings["batch 1"].median
+print(
+    f"one decode step: batch 1 {batch_timings['batch 1'].median / batch_steps * 1e3:.2f} ms, "
+    f"batch 8 {batch_timings['batch 8'].median / batch_steps * 1e3:.2f} ms ({batch_timings.note()})"
+)
+check_batched_decode_prediction(predicted_batch8_ratio, batch8_ratio)
+
+
+# %% tags=["solution", "nbval-ignore-output"] jupyter={"source_hidden": true} cellView="form"
+# @title Solution — try the exercise first
+def predicted_batch8_ratio() -> float:
+    # A simple two-part model: a fixed cost per step (read every weight once, launch each
+    # operator) plus arithmetic that grows with the batch. For a model this small the fixed
+    # part dominates; guess it is about 80 % of a batch-1 step: 0.8 + 0.2 x 8.
+    return 0.8 + 0.2 * 8
+
+
+assert check_batched_decode_prediction(predicted_batch8_ratio, batch8_ratio).passed
+print(f"measured: {batch8_ratio:.2f}x for 8x the tokens — {8 / batch8_ratio:.1f}x the tokens per second")
+
+# %% [markdown]
+# ## Self-check
+#
+# Predict the measured question before you open its answer: the answer key is this run's
+# own measurement from section 8.
+
+# %% tags=["nbval-ignore-output"]
+from course_lib import quiz
+
+quiz.show("01", measured={"q3": measure.compare(kv_timings[contexts[0]], "decode, KV cache", "decode, no cache").word})
+
+# %%
+from course_lib import progress
+
+progress.show("01")
+
+# %% [markdown]
 # ## References
 #
 # * Touvron et al. (2023), *Llama 2: Open Foundation and Fine-Tuned Chat Models*. [arXiv:2307.09288](https://arxiv.org/abs/2307.09288)
@@ -687,6 +972,8 @@ print(
 # * Shazeer (2020), *GLU Variants Improve Transformer*. [arXiv:2002.05202](https://arxiv.org/abs/2002.05202)
 # * Ainslie et al. (2023), *GQA: Training Generalized Multi-Query Transformer Models from Multi-Head Checkpoints*. [arXiv:2305.13245](https://arxiv.org/abs/2305.13245)
 # * Sennrich, Haddow & Birch (2016), *Neural Machine Translation of Rare Words with Subword Units*. [arXiv:1508.07909](https://arxiv.org/abs/1508.07909)
+# * Loshchilov & Hutter (2019), *Decoupled Weight Decay Regularization* (AdamW). [arXiv:1711.05101](https://arxiv.org/abs/1711.05101)
+# * Holtzman et al. (2020), *The Curious Case of Neural Text Degeneration* (nucleus sampling). [arXiv:1904.09751](https://arxiv.org/abs/1904.09751)
 # * Karpathy, *nanoGPT* — the training-loop recipe. <https://github.com/karpathy/nanoGPT>
 #
 # Text of the corpus: Wikipedia contributors, CC BY-SA 4.0.

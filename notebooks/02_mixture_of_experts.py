@@ -675,19 +675,20 @@ print(f"{hist.tokens_seen:,} tokens in {hist.seconds:.1f} s ({hist.tokens_per_se
 print(f"val loss after {live_tcfg.steps} steps: {hist.final_val_loss:.3f}")
 drops = torch.tensor(rec.drop_rate)  # (S, L)
 fig = viz.figure(
-    title_text="Live run: share of assignments per expert (layer 0) and tokens dropped at c = 1.25",
+    title_text="Live run: share of assignments per expert, layer 0",
     xaxis_title="step",
-    yaxis_title="expert",
+    yaxis=dict(title="expert", dtick=1),
     height=360,
 )
 fig.add_heatmap(
     x=rec.steps,
-    y=[f"expert {i}" for i in range(E)],
+    y=list(range(E)),
     z=torch.tensor(rec.fractions)[:, 0].T.tolist(),
     colorscale=viz.HEATMAP_SCALE,
     zmin=0,
     zmax=0.5,
     colorbar=dict(title="share", tickformat=".0%"),
+    hovertemplate="step %{x}, expert %{y}: %{z:.1%}<extra></extra>",
 )
 fig
 
@@ -773,7 +774,7 @@ viz.Table(
 
 # %%
 fig = viz.figure(
-    title_text="Load imbalance during training (CV of the expert load, mean over layers)",
+    title_text="Load imbalance during training (mean over layers)",
     xaxis_title="step",
     yaxis_title="coefficient of variation",
 )
@@ -846,13 +847,16 @@ viz.interactive(
 
 # %%
 viz.static_twin(
-    load_explorer, {"aux": [True, False], "top_k": [2, 1], "layer": [0, 1, 2, 3]}, label="aux, top-k, layer"
+    load_explorer,
+    {"aux": [True, False], "top_k": [2, 1], "layer": [0, 1, 2, 3]},
+    step_label=lambda s: f"aux loss {'on' if s['aux'] else 'off'}, top-{s['top_k']}, layer {s['layer']}",
 )
 
 # %% [markdown]
-# **Which expert does each word go to?** Below: validation text routed by the trained
-# top-2 model with the balance loss (colour = first choice; the label lists both choices),
-# and — switch runs on the slider — by the others.
+# **Which expert does each word go to?** Below: validation text, read downwards (one row
+# per token, one column per layer), routed by the trained top-2 model with the balance loss
+# (colour = first-choice expert, keyed on the right; the label lists both choices), and —
+# switch runs on the slider — by the others.
 
 # %%
 passages = R["moe-k2-aux"]["router"]["tokens"]
@@ -867,7 +871,11 @@ def routing_explorer(run: str = "moe-k2-aux", passage: int = 0):
 viz.interactive(routing_explorer, run=moe_names, passage=list(range(len(passages))))
 
 # %%
-viz.static_twin(routing_explorer, {"run": moe_names, "passage": list(range(len(passages)))}, label="run, passage")
+viz.static_twin(
+    routing_explorer,
+    {"run": moe_names, "passage": list(range(len(passages)))},
+    step_label=lambda s: f"{s['run']}, passage {s['passage'] + 1}",
+)
 
 # %% [markdown]
 # **Is routing decided by the word or by its context?** For each token id in the validation
@@ -1132,58 +1140,117 @@ verdict_m3 = claims.verdict(
 # expert must be held, although batch-1 decoding reads only $k$ of them — there MoE saves
 # the most bandwidth), small models where dispatch overhead dominates, short training.
 #
-# ## Exercise 1 · The load-balancing loss
+# ## Exercise 1 · Expert-choice routing
 #
-# Write `balance_loss(probs, experts, n_experts)`: `probs` is (N, E), `experts` the chosen
-# expert ids (N, k). Return $E \sum_i f_i P_i$ with $f_i$ the share of the $N k$
-# assignments that went to expert $i$ and $P_i$ the mean router probability of expert $i$.
+# Everything in this chapter routes by **token choice**: each token picks its top-$k$
+# experts, and an expert takes whatever arrives — hence the balance loss and the capacity
+# drops. **Expert choice** (Zhou et al., 2022) turns it around: with the same router
+# probabilities $p$ (N, E), each *expert* picks the `capacity` tokens it scores highest.
+# Every expert then gets exactly `capacity` tokens, balanced by construction, with no
+# auxiliary loss; a token may be picked by several experts or by none.
+#
+# Write `expert_choice_gates(probs, capacity)` returning the gate matrix $G$ (N, E):
+# $G_{t,e} = p_{t,e}$ where expert $e$ picked token $t$, and 0 elsewhere (the layer's output
+# would be $y_t = \sum_e G_{t,e}\,\mathrm{Expert}_e(x_t)$). No Python loop is needed.
 
 # %%
-from course_lib.exercises import check_capacity_keep, check_load_balancing_loss
+from course_lib.exercises import check_expert_choice, check_moe_scaling_prediction
 
 
-def balance_loss(probs, experts, n_experts):
+def expert_choice_gates(probs, capacity):
     raise NotImplementedError  # your code here
 
 
-check_load_balancing_loss(balance_loss)
+check_expert_choice(expert_choice_gates)
 
 
-# %% tags=["solution"]
-def balance_loss(probs, experts, n_experts):
-    f = torch.bincount(experts.reshape(-1), minlength=n_experts).float() / experts.numel()
-    return n_experts * (f * probs.mean(0)).sum()
+# %% tags=["solution"] jupyter={"source_hidden": true} cellView="form"
+# @title Solution — try the exercise first
+def expert_choice_gates(probs, capacity):
+    picked = probs.topk(capacity, dim=0).indices  # (C, E): top-k along the *token* axis, one column per expert
+    gates = torch.zeros_like(probs)  # (N, E)
+    return gates.scatter(0, picked, probs.gather(0, picked))  # keep p where picked
 
 
-assert check_load_balancing_loss(balance_loss).passed
+assert check_expert_choice(expert_choice_gates).passed
 
 # %% [markdown]
-# ## Exercise 2 · Who gets dropped?
+# What expert choice does to the sentence of section 2, at the same compute as top-2 token
+# choice (capacity $C = \lceil T k / E \rceil$, so the experts process as many assignments in
+# total):
+
+# %%
+C_ec = math.ceil(T * k / E)
+G_ec = expert_choice_gates(probs, C_ec)  # (T, E)
+per_token = (G_ec > 0).sum(1)  # experts per token
+assert (G_ec > 0).sum(0).eq(C_ec).all()  # every expert took exactly C tokens
+display(
+    Markdown(
+        f"With C = {C_ec} every expert processes exactly {C_ec} of the {T} tokens — no balance loss, no drops "
+        f"at the expert. The tokens pay instead, because their number of experts now varies: "
+        f"{int((per_token == 0).sum())} get none (only the residual connection carries them), "
+        f"{int((per_token < k).sum())} get fewer than {k}, {int((per_token == k).sum())} get {k} as with top-{k}, and "
+        f"the busiest token gets {int(per_token.max())}. Expert choice also needs every token of the batch before it "
+        f"can route, so it does not fit token-by-token decoding — one reason decoders route by token choice."
+    )
+)
+
+# %% [markdown]
+# ## Exercise 2 · Predict, then measure: an MoE layer on fewer tokens
 #
-# Write `keep_mask(experts, n_experts, capacity)` returning a boolean (N, k) tensor: True
-# where an assignment fits. Every token's first choice queues (in token order) before any
-# second choice, and each expert accepts the first `capacity` assignments in its queue.
-# Try it without a Python loop over tokens (hint: one-hot and a cumulative sum).
+# Section 6 timed the MoE layer ($D = 256$, 8 experts of 512, top-2, grouped dispatch, one
+# thread) on 1,024 tokens. How many times longer does it take on 1,024 tokens than on
+# **16**? Predict it from a simple model before the next cell measures it: count the FLOPs
+# per token of the router and the two chosen experts, and assume time is proportional to
+# FLOPs. Return the ratio as a number.
 
 
 # %%
-def keep_mask(experts, n_experts, capacity):
-    raise NotImplementedError  # your code here
+def predicted_ratio() -> float:
+    raise NotImplementedError  # your prediction here: time(1,024 tokens) / time(16 tokens)
 
 
-check_capacity_keep(keep_mask)
+# %% tags=["nbval-ignore-output"]
+x16 = xb[:16]  # the first 16 of section 6's 1,024 tokens
+moe_big.dispatch = "grouped"
+threads = torch.get_num_threads()
+torch.set_num_threads(1)  # as in section 6
+try:
+    with torch.no_grad():
+        scale_t = measure.interleaved(
+            {"1,024 tokens": lambda: moe_big(xb), "16 tokens": lambda: moe_big(x16)}, warmup=1, repeats=5
+        )
+finally:
+    torch.set_num_threads(threads)
+measured_scale = scale_t["1,024 tokens"].median / scale_t["16 tokens"].median
+print(f"measured: ×{measured_scale:.1f} ({scale_t.note()})")
+check_moe_scaling_prediction(predicted_ratio, measured_scale)
 
 
-# %% tags=["solution"]
-def keep_mask(experts, n_experts, capacity):
-    n, k = experts.shape
-    order = experts.t().reshape(-1)  # choice-major: all first choices, then all second ones
-    onehot = F.one_hot(order, n_experts)  # (k·N, E)
-    place = (onehot.cumsum(0) * onehot).sum(-1) - 1  # position in its expert's queue
-    return (place < capacity).view(k, n).t()
+# %% tags=["solution"] jupyter={"source_hidden": true} cellView="form"
+# @title Solution — try the exercise first
+def predicted_ratio() -> float:
+    flops_per_token = 2 * D_big * E + k * 3 * 2 * D_big * F_big  # router + k experts of 3 matmuls
+    return 1024 * flops_per_token / (16 * flops_per_token)  # the same FLOPs per token: 64×
 
 
-assert check_capacity_keep(keep_mask).passed
+assert check_moe_scaling_prediction(predicted_ratio, measured_scale).passed
+
+# %% [markdown]
+# ## Self-check
+#
+# A short quiz; every answer explains why it is right or wrong. The last question is about
+# your machine: its answer comes from section 8's measurement of a training step.
+
+# %% tags=["nbval-ignore-output"]
+from course_lib import quiz
+
+quiz.show("02", measured={"q5": step_cmp.word})
+
+# %% tags=["nbval-ignore-output"]
+from course_lib import progress
+
+progress.show("02")
 
 # %% [markdown]
 # ## References
@@ -1195,6 +1262,7 @@ assert check_capacity_keep(keep_mask).passed
 # * Jiang et al. (2024), *Mixtral of Experts*. [arXiv:2401.04088](https://arxiv.org/abs/2401.04088); Mistral AI, [*Mixtral of experts*](https://mistral.ai/news/mixtral-of-experts) (2023)
 # * Gale et al. (2023), *MegaBlocks: Efficient Sparse Training with Mixture-of-Experts*. [arXiv:2211.15841](https://arxiv.org/abs/2211.15841)
 # * Artetxe et al. (2022), *Efficient Large Scale Language Modeling with Mixtures of Experts*. [arXiv:2112.10684](https://arxiv.org/abs/2112.10684)
+# * Zhou et al. (2022), *Mixture-of-Experts with Expert Choice Routing*. [arXiv:2202.09368](https://arxiv.org/abs/2202.09368)
 # * Clark et al. (2022), *Unified Scaling Laws for Routed Language Models*. [arXiv:2202.01169](https://arxiv.org/abs/2202.01169)
 # * Dai et al. (2024), *DeepSeekMoE: Towards Ultimate Expert Specialization in Mixture-of-Experts Language Models*. [arXiv:2401.06066](https://arxiv.org/abs/2401.06066)
 # * Hugging Face `transformers`, Mixtral implementation (`MixtralSparseMoeBlock`), used in the tests as the reference.

@@ -69,7 +69,7 @@ from course_lib import attention as A
 from course_lib import claims, data, measure, viz, zoo
 from course_lib.attention import SparsePattern
 from course_lib.experiments import attention as attention_runs
-from course_lib.model import ModelConfig, TinyLM
+from course_lib.model import ModelConfig, TinyLM, apply_rope
 from course_lib.train import TrainConfig, evaluate, train
 
 # %% [markdown]
@@ -166,6 +166,11 @@ assert torch.equal(
 assert torch.equal(block_sparse, SparsePattern("block_sparse", window=2 * b, block_size=b).mask(T))
 print("all six masks match course_lib")
 
+# %% [markdown]
+# The six masks side by side: each row is a query position, each column a key position, and
+# a coloured cell means *may attend*. The short panel titles name the patterns of the table
+# below.
+
 # %%
 masks = {
     "causal": causal,
@@ -175,20 +180,29 @@ masks = {
     "BigBird: window + global + random": bigbird,
     f"block-sparse, blocks of {b}": block_sparse,
 }
-fig = make_subplots(rows=2, cols=3, subplot_titles=list(masks), horizontal_spacing=0.04, vertical_spacing=0.1)
+short_titles = [
+    "causal",
+    f"window {w}",
+    f"dilated {w}×{dil}",
+    f"window {w}<br>+ {g} global",
+    "BigBird",
+    f"blocks of {b}",
+]
+fig = make_subplots(rows=2, cols=3, subplot_titles=short_titles, horizontal_spacing=0.09, vertical_spacing=0.16)
 for k, mk in enumerate(masks.values()):
     fig.add_heatmap(
         z=mk.to(torch.uint8).numpy(),
         colorscale=[[0, "#f4f4f4"], [1, viz.PALETTE[k % 6]]],
         showscale=False,
+        hovertemplate="query %{y}, key %{x}: %{z}<extra></extra>",
         row=k // 3 + 1,
         col=k % 3 + 1,
     )
-fig.update_yaxes(autorange="reversed", showticklabels=False)
-fig.update_xaxes(showticklabels=False)
-fig.update_layout(
-    title_text=f"Six attention masks, T={T} (rows: queries, columns: keys; colour = may attend)", height=560
-)
+fig.update_yaxes(autorange="reversed", tickvals=[0, 32, 63])
+fig.update_xaxes(tickvals=[0, 32, 63])
+fig.update_yaxes(title_text="query", col=1)
+fig.update_xaxes(title_text="key", row=2)
+fig.update_layout(title_text=f"Six attention masks, T={T}", height=600)
 fig
 
 # %% [markdown]
@@ -312,16 +326,27 @@ bb = SparsePattern("sliding_window", window=64, n_global=16, n_random_blocks=2, 
 lay = bb.block_layout(512)
 plan = bb.plan(512)
 causal_blocks = lay.shape[0] * (lay.shape[0] + 1) // 2
+display(
+    Markdown(
+        f"A BigBird-style pattern at T=512 in blocks of 32 (window 64, 16 global tokens, 2 random blocks): "
+        f"**{int(lay.sum())} of {causal_blocks}** causal block pairs are computed, and each query block "
+        f"gathers {plan.keys_per_block} keys."
+    )
+)
 fig = viz.figure(
-    title_text=f"Block layout of a BigBird-style pattern, T=512, blocks of 32: {int(lay.sum())} of "
-    f"{causal_blocks} causal blocks computed; each query block gathers {plan.keys_per_block} keys",
-    height=420,
-    width=520,
+    title_text="Block layout, BigBird-style, T=512, blocks of 32",
+    height=460,
     xaxis_title="key block",
     yaxis_title="query block",
 )
-fig.add_heatmap(z=lay.to(torch.uint8).numpy(), colorscale=[[0, "#f4f4f4"], [1, viz.PALETTE[0]]], showscale=False)
-fig.update_yaxes(autorange="reversed")
+fig.add_heatmap(
+    z=lay.to(torch.uint8).numpy(),
+    colorscale=[[0, "#f4f4f4"], [1, viz.PALETTE[0]]],
+    showscale=False,
+    hovertemplate="query block %{y}, key block %{x}: %{z}<extra></extra>",
+)
+fig.update_yaxes(autorange="reversed", scaleanchor="x", constrain="domain")  # square cells at any width
+fig.update_xaxes(constrain="domain")
 fig
 
 # %%
@@ -382,13 +407,13 @@ viz.Table(
 )
 
 # %% tags=["nbval-ignore-output"]
-fig = make_subplots(rows=1, cols=2, subplot_titles=("time per call (ms)", "peak memory per call (MB)"))
+fig = make_subplots(rows=1, cols=2, subplot_titles=("time per call (ms)", "peak memory (MB)"), horizontal_spacing=0.14)
 for c, v in enumerate(variants):
     ns = [n for n in lengths if (v, n) in by]
     style = dict(mode="lines+markers", name=v, line=dict(color=viz.PALETTE[c]))
     fig.add_scatter(x=ns, y=[by[v, n]["ms"] for n in ns], row=1, col=1, **style)
     fig.add_scatter(x=ns, y=[max(by[v, n]["peak_mb"] or 0, 0.1) for n in ns], row=1, col=2, showlegend=False, **style)
-fig.update_xaxes(type="log", title_text="sequence length (tokens)")
+fig.update_xaxes(type="log", title_text="tokens")
 fig.update_yaxes(type="log")
 fig.update_layout(title_text="The n² wall: dense attention vs a sliding window of 256", height=430)
 fig
@@ -512,26 +537,149 @@ print("position -> slot:", {p: p % W for p in range(10)})
 print("after position 9 the slots hold positions", sorted(range(10 - W, 10), key=lambda p: p % W))
 
 # %% [markdown]
-# Now the real thing. The zoo's tiny patient was trained with full attention; because
-# `SparseAttention` has the same parameters, its checkpoint loads unchanged into a
-# sliding-window model. We decode 100 tokens one at a time through the rolling cache and
-# check every step's logits against one full pass of the windowed model.
+# **Build it: the ring.** One layer's cache holds $W$ keys and values per KV head,
+# `(B, H_kv, W, d)`, and remembers which position each slot holds (−1: empty). A decoding
+# step for the token at position $p$:
+#
+# 1. write its key and value into slot $p \bmod W$ — that slot held position $p - W$, which
+#    no query from $p$ on reads;
+# 2. attend over the $W$ slots, $\mathrm{softmax}(q K_{ring}^\top / \sqrt{d})\, V_{ring}$, with
+#    empty slots set to $-\infty$ (they exist only during the first $W - 1$ steps).
+#
+# The slots are not in position order (after position 9 above: 8, 9, 6, 7), and that does not
+# matter: softmax is a sum over keys, not a sequence. Rotary embeddings were applied to each
+# key *before* it was stored, so every key carries its own position.
+
+
+# %%
+class RingCache:
+    """One layer's cache for a causal window of W: position p lives in slot p mod W."""
+
+    def __init__(self, batch_size, n_kv_heads, head_dim, window):
+        self.k = torch.zeros(batch_size, n_kv_heads, window, head_dim)  # (B, H_kv, W, d)
+        self.v = torch.zeros(batch_size, n_kv_heads, window, head_dim)  # (B, H_kv, W, d)
+        self.slot_pos = torch.full((window,), -1)  # (W,) the position each slot holds; -1: empty
+        self.pos = 0  # position of the next token
+
+    def attend(self, q, k, v):
+        """One new token: q (B, H, 1, d); k, v (B, H_kv, 1, d) -> (B, H, 1, d)."""
+        slot = self.pos % self.k.shape[2]  # 1. overwrite the position that just left the window
+        self.k[:, :, slot], self.v[:, :, slot] = k[:, :, 0], v[:, :, 0]
+        self.slot_pos[slot] = self.pos
+        self.pos += 1
+        rep = q.shape[1] // self.k.shape[1]  # GQA: each KV head serves `rep` query heads
+        keys, values = self.k.repeat_interleave(rep, 1), self.v.repeat_interleave(rep, 1)  # (B, H, W, d)
+        scores = q @ keys.transpose(-2, -1) / math.sqrt(q.shape[-1])  # 2. (B, H, 1, W): W scores, whatever p
+        scores = scores.masked_fill(self.slot_pos < 0, float("-inf"))  # empty slots read nothing
+        return scores.softmax(-1) @ values  # (B, H, 1, d)
+
+
+# %% [markdown]
+# Decode 40 random tokens through our ring of 8 slots and through the library's
+# `RollingKVCache`, which does the same with more cases covered (global tokens in slots of
+# their own, several tokens per call — Mistral's chunked prefill —, any pattern's mask, and
+# `truncate` for chapter 10's rollback). Both must equal the dense reference with the window
+# mask, and hold the same keys in the same slots.
+
+# %%
+Wr, Tr = 8, 40
+qd, kd, vd = torch.randn(1, 4, Tr, 16), torch.randn(1, 2, Tr, 16), torch.randn(1, 2, Tr, 16)  # GQA: 4 q, 2 kv heads
+ring, lib_ring = RingCache(1, 2, 16, Wr), A.RollingKVCache(1, 2, 16, window=Wr)
+ring_pattern = SparsePattern("sliding_window", window=Wr)
+ours_out, lib_out = [], []
+for t in range(Tr):
+    one = slice(t, t + 1)  # the token at position t
+    ours_out.append(ring.attend(qd[:, :, one], kd[:, :, one], vd[:, :, one]))
+    lib_out.append(lib_ring.attend(qd[:, :, one], kd[:, :, one], vd[:, :, one], ring_pattern))
+torch.testing.assert_close(torch.cat(ours_out, 2), torch.cat(lib_out, 2))
+torch.testing.assert_close(torch.cat(ours_out, 2), A.dense_attention(qd, kd, vd, ring_pattern.mask(Tr)))
+assert torch.equal(ring.k, lib_ring.k) and torch.equal(ring.slot_pos, lib_ring.slot_pos)
+print(f"after {Tr} tokens the {Wr} slots hold positions {ring.slot_pos.tolist()}")
+print("our ring == course_lib.RollingKVCache == dense attention with the window mask")
+
+# %% [markdown]
+# **Build it: the layer.** `SparseAttention` is chapter 01's `Attention` with one line
+# changed. The projections `q_proj`, `k_proj`, `v_proj`, `o_proj` and the rotary
+# embeddings stay, so a dense checkpoint loads into it unchanged; where dense attention calls
+# SDPA with `is_causal=True`, it calls the sparse kernel for a whole sequence and the rolling
+# cache when decoding. Ours, for a sliding window, reuses section 4's blocked loop and the
+# ring above:
+
+
+# %%
+class WindowAttention(torch.nn.Module):
+    """Causal sliding-window attention with RoPE and GQA: the patient's attention, one call changed."""
+
+    def __init__(self, config, window, block=32):
+        super().__init__()
+        self.n_heads, self.n_kv_heads, self.head_dim = config.n_heads, config.n_kv_heads, config.head_dim
+        self.window, self.block = window, block
+        d, hd = config.d_model, config.head_dim
+        self.q_proj = torch.nn.Linear(d, self.n_heads * hd, bias=False)  # same names and shapes as Attention
+        self.k_proj = torch.nn.Linear(d, self.n_kv_heads * hd, bias=False)
+        self.v_proj = torch.nn.Linear(d, self.n_kv_heads * hd, bias=False)
+        self.o_proj = torch.nn.Linear(self.n_heads * hd, d, bias=False)
+
+    def new_cache(self, batch_size, max_len, **_):  # TinyLM asks each layer for its own cache
+        return RingCache(batch_size, self.n_kv_heads, self.head_dim, min(self.window, max_len))
+
+    def forward(self, x, cos, sin, cache=None):  # x (B, T, C)
+        b, t, _ = x.shape
+        q = self.q_proj(x).view(b, t, self.n_heads, self.head_dim).transpose(1, 2)  # (B, H, T, d)
+        k = self.k_proj(x).view(b, t, self.n_kv_heads, self.head_dim).transpose(1, 2)  # (B, H_kv, T, d)
+        v = self.v_proj(x).view(b, t, self.n_kv_heads, self.head_dim).transpose(1, 2)  # (B, H_kv, T, d)
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)  # rotate by absolute position
+        if cache is not None:  # decoding: token by token through the ring
+            y = torch.cat(
+                [cache.attend(q[:, :, s : s + 1], k[:, :, s : s + 1], v[:, :, s : s + 1]) for s in range(t)], 2
+            )
+        else:  # a whole sequence: section 4's O(n·w) loop, one sequence at a time
+            rep = self.n_heads // self.n_kv_heads
+            k, v = k.repeat_interleave(rep, 1), v.repeat_interleave(rep, 1)  # (B, H, T, d)
+            y = torch.stack([windowed_attention_loop(q[i], k[i], v[i], self.window, 0, self.block) for i in range(b)])
+        return self.o_proj(y.transpose(1, 2).reshape(b, t, -1))  # (B, H, T, d) -> (B, T, C)
+
+
+# %% [markdown]
+# The library's layer, for comparison: the same projections (inherited from `Attention`),
+# and a dispatch to the cache or to one of three kernels for any pattern.
+
+# %%
+viz.show_source(A.SparseAttention.forward)
+
+# %% [markdown]
+# Now the real thing. The zoo's tiny patient was trained with full attention. We put our
+# layer into every block of one copy of it and the library's `SparseAttention` (through
+# `sparse_config`) into another, and load the same checkpoint into both — same parameter
+# names, same shapes. Then we check one layer's outputs, the logits of a full pass, 100 tokens
+# decoded one at a time through our ring against that full pass, and greedy generation token
+# for token.
 
 # %%
 tiny = zoo.load("tiny")
 val_ids = data.encode_split("val", tiny.tokenizer)
 win_cfg = A.sparse_config(tiny.model.config, pattern="sliding_window", window=32, block_size=32)
-windowed = TinyLM(win_cfg).eval()
+windowed = TinyLM(win_cfg).eval()  # the library's SparseAttention in every block
 windowed.load_state_dict(tiny.model.state_dict())  # same names, same shapes
+ours_lm = TinyLM(tiny.model.config).eval()
+for blk in ours_lm.blocks:
+    blk.attn = WindowAttention(ours_lm.config, window=32)  # ours in every block
+ours_lm.load_state_dict(tiny.model.state_dict())
 
 x = torch.as_tensor(val_ids[:100].astype("int64"))[None]  # (1, 100)
 with torch.no_grad():
-    full_pass = windowed(x)  # (1, 100, V) through the blocked kernel
-    cache = windowed.new_cache(1, 100)
-    steps = torch.cat([windowed(x[:, t : t + 1], cache=cache) for t in range(100)], dim=1)
+    h = torch.randn(2, 100, win_cfg.d_model)  # (B, T, C) any hidden states
+    cos, sin = windowed.rope_cos[:100], windowed.rope_sin[:100]
+    torch.testing.assert_close(ours_lm.blocks[0].attn(h, cos, sin), windowed.blocks[0].attn(h, cos, sin))
+    full_pass = windowed(x)  # (1, 100, V) through the library's blocked kernel
+    torch.testing.assert_close(ours_lm(x), full_pass, atol=1e-4, rtol=1e-4)
+    cache = ours_lm.new_cache(1, 100)  # four RingCaches of 32 slots
+    steps = torch.cat([ours_lm(x[:, t : t + 1], cache=cache) for t in range(100)], dim=1)
 torch.testing.assert_close(steps, full_pass, atol=1e-4, rtol=1e-4)
+assert torch.equal(ours_lm.generate(x[:, :20], 30), windowed.generate(x[:, :20], 30))
 assert torch.equal(windowed.generate(x[:, :20], 30), windowed.generate(x[:, :20], 30, use_cache=False))
-print("rolling-cache decoding == full forward for 100 tokens (window 32); generate agrees with and without cache")
+print("our layer == SparseAttention; ring decoding of 100 tokens == full forward (window 32)")
+print("greedy generation: the same 30 tokens from ours and the library's, with and without cache")
 
 # %%
 rows = []
@@ -640,6 +788,12 @@ viz.Table(
 )
 
 
+# %% [markdown]
+# The next figure shows, at each position of the 256-token window, the loss of a windowed
+# model minus the full-attention model's (means over 16 positions; above zero: the window
+# costs). Dotted: the window switched on after training; solid: trained with it.
+
+
 # %%
 def smooth(xs, k=16):
     return [sum(xs[s : s + k]) / len(xs[s : s + k]) for s in range(0, len(xs), k)]
@@ -664,9 +818,10 @@ for c, name in enumerate(["window 64", "window 16"], start=1):
     diff = [a - b for a, b in zip(Vt[name]["loss_by_position"], Vt["full"]["loss_by_position"])]
     fig.add_scatter(x=xs, y=smooth(diff), name=f"{name}, trained so", line=dict(color=viz.PALETTE[c]), row=1, col=1)
 fig.add_hline(y=0, line_color="#888")
-fig.update_xaxes(title_text="position in the 256-token window")
-fig.update_yaxes(title_text="loss minus full attention's (nats)", col=1)
-fig.update_layout(title_text="What a window costs, position by position (means over 16 positions)", height=450)
+fig.update_xaxes(title_text="position")
+fig.update_yaxes(title_text="Δ loss vs full (nats)", col=1)
+fig.update_yaxes(tickformat="+.2f")
+fig.update_layout(title_text="What a window costs, position by position", height=450)
 fig
 
 # %%
@@ -691,7 +846,7 @@ assert early["window 16"] < early["full"] - 0.03  # ... even where the window hi
 
 # %%
 fig = viz.figure(
-    title_text="Training the tiny recipe with full attention and with windows (validation loss)",
+    title_text="The tiny recipe trained with full attention and with windows",
     xaxis_title="step",
     yaxis_title="validation cross-entropy (nats)",
     height=400,
@@ -739,9 +894,10 @@ print(f"live run, window 16 minus full: {live['window 16'].final_val_loss - live
 # %% [markdown]
 # ## 8 · Explore: the attention-mask explorer
 #
-# Pick a pattern and its settings: the figure shows the mask, its density and FLOPs relative
-# to dense causal attention, and the **receptive field** of the last token as layers stack —
-# which positions can influence it after 1, 2, … layers. A window of $w$ reaches
+# Pick a pattern and its settings: the figure shows the mask with its density (title) and its
+# attention FLOPs as a multiple of dense causal attention's (left panel), and the **receptive
+# field** of the last token as layers stack (right panel: which positions can influence it
+# after 1, 2, … layers, and how many in all). A window of $w$ reaches
 # $w - 1$ positions further back with each layer; dilation multiplies that reach by $d$ at
 # the same cost, leaving gaps that the layers below must fill; a global token is
 # reachable in one hop from anywhere.
@@ -762,7 +918,12 @@ viz.interactive(
 )
 
 # %%
-viz.static_twin(A.preset_figure, {"preset": list(A.PRESETS), "window": [8, 16, 32]}, label="pattern, window")
+viz.static_twin(
+    A.preset_figure,
+    {"preset": list(A.PRESETS), "window": [8, 16, 32]},
+    step_label=lambda s: f"{s['preset']}, window {s['window']}",
+    start={"preset": "sliding window (Mistral)", "window": 16},
+)
 
 # %% [markdown]
 # ## 9 · Longformer, BigBird and Mistral in context
@@ -874,30 +1035,59 @@ verdict_a1 = claims.verdict(
 # blocks (FlexAttention, block-sparse kernels) — a dense kernel with a mask does all the
 # work and throws most of it away, as the pair counts above show.
 #
-# ## Exercise 1 · Count a window's pairs
+# ## Exercise 1 · A rolling cache for a dilated window
 #
-# Write `window_pairs(seq_len, window)`: how many (query, key) pairs a **causal** sliding
-# window keeps. Careful with windows longer than the sequence. The checker compares your
-# count with real masks.
+# Section 6 built the ring for a plain window. Longformer's **dilated** window reads the keys
+# at distance $0, d, 2d, \dots, (w-1)d$ (section 2's mask). Write `DilatedRingCache`, a
+# decoding cache for it with the same interface as `RingCache`: `attend(q, k, v)` takes one
+# token (q `(B, H, 1, d)`, k and v `(B, H_kv, 1, d)`, grouped-query heads as in section 6),
+# stores its key and value and returns its attention output `(B, H, 1, d)`.
+#
+# Think first: how many slots must the ring have so that no key a later query reads has been
+# overwritten? Which slots may the new token read? The checker decodes random tokens through
+# your cache and compares every output with `dense_attention` under the dilated mask; it also
+# refuses a cache whose tensors grow while decoding or hold more positions than the dilated
+# window can ever read.
 
 # %%
-from course_lib.exercises import check_reach, check_window_pairs
+from course_lib.exercises import check_dilated_cache, check_reach, check_window_time_prediction
 
 
-def window_pairs(seq_len: int, window: int) -> int:
-    raise NotImplementedError  # your code here
+class DilatedRingCache:
+    def __init__(self, batch_size, n_kv_heads, head_dim, window, dilation):
+        raise NotImplementedError  # your code here
+
+    def attend(self, q, k, v):
+        raise NotImplementedError  # your code here
 
 
-check_window_pairs(window_pairs)
+check_dilated_cache(DilatedRingCache)
 
 
-# %% tags=["solution"]
-def window_pairs(seq_len: int, window: int) -> int:
-    w = min(window, seq_len)  # rows read min(i + 1, w) keys
-    return w * seq_len - w * (w - 1) // 2
+# %% tags=["solution"] jupyter={"source_hidden": true} cellView="form"
+# @title Solution — try the exercise first
+class DilatedRingCache:
+    def __init__(self, batch_size, n_kv_heads, head_dim, window, dilation):
+        slots = (window - 1) * dilation + 1  # the oldest key read is (w - 1)·d back; every position is read later
+        self.k = torch.zeros(batch_size, n_kv_heads, slots, head_dim)  # (B, H_kv, S, d)
+        self.v = torch.zeros(batch_size, n_kv_heads, slots, head_dim)
+        self.slot_pos = torch.full((slots,), -1)  # position held by each slot; -1: empty
+        self.dilation, self.pos = dilation, 0
+
+    def attend(self, q, k, v):
+        slot = self.pos % self.k.shape[2]
+        self.k[:, :, slot], self.v[:, :, slot] = k[:, :, 0], v[:, :, 0]
+        self.slot_pos[slot] = self.pos
+        back = self.pos - self.slot_pos  # (S,) distance of each slot's key
+        allowed = (self.slot_pos >= 0) & (back % self.dilation == 0)  # only every d-th position
+        self.pos += 1
+        rep = q.shape[1] // self.k.shape[1]
+        keys, values = self.k.repeat_interleave(rep, 1), self.v.repeat_interleave(rep, 1)
+        scores = q @ keys.transpose(-2, -1) / math.sqrt(q.shape[-1])  # (B, H, 1, S)
+        return scores.masked_fill(~allowed, float("-inf")).softmax(-1) @ values
 
 
-assert check_window_pairs(window_pairs).passed
+assert check_dilated_cache(DilatedRingCache).passed
 
 # %% [markdown]
 # ## Exercise 2 · How far back can a stack of dilated windows see?
@@ -917,13 +1107,77 @@ def reach(n_layers: int, window: int, dilation: int, seq_len: int) -> int:
 check_reach(reach)
 
 
-# %% tags=["solution"]
+# %% tags=["solution"] jupyter={"source_hidden": true} cellView="form"
+# @title Solution — try the exercise first
 def reach(n_layers: int, window: int, dilation: int, seq_len: int) -> int:
     steps = min(n_layers * (window - 1), (seq_len - 1) // dilation)  # hops of d, bounded by the sequence start
     return steps + 1
 
 
 assert check_reach(reach).passed
+
+# %% [markdown]
+# ## Exercise 3 · Predict, then measure: a wider window
+#
+# Our blocked kernel (section 4) at 2048 tokens, 2 heads of 64, blocks of 64: how many
+# times longer does a call take with a window of **512** than with a window of **128**?
+# Write your prediction from a simple model *before* running the measurement: count the
+# keys each query block gathers (the block plan of section 4 rounds the band of
+# $w + b - 1$ keys up to whole blocks) and assume time is proportional to the scores
+# computed. Return the ratio as a number.
+
+
+# %%
+def predicted_ratio() -> float:
+    raise NotImplementedError  # your prediction here: time(window 512) / time(window 128)
+
+
+# %% tags=["nbval-ignore-output"]
+n_pred = 2048
+pred_patterns = {w: SparsePattern("sliding_window", window=w, block_size=64) for w in (128, 512)}
+qp, kp, vp = (torch.randn(1, 2, n_pred, 64, generator=torch.Generator().manual_seed(s)) for s in range(3))
+for p in pred_patterns.values():
+    p.plan(n_pred)  # build the block plans before timing, as in section 5
+with torch.no_grad():
+    pred_t = measure.interleaved(
+        {f"window {w}": (lambda p=p: A.block_sparse_attention(qp, kp, vp, p)) for w, p in pred_patterns.items()},
+        warmup=1,
+        repeats=5,
+    )
+measured_ratio = pred_t["window 512"].median / pred_t["window 128"].median
+print(f"measured: ×{measured_ratio:.2f} ({pred_t.note()})")
+check_window_time_prediction(predicted_ratio, measured_ratio)
+
+
+# %% tags=["solution"] jupyter={"source_hidden": true} cellView="form"
+# @title Solution — try the exercise first
+def predicted_ratio() -> float:
+    def keys_gathered(w, b=64):  # key blocks a query block touches: the band of w + b - 1 keys, in whole blocks
+        return (math.ceil((w - 1) / b) + 1) * b
+
+    return keys_gathered(512) / keys_gathered(128)  # 576 / 192 scores per query
+
+
+assert (
+    predicted_ratio() == pred_patterns[512].plan(n_pred).keys_per_block / pred_patterns[128].plan(n_pred).keys_per_block
+)
+assert check_window_time_prediction(predicted_ratio, measured_ratio).passed
+
+# %% [markdown]
+# ## Self-check
+#
+# A short quiz; every answer explains why it is right or wrong. The last question is about
+# your machine: its answer comes from section 5's measurement.
+
+# %% tags=["nbval-ignore-output"]
+from course_lib import quiz
+
+quiz.show("03", measured={"q4": short.word})
+
+# %% tags=["nbval-ignore-output"]
+from course_lib import progress
+
+progress.show("03")
 
 # %% [markdown]
 # ## References

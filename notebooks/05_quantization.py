@@ -183,7 +183,7 @@ print("from-scratch rounding == torch casts == course_lib, for", ", ".join(check
 # %%
 fig = viz.figure(
     title_text="Relative precision: gap to the next value ÷ value",
-    xaxis=dict(title="|x| (formats with a scale: largest value = 1)", type="log", exponentformat="power"),
+    xaxis=dict(title="|x| (largest value = 1)", type="log", exponentformat="power"),  # scaling: in the text above
     yaxis=dict(title="relative gap", type="log", exponentformat="power"),
     height=420,
 )
@@ -260,7 +260,7 @@ for i, k in enumerate(["nf4", "fp8_e4m3", "bf16", "fp16"]):
         y=[sq[k][1]],
         mode="markers+text",
         text=[k],
-        textposition="top center",
+        textposition="middle left" if k in ("bf16", "fp16") else "top center",  # fp16 sits at the top of the plot
         marker=dict(size=11, color=viz.PALETTE[i + 1]),
         name=k,
     )
@@ -665,23 +665,134 @@ viz.Table(
 )
 
 # %%
-fig = make_subplots(rows=1, cols=2, subplot_titles=[f"{m}: {worst[m]['layer']}" for m in stats])
+fig = make_subplots(
+    rows=2, cols=1, subplot_titles=[f"{m}:<br>{worst[m]['layer']}" for m in stats], vertical_spacing=0.2
+)
 for i, m in enumerate(stats):
     amax = stats[m][worst[m]["layer"]]["absmax"]
-    fig.add_bar(x=list(range(len(amax))), y=amax.tolist(), marker_color=viz.PALETTE[i], name=m, row=1, col=i + 1)
-fig.update_layout(title_text="Largest |activation| per input channel (calibration text)", height=360, showlegend=False)
+    fig.add_bar(x=list(range(len(amax))), y=amax.tolist(), marker_color=viz.PALETTE[i], name=m, row=i + 1, col=1)
+fig.update_layout(title_text="Largest |activation| per input channel", height=520, showlegend=False)
 fig.update_yaxes(title_text="max |x|", type="log")
 fig.update_xaxes(title_text="input channel")
 fig
 
 # %% [markdown]
-# Now quantize those real activations and multiply by the layer's real weights, four ways:
-# W8A8 with one scale for the whole activation tensor; one scale per token; **LLM.int8()**, which
-# sends the few feature columns above a threshold (6.0, the paper's value) through a float product
-# and the rest through int8; and **SmoothQuant** ([Xiao et al., 2023](https://arxiv.org/abs/2211.10438)),
-# which divides each input channel by $s_j = \max|X_j|^{\alpha} / \max|W_j|^{1-\alpha}$ and multiplies
-# the weight's column by the same $s_j$ — the product is unchanged, but the activation outliers
-# shrink and the weights, which quantize easily, absorb them ($\alpha = 0.5$).
+# Two fixes exist. **LLM.int8()** ([Dettmers et al., 2022](https://arxiv.org/abs/2208.07339))
+# sends the few feature columns that hold a value above a threshold (6.0, the paper's value)
+# through a float product and the rest through int8. **SmoothQuant**
+# ([Xiao et al., 2023](https://arxiv.org/abs/2211.10438)) divides each input channel by
+# $s_j = \max|X_j|^{\alpha} / \max|W_j|^{1-\alpha}$ and multiplies the weight's column by the same
+# $s_j$ — the product is unchanged, but the activation outliers shrink and the weights, which
+# quantize easily, absorb them ($\alpha = 0.5$). We build both on MiniLM's worst layer, in small
+# steps, and check each against `course_lib`'s layer bit for bit.
+#
+# **LLM.int8(), step 1: int8 weights, one scale per output channel.** $s^W_n = \max_k |W_{nk}| / 127$,
+# stored in fp16. The codes are kept as unsigned bytes with the fixed zero-point 128 of a
+# symmetric grid (section 3), and the kernel reads the signed $q = u - 128 \in [-127, 127]$.
+
+# %%
+layer_name = worst["MiniLM"]["layer"]
+layer = bert.get_submodule(layer_name)
+X = quant.capture_inputs(bert, [layer_name], mcalib[:2])[layer_name]  # (M tokens, K features)
+W_l = layer.weight.detach()  # (N, K)
+s_w = (W_l.abs().amax(1, keepdim=True) / 127).half().float()  # (N, 1): one fp16 scale per output channel
+W_q = torch.clamp(torch.round(W_l * (1 / s_w) + 128), 1, 255) - 128  # (N, K) integers in -127..127
+print(f"{layer_name}: X {tuple(X.shape)}, W {tuple(W_l.shape)}; weight codes in [{W_q.min():.0f}, {W_q.max():.0f}]")
+
+# %% [markdown]
+# **Step 2: find the outlier columns.** A feature column $k$ is an outlier when *any* token has
+# $|x_{mk}| > 6$. Those columns leave the int8 product: we zero them there.
+
+# %%
+threshold = 6.0
+outlier = (X.abs() > threshold).any(0)  # (K,) bool: columns with a big value in some token
+X_reg = X.masked_fill(outlier, 0.0)  # (M, K): the regular part, outlier columns zeroed
+print(f"{int(outlier.sum())} of {X.shape[1]} columns are outliers (channels {outlier.nonzero().flatten().tolist()})")
+
+# %% [markdown]
+# **Step 3: int8 activations, one scale per token, and the integer product.**
+# $s^X_m = \max_k |x_{mk}| / 127$ (over the regular columns only, so the outliers no longer set it),
+# $X_q = \mathrm{round}(X / s^X)$, and $Y_{\text{int8}} = (X_q W_q^\top)\odot s^X (s^W)^\top$ — an
+# integer matrix product (exact in fp32 here, section 5) rescaled by an outer product of scales.
+
+# %%
+s_x = X_reg.abs().amax(1, keepdim=True) / 127  # (M, 1): one scale per token
+X_q = torch.clamp(torch.round(X_reg / s_x), -127, 127)  # (M, K) integers
+Y_int8 = (X_q @ W_q.t()) * s_x * s_w.t()  # (M, N): int8 x int8 -> int32 sums, then rescaled
+
+# %% [markdown]
+# **Step 4: the outlier columns in float, and the sum.** The few outlier columns meet the
+# dequantized weight columns in a float product: $Y = Y_{\text{int8}} + X_{:,o}\,(W_q \odot s^W)_{:,o}^\top + b$.
+# (The paper keeps those weight columns in fp16; `course_lib` stores only int8 weights and
+# dequantizes the columns it needs.)
+
+# %%
+Y_fp = X[:, outlier] @ (W_q[:, outlier] * s_w).t()  # (M, n_outliers) @ (n_outliers, N)
+Y_llm_int8 = Y_int8 + Y_fp + layer.bias.detach()
+with torch.no_grad():
+    lib_llm = quant.LLMInt8Linear.from_linear(layer, threshold=threshold, backend="emulated")
+    assert torch.equal(W_q, lib_llm.packed.float()) and torch.equal(s_w.flatten(), lib_llm.scale.float().flatten())
+    assert torch.equal(Y_llm_int8, lib_llm(X)) and lib_llm.last_outlier_columns == int(outlier.sum())
+    ref_out = layer(X)
+print(
+    f"from scratch == quant.LLMInt8Linear, bit for bit; relative error vs fp32 "
+    f"{((Y_llm_int8 - ref_out).norm() / ref_out.norm()).item():.2%}, "
+    f"{1 - outlier.float().mean().item():.1%} of the feature columns in int8"
+)
+
+# %% [markdown]
+# **SmoothQuant, step 1: the migration scales.** From the calibration statistics (the largest
+# $|x_j|$ of each input channel over all calibration text) and the weight's largest $|W_{:,j}|$:
+# $s_j = \max|X_j|^{\alpha} / \max|W_{:,j}|^{1-\alpha}$. Dividing $X$ by $s$ and multiplying
+# $W$'s columns by it leaves the product unchanged: $(X \operatorname{diag}(s)^{-1})(W\operatorname{diag}(s))^\top = XW^\top$.
+
+# %%
+alpha = 0.5
+a_max = stats["MiniLM"][layer_name]["absmax"]  # (K,) max |x_j| on the calibration text
+w_max = W_l.abs().amax(0)  # (K,) max |W_:,j| over output channels
+s_mig = a_max.clamp(min=1e-5).pow(alpha) / w_max.clamp(min=1e-5).pow(1 - alpha)  # (K,)
+assert torch.equal(s_mig, quant.smooth_scales(a_max, layer.weight, alpha=alpha))
+s_mig = s_mig.half().float()  # stored in fp16, like every scale
+X_s, W_s = X / s_mig, W_l * s_mig  # (M, K) and (N, K)
+assert torch.allclose(X_s @ W_s.t(), X @ W_l.t(), rtol=1e-4, atol=1e-4)  # the same product, up to float rounding
+
+
+def spread(t):  # how far the largest channel sticks out: max channel |.| over the median channel
+    c = t.abs().amax(0)
+    return (c.max() / c.median()).item()
+
+
+viz.Table(
+    [
+        {"tensor": "activations X", "before": spread(X), "after smoothing": spread(X_s)},
+        {"tensor": "weights W", "before": spread(W_l), "after smoothing": spread(W_s)},
+    ],
+    caption=f"{layer_name}: largest input channel ÷ median channel (α = {alpha})",
+)
+
+# %% [markdown]
+# **Step 2: W8A8 on the smoothed tensors.** The weights are quantized per output channel as in
+# LLM.int8()'s step 1; the activations now with **one scale for the whole tensor**, the cheap
+# scheme that the outliers broke. Dividing by $s$ happens on every call (or is folded into the
+# previous layer's LayerNorm, as the paper does).
+
+# %%
+s_w2 = (W_s.abs().amax(1, keepdim=True) / 127).half().float()  # (N, 1)
+W_q2 = torch.clamp(torch.round(W_s * (1 / s_w2) + 128), 1, 255) - 128  # (N, K)
+s_x2 = X_s.abs().max() / 127  # one scale for every token and channel
+X_q2 = torch.clamp(torch.round(X_s / s_x2), -127, 127)  # (M, K)
+Y_smooth = (X_q2 @ W_q2.t()) * s_x2 * s_w2.t() + layer.bias.detach()
+with torch.no_grad():
+    lib_sq = quant.W8A8Linear.from_linear(layer, act_granularity="tensor", in_scale=s_mig, backend="emulated")
+    assert torch.equal(Y_smooth, lib_sq(X))
+print(
+    f"from scratch == quant.W8A8Linear(in_scale=smooth_scales(...)), bit for bit; relative error vs fp32 "
+    f"{((Y_smooth - ref_out).norm() / ref_out.norm()).item():.2%}"
+)
+
+# %% [markdown]
+# Now all four ways on the worst layer of both models, with `course_lib`'s layers: W8A8 with one
+# scale for the whole activation tensor; one scale per token; LLM.int8(); SmoothQuant.
 
 # %%
 err_rows = []
@@ -1118,9 +1229,10 @@ _ = claims.verdict(  # shown once, by the call itself
 # ## 9 · The trade-off, explored
 #
 # Choose a method, a bit width and a group size; the figure places it among all precomputed
-# configurations: size against quality for the patient and for MiniLM. The title adds the
-# patient's prefill and decode time relative to fp32 as stored in the grid — measured on the
-# machine that built it, which may not time like yours (the line under the figure says which).
+# configurations: size against quality for the patient and for MiniLM (the star; its quality is
+# in the panel's title). The figure's title gives how many times smaller the patient gets, and its
+# prefill and decode time as a multiple of fp32's as stored in the grid — measured on the machine
+# that built it, which may not time like yours (the line under the figure says which).
 
 # %%
 GROUPS = [32, 64, "channel"]
@@ -1129,13 +1241,20 @@ METHOD_COLORS = dict(zip(quant_runs.PATIENT_GRID["methods"], viz.PALETTE))
 
 
 def tradeoff_figure(method: str = "gptq", bits: int = 4, group=64):
-    fig = make_subplots(
-        rows=1,
-        cols=2,
-        subplot_titles=("patient: size vs validation perplexity", "MiniLM: size vs recall@5"),
-        horizontal_spacing=0.1,
+    p = quant_runs.grid_point(grid, "patient", method, bits, group)
+    mini = (
+        f"MiniLM: recall@5 {quant_runs.grid_point(grid, 'minilm', method, bits, group)['recall5_query']:.3f}"
+        if group in MINILM_GROUPS
+        else "MiniLM: no such point in its grid"
     )
-    for col, (key, metric) in enumerate((("patient", "ppl"), ("minilm", "recall5_query")), start=1):
+    lat = grid["patient"]["latency"][f"{bits}/{group}"]
+    fig = make_subplots(
+        rows=2,
+        cols=1,
+        subplot_titles=(f"patient: ppl {p['ppl']:.1f} at {p['bytes'] / 1e6:.2f} MB", mini),
+        vertical_spacing=0.16,
+    )
+    for row, (key, metric) in enumerate((("patient", "ppl"), ("minilm", "recall5_query")), start=1):
         for m in quant_runs.PATIENT_GRID["methods"]:
             pts = [p for p in grid[key]["points"] if p["method"] == m]
             fig.add_scatter(
@@ -1145,11 +1264,11 @@ def tradeoff_figure(method: str = "gptq", bits: int = 4, group=64):
                 marker=dict(color=METHOD_COLORS[m], size=7, opacity=0.45),
                 name=m.upper(),
                 legendgroup=m,
-                showlegend=col == 1,
+                showlegend=row == 1,
                 text=[f"{m.upper()} {p['bits']}-bit g{p['group']}" for p in pts],
                 hovertemplate="%{text}<br>%{x:.2f} MB<br>%{y:.3f}<extra></extra>",
-                row=1,
-                col=col,
+                row=row,
+                col=1,
             )
         fp = grid[key]["fp32"]
         fig.add_scatter(
@@ -1157,11 +1276,11 @@ def tradeoff_figure(method: str = "gptq", bits: int = 4, group=64):
             y=[fp[metric]],
             mode="markers+text",
             text=["fp32"],
-            textposition="bottom left",
+            textposition="top left" if key == "patient" else "bottom left",  # fp32 is a corner point: label inward
             marker=dict(color="black", size=10, symbol="diamond"),
             showlegend=False,
-            row=1,
-            col=col,
+            row=row,
+            col=1,
         )
         if key == "minilm" and group not in MINILM_GROUPS:
             continue  # MiniLM's grid has no groups of 32 (its build must stay under ten minutes)
@@ -1172,25 +1291,18 @@ def tradeoff_figure(method: str = "gptq", bits: int = 4, group=64):
             mode="markers",
             marker=dict(color=METHOD_COLORS[method], size=18, symbol="star", line=dict(color="black", width=1)),
             name="selected",
-            showlegend=col == 1,
-            row=1,
-            col=col,
+            showlegend=row == 1,
+            row=row,
+            col=1,
         )
     fig.update_xaxes(title_text="weights (MB, log)", type="log")
     fig.update_yaxes(title_text="perplexity (log, lower is better)", type="log", row=1, col=1)
-    fig.update_yaxes(title_text="recall@5 (higher is better)", row=1, col=2)
-    p = quant_runs.grid_point(grid, "patient", method, bits, group)
-    mini = (
-        f"MiniLM recall@5 {quant_runs.grid_point(grid, 'minilm', method, bits, group)['recall5_query']:.3f}"
-        if group in MINILM_GROUPS
-        else "MiniLM: not in its grid"
-    )
-    lat = grid["patient"]["latency"][f"{bits}/{group}"]
-    fig.update_layout(
-        title_text=f"{method.upper()} {bits}-bit, group {group}: patient {p['bytes'] / 1e6:.2f} MB (×{p['ratio']:.1f} smaller), ppl {p['ppl']:.1f}, "
-        f"stored on the build machine: prefill ×{lat['prefill_ratio']:.2f} / decode ×{lat['decode_ratio']:.2f} fp32's time; {mini}",
-        title_font_size=13,
-        height=460,
+    fig.update_yaxes(title_text="recall@5 (higher is better)", row=2, col=1)
+    g = "per channel" if group == "channel" else f"g{group}"
+    fig.update_layout(  # the title stays short (it must not clip on a phone); details in the subplot titles
+        title_text=f"{method.upper()} {bits}-bit {g}: {p['ratio']:.1f}× smaller; "
+        f"time ×{lat['prefill_ratio']:.2f} prefill, ×{lat['decode_ratio']:.2f} decode",
+        height=640,
     )
     return fig
 
@@ -1224,7 +1336,8 @@ viz.static_twin(
         "bits": list(quant_runs.PATIENT_GRID["bits"]),
         "group": GROUPS,
     },
-    label="method, bits, group",
+    step_label=lambda c: f"{c['method'].upper()} {c['bits']}-bit, group {c['group']}",
+    start={"method": "gptq", "bits": 4, "group": 64},  # a sensible first view, not RTN at 2 bits
 )
 
 # %% [markdown]
@@ -1371,13 +1484,15 @@ display(
 #
 # ## Exercise 1 · How many bytes does a quantized layer take?
 #
-# Write `quantized_bytes(out_features, in_features, bits, group_size, symmetric, bias)`: packed
-# codes (`ceil(in_features * bits / 8)` bytes per row), one fp16 scale per group, a uint8
-# zero-point per group when asymmetric, an fp32 bias when present. `group_size=None` means one
-# group per row. The checker compares with real `QuantLinear` layers.
+# Write `quantized_bytes(out_features, in_features, bits, group_size, symmetric, bias)`: the
+# bytes a `QuantLinear` stores — its packed codes (a row's codes are packed densely as one bit
+# stream, padded to whole bytes), one fp16 scale per group, a uint8 zero-point per group when
+# asymmetric, and an fp32 bias when present. `group_size=None` means one group per row. Work it out from the storage
+# rules, not by building a layer: the checker compares with real `QuantLinear` layers,
+# including widths where the codes of a row do not fill whole bytes.
 
 # %%
-from course_lib.exercises import check_quantized_bytes, check_rtn_groupwise
+from course_lib.exercises import check_int4_slowdown_prediction, check_quantized_bytes, check_rtn_groupwise
 
 
 def quantized_bytes(out_features, in_features, bits, group_size, symmetric, bias):
@@ -1387,24 +1502,27 @@ def quantized_bytes(out_features, in_features, bits, group_size, symmetric, bias
 check_quantized_bytes(quantized_bytes)
 
 
-# %% tags=["solution"]
+# %% tags=["solution"] jupyter={"source_hidden": true} cellView="form"
+# @title Solution — try the exercise first
 def quantized_bytes(out_features, in_features, bits, group_size, symmetric, bias):
     groups = 1 if group_size is None else in_features // group_size
-    per_row = math.ceil(in_features * bits / 8) + groups * (2 + (0 if symmetric else 1))
-    return out_features * per_row + (4 * out_features if bias else 0)
+    per_row = math.ceil(in_features * bits / 8) + groups * (
+        2 + (0 if symmetric else 1)
+    )  # codes, fp16 scale, uint8 zero
+    return out_features * per_row + (4 * out_features if bias else 0)  # fp32 bias
 
 
 assert check_quantized_bytes(quantized_bytes).passed
-print(
-    f"a 4096 x 4096 layer at int4, group 128, asymmetric: {quantized_bytes(4096, 4096, 4, 128, False, False) / 4096**2:.4f} bytes per weight"
-)
 
 # %% [markdown]
-# ## Exercise 2 · Group-wise round-to-nearest
+# ## Exercise 2 · A variant: group-wise zero-points
 #
-# Write `rtn_groupwise(w, bits, group_size)`: cut each row of `w` (out, in) into groups of
-# `group_size` columns; in each group use the asymmetric grid (range stretched to include 0,
-# $s = (\max-\min)/(2^b-1)$, $z = \mathrm{round}(-\min/s)$); return the dequantized weights.
+# Section 3 built the zero-point grid for a *whole tensor* (`zeropoint_quantize`); the library
+# does it per group, which the chapter only called. Write `rtn_groupwise(w, bits, group_size)`:
+# cut each row of `w` (out, in) into groups of `group_size` consecutive columns, give **each
+# group** its own asymmetric grid (range stretched to include 0, fp32 scale and zero-point as
+# in section 3), and return the dequantized weights, shaped like `w`. Use tensor operations,
+# not a Python loop over groups.
 
 
 # %%
@@ -1415,7 +1533,8 @@ def rtn_groupwise(w, bits, group_size):
 check_rtn_groupwise(rtn_groupwise)
 
 
-# %% tags=["solution"]
+# %% tags=["solution"] jupyter={"source_hidden": true} cellView="form"
+# @title Solution — try the exercise first
 def rtn_groupwise(w, bits, group_size):
     wg = w.view(w.shape[0], -1, group_size)  # (out, n_groups, group)
     lo = wg.amin(-1, keepdim=True).clamp(max=0)
@@ -1427,6 +1546,75 @@ def rtn_groupwise(w, bits, group_size):
 
 
 assert check_rtn_groupwise(rtn_groupwise).passed
+
+# %% [markdown]
+# ## Exercise 3 · Predict, then measure: what does dequantizing cost?
+#
+# One token (a batch of 1) through a 1024 → 4096 layer: how many times longer does our int4
+# `QuantLinear` (groups of 64) take than the fp32 `nn.Linear`? Section 9 timed whole models;
+# here you predict what the dequantization costs one layer. Make a simple model **before**
+# running the measurement: count the bytes read and
+# written over the weight by each step of `QuantLinear.forward` — unpack the nibbles
+# (`quant.unpack_int4`), widen the codes to fp32, subtract the zero-points, multiply by the
+# scales (`quant.decode`), then the product — against the fp32 layer, which reads its weight
+# once, and assume time is proportional to bytes. Return the ratio as a number.
+
+
+# %%
+def predicted_slowdown() -> float:
+    raise NotImplementedError  # your prediction here: time(int4 QuantLinear) / time(fp32 nn.Linear)
+
+
+# %% tags=["nbval-ignore-output"]
+lin_pred = nn.Linear(1024, 4096, bias=False)  # seeded by start(): the same weights on every run
+int4_pred = quant.QuantLinear.from_linear(lin_pred, bits=4, group_size=64)
+int8_pred = quant.QuantLinear.from_linear(lin_pred, bits=8, group_size=None, symmetric=True)
+x_pred = torch.randn(1, 1024)
+with torch.no_grad():
+    pred_t = measure.interleaved(
+        {"fp32": lambda: lin_pred(x_pred), "int4": lambda: int4_pred(x_pred), "int8": lambda: int8_pred(x_pred)},
+        warmup=1,
+        repeats=5,
+    )
+measured_slowdown = pred_t["int4"].median / pred_t["fp32"].median
+int8_layer_word = measure.compare(pred_t, "int8", "fp32").word  # kept for the self-check quiz below
+print(f"measured: int4 takes ×{measured_slowdown:.1f} the fp32 layer's time ({pred_t.note()})")
+check_int4_slowdown_prediction(predicted_slowdown, measured_slowdown)
+
+
+# %% tags=["solution"] jupyter={"source_hidden": true} cellView="form"
+# @title Solution — try the exercise first
+def predicted_slowdown() -> float:
+    # bytes read + written per weight by each pass of QuantLinear.forward (int4 codes: half a byte)
+    passes = {
+        "packed & 0xF": 0.5 + 0.5,
+        "packed >> 4": 0.5 + 0.5,
+        "stack the two halves": 1 + 1,
+        "uint8 -> fp32": 1 + 4,
+        "u - z": 4 + 4,
+        "(u - z) * s": 4 + 4,
+        "matrix-vector product": 4,
+    }
+    return sum(passes.values()) / 4  # the fp32 layer reads 4 bytes per weight once
+
+
+assert check_int4_slowdown_prediction(predicted_slowdown, measured_slowdown).passed
+
+# %% [markdown]
+# ## Self-check
+#
+# A short quiz; every answer explains why it is right or wrong. The last question is about
+# your machine: its answer comes from the measurement of exercise 3.
+
+# %% tags=["nbval-ignore-output"]
+from course_lib import quiz
+
+quiz.show("05", measured={"q5": int8_layer_word})
+
+# %% tags=["nbval-ignore-output"]
+from course_lib import progress
+
+progress.show("05")
 
 # %% [markdown]
 # ## References

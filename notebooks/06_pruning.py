@@ -27,7 +27,8 @@
 # > **What you'll build:** magnitude masks (per layer and global), Wanda's
 # > activation-aware scores, N:M masks and their compressed storage format, a CSR sparse
 # > layer, structured surgery that removes MLP neurons and GQA attention heads by building
-# > smaller `nn.Linear`s, and gradual pruning during fine-tuning — each checked against
+# > smaller `nn.Linear`s, gradual pruning during fine-tuning (its cubic schedule and the
+# > training callback) and the lottery ticket's train–prune–rewind loop — each checked against
 # > `course_lib.prune` and PyTorch's own `torch.nn.utils.prune`.
 # > **What you'll learn:** how fast quality falls with sparsity and why the choice of
 # > weights matters more than their number; how storage formats decide whether zeros save
@@ -678,14 +679,15 @@ viz.show_source(inspect.unwrap(P.remove_heads))  # unwrap: it is decorated with 
 
 # %% [markdown]
 # How much does each head matter? The grid removed each head of each layer alone
-# (zeroing its slice of $W_o$) and measured the loss; below, that ablation, then how well
-# the two cheap scores rank the heads the same way.
+# (zeroing its slice of $W_o$) and measured the loss; below, that ablation (small patient;
+# the columns are grouped by the kv head each query head shares), then how well the two
+# cheap scores rank the heads the same way.
 
 # %%
 heads = grid["heads"]
 abl = torch.tensor(heads["ablation_loss"]) - heads["base_loss"]  # (layers, heads): loss increase
 fig = viz.figure(
-    title_text="Loss increase when one head is removed (small patient; columns grouped by kv head)",
+    title_text="Loss increase when one head is removed",
     xaxis_title="query head",
     yaxis_title="layer",
     height=360,
@@ -764,7 +766,8 @@ viz.Table(head_rows, caption="Head pruning under GQA (small patient, every layer
 # tolerate pruning as well? The task: for each test-split article, the short description
 # is the query and the article's extract (truncated) is the passage to find among all of
 # them. We prune every encoder Linear (Wanda calibrates on training extracts) and measure
-# recall@k: how often the right extract is among the $k$ most similar.
+# recall@k: how often the right extract is among the $k$ most similar. In the figure,
+# "structured" (dotted) removes that fraction of the MLP neurons; the diamonds are 2:4.
 
 # %%
 mini = grid["minilm"]
@@ -776,7 +779,7 @@ mrows = mini["rows"]
 fig = make_subplots(rows=1, cols=2, subplot_titles=("recall@1", "recall@10"))
 fig.update_layout(
     height=380,
-    title_text=f"MiniLM retrieval vs sparsity ({mini['n_pairs']} description → extract pairs)",
+    title_text=f"MiniLM retrieval vs sparsity ({mini['n_pairs']} pairs)",
 )
 dense_m = next(r for r in mrows if r["method"] == "dense")
 for c, metric in enumerate(("recall@1", "recall@10"), start=1):
@@ -806,7 +809,7 @@ for c, metric in enumerate(("recall@1", "recall@10"), start=1):
             row=1,
             col=c,
         )
-    fig.update_xaxes(title_text="sparsity (structured: fraction of MLP neurons)", row=1, col=c)
+    fig.update_xaxes(title_text="sparsity", row=1, col=c)
 fig
 
 # %% [markdown]
@@ -889,7 +892,8 @@ assert after < before - 0.1  # a few steps recover a good part of the damage
 
 # %% [markdown]
 # **Gradual magnitude pruning** (Zhu & Gupta, 2017) prunes *while* training: the sparsity
-# rises along a cubic schedule $s_t = s_f\,\big(1 - (1 - \tfrac{t - t_0}{t_1 - t_0})^3\big)$,
+# rises from $s_i$ (here 0) to $s_f$ between steps $t_0$ and $t_1$ along a cubic schedule
+# $s_t = s_f + (s_i - s_f)\big(1 - \tfrac{t - t_0}{t_1 - t_0}\big)^3$,
 # removing many weights early (while there is redundancy) and few at the end, so the
 # network adapts step by step instead of absorbing one shock. Zhu & Gupta proposed the
 # schedule and used it to compare models of equal memory footprint, finding "large-sparse
@@ -897,10 +901,106 @@ assert after < before - 0.1  # a few steps recover a good part of the damage
 # fine-tuning, so which of the two wins is measured here. The grid ran both for the same short budget —
 # plus the dense patient trained as long, the control: the zoo patient is not fully
 # trained, so some of any "recovery" could be just more training.
+#
+# **Building it.** Two pieces. First the schedule: Zhu & Gupta update the mask only every
+# $\Delta t$ steps (between updates the sparsity stays put) and hold $s_f$ after $t_1$. We
+# check our version against the sparsity the grid's gradual run logged after each of its
+# steps.
+
 
 # %%
+def cubic_sparsity(t: int, *, s_f: float, t0: int, t1: int, every: int, s_i: float = 0.0) -> float:
+    """Zhu & Gupta's schedule at step t: fast while much is redundant, slow near the target."""
+    if t < t0:
+        return 0.0
+    t = min(t1, t0 + (t - t0) // every * every)  # the last update step; s_f after t1
+    return s_f + (s_i - s_f) * (1 - (t - t0) / (t1 - t0)) ** 3
+
+
 gmp = grid["gmp"]
-fig = make_subplots(rows=1, cols=2, subplot_titles=("val loss during fine-tuning", "sparsity schedule"))
+g_steps, g_sched = gmp["train_config"]["steps"], gmp["schedule"]  # t0, t1 as fractions of the steps
+g_t0 = int(g_sched["begin_frac"] * g_steps)
+g_t1 = max(g_t0 + 1, int(g_sched["end_frac"] * g_steps))
+schedule = [
+    cubic_sparsity(t, s_f=gmp["final_sparsity"], t0=g_t0, t1=g_t1, every=g_sched["every"])
+    for t in range(1, g_steps + 1)
+]
+assert [round(v, 4) for v in schedule] == gmp["gradual"]["sparsity"]  # == the grid's log, step by step
+assert all(
+    cubic_sparsity(t, s_f=0.8, t0=3, t1=40, every=4)
+    == P.gmp_sparsity(t, final_sparsity=0.8, begin_step=3, end_step=40, every=4)
+    for t in range(60)
+)  # == course_lib
+g_half = (g_t0 + g_t1) // 2
+print(
+    f"grid run: {g_steps} steps, t0 = {g_t0}, t1 = {g_t1}, an update every {g_sched['every']} steps; sparsity "
+    f"{schedule[g_sched['every'] - 1]:.3f} after the first update, {schedule[g_half - 1]:.3f} at step {g_half} "
+    f"(halfway: {schedule[g_half - 1] / gmp['final_sparsity']:.0%} of the target), {schedule[-1]:.2f} at the end"
+)
+
+# %% [markdown]
+# Second, the pruning: a callback that chapter 01's training loop (`train`) calls after every
+# optimiser step. When the schedule rises, it chooses a new layer-wise magnitude mask for every
+# prunable Linear (section 2's mask; the weights already at zero are the smallest, so they stay
+# out); every step it re-applies the current mask, because the optimiser step has just moved
+# the pruned weights away from zero. Six tiny steps on a copy of the patient (one sequence
+# of 16 tokens each), then the same with `P.prune_finetune`: the training losses must agree.
+
+
+# %%
+from course_lib.train import train
+
+
+def gradual_pruning(*, s_f: float, t0: int, t1: int, every: int):
+    """A callback for `train` that prunes by magnitude along the cubic schedule; and its log of sparsities."""
+    state = {"sparsity": 0.0, "masks": {}}
+    log = []  # the sparsity after each step
+
+    def callback(step, m, loss):
+        s = cubic_sparsity(step + 1, s_f=s_f, t0=t0, t1=t1, every=every)
+        if s > state["sparsity"]:  # the schedule rose: new masks from the current weights
+            state["masks"] = {n: P.magnitude_mask(lin.weight, s) for n, lin in P.prunable_linears(m).items()}
+            state["sparsity"] = s
+        P.apply_masks(m, state["masks"])  # W <- W * M, after every step
+        log.append(state["sparsity"])
+
+    return callback, log
+
+
+tiny_cfg = TrainConfig(steps=6, batch_size=1, seq_len=16, lr=2e-4, warmup_steps=2, eval_every=0, seed=3)
+callback, our_log = gradual_pruning(s_f=0.75, t0=0, t1=3, every=1)  # prune over the first half of the steps
+ours_gmp = copy.deepcopy(model)
+our_hist = train(ours_gmp, train_ids, None, tiny_cfg, progress=False, callback=callback)
+lib_gmp = copy.deepcopy(model)
+lib_hist, lib_log = P.prune_finetune(
+    lib_gmp, train_ids, None, tiny_cfg, final_sparsity=0.75, schedule="gradual", begin_frac=0.0, end_frac=0.5, every=1
+)
+assert our_log == lib_log  # the same sparsity after every step
+assert all(math.isclose(a, b, rel_tol=1e-5) for a, b in zip(our_hist.loss, lib_hist.loss))  # == course_lib
+assert all(
+    torch.allclose(a.weight, b.weight, atol=1e-6)
+    for a, b in zip(P.prunable_linears(ours_gmp).values(), P.prunable_linears(lib_gmp).values())
+)
+assert abs(P.sparsity_report(ours_gmp)["linear_sparsity"] - 0.75) < 1e-3
+del ours_gmp, lib_gmp
+viz.Table(
+    [
+        {
+            "step": i + 1,
+            "sparsity": round(s_, 3),
+            "train loss (ours)": round(a, 4),
+            "train loss (course_lib)": round(b, 4),
+        }
+        for i, (s_, a, b) in enumerate(zip(our_log, our_hist.loss, lib_hist.loss))
+    ],
+    caption="Gradual pruning to 75 %, built here and by course_lib (loss before each step's pruning)",
+)
+
+# %% [markdown]
+# The grid ran the same thing for 100 steps; below, its curves.
+
+# %%
+fig = make_subplots(rows=1, cols=2, subplot_titles=("val loss", "sparsity"))
 fig.update_layout(height=360, title_text=f"Pruning to {gmp['final_sparsity']:.0%} while fine-tuning (small patient)")
 for i, (label, name) in enumerate(
     (("dense", "dense (control)"), ("oneshot", "one-shot, then fine-tune"), ("gradual", "gradual (GMP)"))
@@ -948,6 +1048,80 @@ display(
 # replays it on one: an MLP of their LeNet-300-100 shape that classifies our articles into
 # the 12 topics from their MiniLM embeddings. Controls at every round: the same mask with
 # a fresh initialisation, and a random mask of the same sparsity.
+#
+# **Building it**, on a slice of the task (the first 1,000 articles, a 64-unit hidden layer,
+# three rounds; the grid's run is below). One round: (1) **rewind** — the surviving weights
+# get their initial values $\theta_0$ back; (2) train with the mask held (masked weights
+# re-zeroed after every step); (3) prune the smallest surviving *trained* weights of each
+# layer — half of them, and a quarter in the output layer, as in the paper. Then compare with
+# `P.lottery_ticket`, which also trains the two controls.
+
+# %%
+import torch.nn.functional as F
+from torch import nn
+
+feats = encoder.corpus_embeddings("extract")[:1000]  # (1000, 384): MiniLM embeddings of the extracts
+arts = data.load_articles()[:1000]
+topic = torch.tensor([a.label for a in arts])  # (1000,): 12 topics
+is_train = torch.tensor([data.split_of(a.title) == "train" for a in arts])
+LT = dict(hidden=(64,), rounds=3, prune_frac=0.5, epochs=2, lr=1.2e-3, batch_size=60, seed=0)
+x_tr, y_tr, x_te, y_te = feats[is_train], topic[is_train], feats[~is_train], topic[~is_train]
+
+
+def make_mlp(init_seed: int) -> nn.Sequential:  # 384 -> 64 -> 12
+    torch.manual_seed(init_seed)
+    return nn.Sequential(nn.Linear(384, 64), nn.ReLU(), nn.Linear(64, 12))
+
+
+def train_masked(net: nn.Sequential, masks: dict) -> float:
+    """Adam on cross-entropy, a seeded order; masked weights stay zero. Returns held-out accuracy."""
+    gen = torch.Generator().manual_seed(LT["seed"])
+    opt = torch.optim.Adam(net.parameters(), lr=LT["lr"])
+    net.train()
+    for _ in range(LT["epochs"]):
+        perm = torch.randperm(len(x_tr), generator=gen)
+        for i in range(0, len(perm), LT["batch_size"]):
+            idx = perm[i : i + LT["batch_size"]]
+            loss = F.cross_entropy(net(x_tr[idx]), y_tr[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            P.apply_masks(net, masks)
+    net.eval()
+    with torch.no_grad():
+        return (net(x_te).argmax(1) == y_te).float().mean().item()
+
+
+theta0 = make_mlp(LT["seed"]).state_dict()  # the initial values, kept for every rewind
+rate = {"0": LT["prune_frac"], "2": LT["prune_frac"] / 2}  # per layer; the output layer at half the rate
+masks = {n: torch.ones_like(theta0[f"{n}.weight"], dtype=torch.bool) for n in rate}
+built = []
+for r in range(LT["rounds"]):
+    net = make_mlp(LT["seed"])
+    net.load_state_dict(theta0)  # (1) rewind
+    P.apply_masks(net, masks)
+    acc = train_masked(net, masks)  # (2) train the subnetwork
+    kept = sum(int(m.sum()) for m in masks.values()) / sum(m.numel() for m in masks.values())
+    built.append({"round": r, "remaining": kept, "ticket": acc})
+    for n, p in rate.items():  # (3) prune the smallest surviving trained weights
+        w = net.get_submodule(n).weight.detach().abs().masked_fill(~masks[n], float("inf"))  # pruned: never again
+        drop = w.flatten().topk(round(p * int(masks[n].sum())), largest=False).indices
+        masks[n] = masks[n] & torch.ones(w.numel(), dtype=torch.bool).index_fill_(0, drop, False).view_as(w)
+
+lib_lt = P.lottery_ticket(feats, topic, is_train, **LT)
+assert [(b["remaining"], b["ticket"]) for b in built] == [
+    (r["remaining"], r["ticket"]) for r in lib_lt
+]  # == course_lib
+viz.Table(
+    [{k: round(v, 3) if isinstance(v, float) else v for k, v in r.items()} for r in lib_lt],
+    caption=f"The recipe on {int(is_train.sum())} training and {int((~is_train).sum())} held-out articles "
+    "(ticket = built above; the controls from P.lottery_ticket)",
+)
+
+# %% [markdown]
+# On so small a slice, a held-out accuracy moves by whole points when a handful of articles
+# change class, so read this table for the mechanics, not for a verdict. The grid's run, at
+# full size with nine rounds:
 
 # %%
 lt = grid["lottery"]
@@ -957,7 +1131,7 @@ print(
     f"{lt['rounds']} rounds, each pruning {lt['prune_frac']:.0%} of the remaining weights of every layer"
 )
 fig = viz.figure(
-    title_text="Iterative magnitude pruning: rewound ticket vs controls (topic classifier)",
+    title_text="Lottery ticket vs controls (topic classifier)",
     xaxis=dict(title="fraction of weights remaining", type="log", autorange="reversed"),
     yaxis_title="held-out accuracy",
     height=380,
@@ -1006,6 +1180,9 @@ display(
 # teach the opposite of what yours does, so the cell below measures a small case live —
 # prefill of 64 tokens at 0, 25, 50 and 75 % (magnitude masks; the timing does not depend
 # on which weights are zero), all variants interleaved in one run.
+# An open circle marks the chosen point in each panel (in the latency panel only at those
+# four sparsities); the title gives its perplexity (ppl, on a log scale in the first panel)
+# as a multiple of the dense patient's.
 
 # %% tags=["nbval-ignore-output"]
 from course_lib import fingerprint
@@ -1044,10 +1221,8 @@ display(
 
 def pruning_explorer(method: str = "wanda", structure: str = "unstructured", sparsity: float = 0.5):
     """Perplexity, size and latency of the small patient for one grid point, against the others."""
-    fig = make_subplots(
-        rows=1, cols=3, subplot_titles=("val perplexity", "weights (MB)", "prefill latency, measured now (ms)")
-    )
-    fig.update_layout(height=400, legend=dict(orientation="h", y=-0.25))
+    fig = make_subplots(rows=1, cols=3, subplot_titles=("ppl", "weights (MB)", "latency now (ms)"))
+    fig.update_layout(height=400)
     pts = [r for r in rows if r["structure"] == structure and r["method"] == method]
     for other in prune_runs.STRUCTURES:
         o = [r for r in rows if r["structure"] == other and r["method"] == method]
@@ -1066,11 +1241,11 @@ def pruning_explorer(method: str = "wanda", structure: str = "unstructured", spa
         y=[r["val_ppl"] for r in pts],
         mode="lines+markers",
         line_color=viz.PALETTE[STYLE[method]],
-        name=f"{method}, {structure}",
+        name="perplexity",
         row=1,
         col=1,
     )
-    sizes = {"dense_mb": "stored dense (zeros included)", "csr_mb": "stored as CSR", "nm_mb": "N:8 compressed"}
+    sizes = {"dense_mb": "MB, dense with zeros", "csr_mb": "MB, CSR", "nm_mb": "MB, N:8 compressed"}
     for i, (key, label) in enumerate(sizes.items()):
         ys = [r.get(key) for r in pts]
         if any(y is not None for y in ys):
@@ -1090,7 +1265,7 @@ def pruning_explorer(method: str = "wanda", structure: str = "unstructured", spa
             x=[r["sparsity"] for r in o],
             y=[r["prefill_ms"] for r in o],
             mode="lines+markers",
-            name=f"latency: {kind}",
+            name=f"ms, {kind}",
             line=dict(color=viz.PALETTE[i], width=3 if kind in kinds else 1),
             opacity=1.0 if kind in kinds else 0.35,
             row=1,
@@ -1116,16 +1291,11 @@ def pruning_explorer(method: str = "wanda", structure: str = "unstructured", spa
             row=1,
             col=col,
         )
-    fig.update_yaxes(type="log", row=1, col=1)
+    fig.update_yaxes(type="log", tickvals=[m * 10**e for e in range(1, 6) for m in (1, 3)], row=1, col=1)
     fig.update_xaxes(title_text="sparsity")
     fig.update_layout(
-        title_text=f"{method}, {structure}, {sparsity:.1%}: ppl {here['val_ppl']:.1f} "
-        f"(×{here['val_ppl'] / base_ppl:.2f}), {here['params']:,} params, "
-        + (
-            f"best prefill {here_lat:.1f} ms (live)"
-            if here_lat is not None
-            else "latency not measured live at this sparsity"
-        )
+        title_text=f"{method}, {structure}, {sparsity:.4g}: ppl ×{here['val_ppl'] / base_ppl:.2f}, "
+        f"{here['params'] / 1e6:.2f} M params"
     )
     return fig
 
@@ -1150,7 +1320,8 @@ viz.static_twin(
         "structure": list(prune_runs.STRUCTURES),
         "sparsity": [0.25, 0.5, 0.75],
     },
-    label="method, structure, sparsity",
+    step_label=lambda st: f"{st['method']}, {st['structure']}, {st['sparsity']:.0%}",
+    start={"method": "wanda", "structure": "structured", "sparsity": 0.5},
 )
 
 # %% [markdown]
@@ -1179,62 +1350,97 @@ viz.static_twin(
 #
 # ## Exercises
 #
-# **1 · An N:M mask.** Write `nm_mask_by_magnitude(weight, n, m)` returning a boolean
-# keep-mask with the `n` largest-magnitude entries of every group of `m` consecutive
-# inputs in each row (`weight` is (out, in), `in` divisible by `m`).
+# **1 · A head score from one backward pass (a variant).** Section 7 ranked heads by weight
+# norms and by activations, and the grid measured the real thing: the loss increase when a
+# head's columns of $W_o$ are zeroed. A first-order Taylor expansion estimates that increase
+# without removing anything: setting weights $w$ to zero changes the loss by about
+# $-\sum w\,\partial L/\partial w$ over those weights. Write
+# `taylor_head_scores(w_o, grad_o, n_heads)`: `w_o` is an attention output projection of shape
+# (C, H·d), `grad_o` the gradient of the loss with respect to it (same shape); return the
+# `(n_heads,)` float tensor $\big|\sum_i \sum_{c \in h} W_o[i,c]\,G[i,c]\big|$, head $h$'s
+# columns being $h\,d$ to $(h{+}1)\,d - 1$ (Michel et al., 2019, score heads this way). No
+# Python loop over heads.
 
 # %%
-from course_lib.exercises import check_nm_mask, check_remove_neurons
+from course_lib.exercises import check_structured_speedup_prediction, check_taylor_head_scores
 
 
-def nm_mask_by_magnitude(weight: torch.Tensor, n: int, m: int) -> torch.Tensor:
+def taylor_head_scores(w_o: torch.Tensor, grad_o: torch.Tensor, n_heads: int) -> torch.Tensor:
     raise NotImplementedError  # your code here
 
 
-check_nm_mask(nm_mask_by_magnitude)
+check_taylor_head_scores(taylor_head_scores)
 
 
-# %% tags=["solution"]
-def nm_mask_by_magnitude(weight: torch.Tensor, n: int, m: int) -> torch.Tensor:
-    groups = weight.abs().reshape(weight.shape[0], -1, m)  # (out, in/m, m)
-    keep = torch.zeros_like(groups, dtype=torch.bool).scatter_(-1, groups.topk(n, dim=-1).indices, True)
-    return keep.reshape(weight.shape)
+# %% tags=["solution"] jupyter={"source_hidden": true} cellView="form"
+# @title Solution — try the exercise first
+def taylor_head_scores(w_o: torch.Tensor, grad_o: torch.Tensor, n_heads: int) -> torch.Tensor:
+    c, hd = w_o.shape
+    per_head = (w_o * grad_o).reshape(c, n_heads, hd // n_heads)  # (C, H, d): columns grouped by head
+    return per_head.sum(dim=(0, 2)).abs()  # sum first (signs cancel), then the size of the change
 
 
-assert check_nm_mask(nm_mask_by_magnitude).passed
+assert check_taylor_head_scores(taylor_head_scores).passed
 
 # %% [markdown]
-# **2 · Structured surgery.** Write `remove_neurons(mlp, keep)` that returns a new, smaller
-# `SwiGLU` holding only the hidden units whose indices are in `keep` (a sorted LongTensor).
-# The checker counts its weights and compares its output with the original MLP's restricted
-# to those units.
+# **2 · Predict, then measure: a quarter of the neurons.** Section 6 timed the Llama-shaped
+# MLP (1024 → 2816 → 1024, 64 tokens) dense and with half its neurons removed; its timings
+# of this run are in `t` (`t["dense"].median` and `t["50 % structured (half the neurons)"].median`,
+# in seconds). The next cell keeps only a quarter of the neurons (704) and times it against
+# dense. Before running it, predict the speed-up with a two-parameter model —
+# time = fixed cost + cost per neuron × neurons — fitted to those two timings, and return
+# dense time / quarter time from `predicted_speedup()`.
 
 
 # %%
-def remove_neurons(mlp: SwiGLU, keep: torch.Tensor) -> SwiGLU:
-    raise NotImplementedError  # your code here
+def predicted_speedup() -> float:
+    raise NotImplementedError  # your prediction here: time(dense MLP) / time(a quarter of its neurons)
 
 
-check_remove_neurons(remove_neurons)
+# %% tags=["nbval-ignore-output"]
+keep_q = P.keep_highest(mlp.down_proj.weight.norm(dim=0), 0.75)  # remove 75 %: the top quarter stays
+quarter = SwiGLU(d_model=1024, d_ff=len(keep_q)).eval()
+quarter.gate_proj, quarter.up_proj = (P.shrink_linear(lin, keep_q, dim=0) for lin in (mlp.gate_proj, mlp.up_proj))
+quarter.down_proj = P.shrink_linear(mlp.down_proj, keep_q, dim=1)
+with torch.no_grad():
+    tq = measure.interleaved({"dense": lambda: mlp(x), "quarter": lambda: quarter(x)}, warmup=1, repeats=5)
+measured_speedup = tq["dense"].median / tq["quarter"].median
+print(
+    f"{len(keep_q)} of {mlp.down_proj.in_features} neurons: {measure.compare(tq, 'quarter', 'dense').phrase} ({tq.note()})"
+)
+check_structured_speedup_prediction(predicted_speedup, measured_speedup)
 
 
-# %% tags=["solution"]
-def remove_neurons(mlp: SwiGLU, keep: torch.Tensor) -> SwiGLU:
-    new = SwiGLU(d_model=mlp.down_proj.out_features, d_ff=len(keep))
-    with torch.no_grad():
-        new.gate_proj.weight.copy_(mlp.gate_proj.weight[keep])
-        new.up_proj.weight.copy_(mlp.up_proj.weight[keep])
-        new.down_proj.weight.copy_(mlp.down_proj.weight[:, keep])
-    return new
+# %% tags=["solution"] jupyter={"source_hidden": true} cellView="form"
+# @title Solution — try the exercise first
+def predicted_speedup() -> float:
+    t_dense, t_half = t["dense"].median, t["50 % structured (half the neurons)"].median
+    per_neuron = max(t_dense - t_half, 0.0) / (2816 - 1408)  # seconds per hidden unit
+    fixed = t_dense - 2816 * per_neuron  # what does not shrink: calls, the input, the output
+    if fixed < 0:  # half ran more than 2x faster (noise or caches): assume no fixed cost
+        fixed, per_neuron = 0.0, t_dense / 2816
+    return t_dense / (fixed + 704 * per_neuron)
 
 
-assert check_remove_neurons(remove_neurons).passed
+assert check_structured_speedup_prediction(predicted_speedup, measured_speedup).passed
 
 # %% [markdown]
-# **3 · Think.** The CSR variant in section 6 stored fp32 values and int32 indices. At
-# what sparsity does CSR become smaller than dense storage? With int16 indices? (Use
-# `P.csr_bytes` to check your answer.)
+# ## Self-check
 #
+# A short quiz; every answer explains why it is right or wrong. The last question is about
+# your machine: its answer comes from section 6's measurement of the whole patient.
+
+# %% tags=["nbval-ignore-output"]
+from course_lib import quiz
+
+quiz.show("06", measured={"q5": pre_word})
+
+# %% tags=["nbval-ignore-output"]
+from course_lib import progress
+
+progress.show("06")
+
+# %% [markdown]
 # ## References
 #
 # * Han, Pool, Tran & Dally (2015), *Learning both Weights and Connections for Efficient Neural Networks*. [arXiv:1506.02626](https://arxiv.org/abs/1506.02626)

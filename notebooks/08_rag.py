@@ -27,8 +27,9 @@
 #
 # > **What you'll build:** a chunker, BM25 on an inverted index, exact and IVF vector
 # > search (k-means coarse quantizer, `nprobe`), reciprocal rank fusion, recall@k and MRR,
-# > a persistent knowledge base with add and delete, and a reader fine-tuned from the patient —
-# > each checked against `course_lib`, and in the tests against `rank_bm25` and `faiss`.
+# > a persistent knowledge base with add and delete, and a reader fine-tuned from the patient
+# > (its training examples and loop written out and checked step for step) — each checked
+# > against `course_lib`, and in the tests against `rank_bm25` and `faiss`.
 # > **What you'll learn:** parametric versus non-parametric memory and what each costs;
 # > why lexical and dense retrieval fail on different queries; how an approximate index
 # > trades recall for speed; why retrieval recall bounds what a reader can answer.
@@ -364,24 +365,35 @@ viz.Table(
 )
 
 # %% tags=["nbval-ignore-output"]
+ms_all = [r["ms / query"] for r in curve] + [t_exact * 1e3]
 fig = viz.figure(
     title_text="Speed–recall trade-off of IVF (one query at a time)",
     xaxis_title="milliseconds per query (log)",
     yaxis_title="neighbour recall@10 (vs exact)",
-    xaxis_type="log",
+    xaxis=dict(type="log", range=[math.log10(min(ms_all) / 1.5), math.log10(max(ms_all) * 1.5)]),
 )
 for j, name in enumerate(dict.fromkeys(r["index"] for r in curve)):
     pts = [r for r in curve if r["index"] == name]
     fig.add_scatter(
         x=[r["ms / query"] for r in pts],
         y=[r["neighbour recall@10"] for r in pts],
-        text=[f"nprobe {r['nprobe']}" for r in pts],
-        mode="lines+markers+text",
-        textposition="top left",
-        name=f"IVF, {name}",
+        # label one curve only (the two share nprobes), alternating sides; 32 sits between 16 and 100: no label
+        text=[f"{r['nprobe']}" if r["nprobe"] != 32 else "" for r in pts] if j == 0 else None,
+        hovertext=[f"nprobe {r['nprobe']}" for r in pts],
+        mode="lines+markers+text" if j == 0 else "lines+markers",
+        textposition=["top left" if n % 2 == 0 else "bottom right" for n in range(len(pts))],
+        name=f"IVF, {name}" + (" (labels: nprobe)" if j == 0 else ""),
         line_color=viz.PALETTE[j],
     )
-fig.add_vline(x=t_exact * 1e3, line_dash="dot", annotation_text="exact (ours)")
+recall_min = min(r["neighbour recall@10"] for r in curve)
+fig.add_scatter(  # a trace, not add_vline's annotation: on a log axis that label can land off the plot
+    x=[t_exact * 1e3] * 2,
+    y=[recall_min - 0.03, 1.0],
+    mode="lines",
+    line=dict(dash="dot", color="#444"),
+    name="exact search (ours)",
+)
+fig.update_yaxes(range=[recall_min - 0.05, 1.06])  # room for the labels above the top points
 fig
 
 # %% tags=["nbval-ignore-output"]
@@ -522,6 +534,124 @@ for i in range(3):
 print(
     f"The fine-tuning took {card['train_seconds']:.0f} s when the reader was built. "
     f"{fingerprint.provenance(card.get('machine'))}"
+)
+
+# %% [markdown]
+# **How the reader was made, rebuilt at a tiny scale.** The build is two steps, both
+# written out here and checked against the library on a few training articles.
+#
+# *The data* (`rag_runs.reader_examples`): every training-split article with a description
+# gives two (prompt, answer, kind) examples — **closed**, the description alone, and
+# **gold**, the description under the article's own first passage — and the answer is
+# the title. The passage is cut to `rag.PASSAGE_WORDS` words exactly as at test time, so
+# the reader learns to *copy* a title out of a passage of the shape a retriever hands it.
+#
+# *The loop* (`rag_runs.finetune_reader`): AdamW with warm-up and cosine decay (chapter 01's
+# optimiser, `make_optimizer` and `lr_at`); each batch draws from **one kind** of example
+# (similar lengths, little padding), closed-book batches down-weighted by `closed_weight`;
+# the loss is the cross-entropy of the **answer tokens only**: every prompt position gets
+# target −100, which `F.cross_entropy` ignores. Prompt + answer are one sequence, shifted
+# by one as in any language model:
+#
+# $$\mathcal{L} = -\frac{1}{|A|}\sum_{t \in A} \log p_\theta(x_{t+1} \mid x_{\le t}),\qquad A = \text{the positions whose next token is part of the answer (and its end-of-text).}$$
+
+# %%
+import copy
+import dataclasses
+
+import torch.nn.functional as F
+
+from course_lib.train import TrainConfig, lr_at, make_optimizer
+
+cfg = rag_runs.ReaderConfig(**card["config"])  # the settings the stored reader was built with
+few = [a for a in data.articles("train") if a.description][:8]  # 8 training-split articles
+
+
+def examples_by_hand(arts) -> list[tuple[str, str, str]]:
+    out = []
+    for a in arts:
+        out.append((rag.reader_prompt(a.description), a.title, "closed"))
+        out.append((rag.reader_prompt(a.description, [rag.passage_of(a.extract, cfg.passage_words)]), a.title, "gold"))
+    return out
+
+
+examples = examples_by_hand(few)
+assert cfg.distractors == 0 and examples == rag_runs.reader_examples(
+    few, distractors=0, passage_words=cfg.passage_words
+)
+print(f"{len(examples)} examples from {len(few)} articles == course_lib's; a gold one, answer after 'A:':\n")
+print(examples[-1][0], examples[-1][1])
+
+
+# %%
+def batch_by_hand(pairs, tok, eot):
+    """Right-padded inputs x (B, T) and targets y (B, T): -100 everywhere but the answer tokens."""
+    seqs = []
+    for prompt, answer in pairs:
+        p = tok.encode(prompt).ids  # the prompt's tokens
+        a = tok.encode(" " + answer).ids + [eot]  # the answer, then end-of-text
+        seqs.append((p + a, len(p)))
+    t = max(len(ids) for ids, _ in seqs) - 1  # inputs are the sequence without its last token
+    x = torch.full((len(pairs), t), eot)
+    y = torch.full((len(pairs), t), -100)
+    for i, (ids, n_prompt) in enumerate(seqs):
+        x[i, : len(ids) - 1] = torch.tensor(ids[:-1])
+        y[i, n_prompt - 1 : len(ids) - 1] = torch.tensor(ids[n_prompt:])  # position t predicts token t + 1
+    return x, y
+
+
+def finetune_by_hand(model, tok, eot, examples, cfg) -> list[float]:
+    tcfg = TrainConfig(
+        steps=cfg.steps,
+        batch_size=cfg.batch_size,
+        seq_len=model.config.max_seq_len,
+        lr=cfg.lr,
+        warmup_steps=cfg.warmup_steps,
+        weight_decay=cfg.weight_decay,
+        seed=cfg.seed,
+    )
+    opt = make_optimizer(model, tcfg)  # AdamW, weight decay on matrices only
+    gen = torch.Generator().manual_seed(cfg.seed)
+    kinds = sorted({kind for *_, kind in examples})  # ['closed', 'gold']
+    buckets = [torch.tensor([i for i, e in enumerate(examples) if e[2] == k]) for k in kinds]
+    weights = torch.tensor([len(b) * (cfg.closed_weight if k == "closed" else 1.0) for k, b in zip(kinds, buckets)])
+    model.train()
+    losses = []
+    for step in range(cfg.steps):
+        for g in opt.param_groups:
+            g["lr"] = lr_at(step, tcfg)  # warm-up, then cosine
+        bucket = buckets[int(torch.multinomial(weights, 1, generator=gen))]  # one kind per batch
+        idx = bucket[torch.randint(0, len(bucket), (cfg.batch_size,), generator=gen)].tolist()
+        x, y = batch_by_hand([examples[i][:2] for i in idx], tok, eot)  # (B, T), (B, T)
+        logits = model(x)  # (B, T, V)
+        loss = F.cross_entropy(logits.flatten(0, 1), y.flatten(), ignore_index=-100)  # answer tokens only
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), tcfg.grad_clip)
+        opt.step()
+        losses.append(loss.item())
+    model.eval()
+    return losses
+
+
+tiny_patient = zoo.load(cfg.base)
+tok, eot = tiny_patient.tokenizer, reader.eot
+x, y = batch_by_hand([e[:2] for e in examples[:4]], tok, eot)
+x_lib, y_lib = rag.Reader(tiny_patient.model, tok)._batch([e[:2] for e in examples[:4]])
+assert torch.equal(x, x_lib) and torch.equal(y, y_lib)
+# the build ran cfg.steps steps of cfg.batch_size; here a few small ones
+short = dataclasses.replace(cfg, steps=4, batch_size=4, warmup_steps=2)
+mine, lib = copy.deepcopy(tiny_patient.model), copy.deepcopy(tiny_patient.model)
+losses_mine = finetune_by_hand(mine, tok, eot, examples, short)
+losses_lib = rag_runs.finetune_reader(rag.Reader(lib, tok), examples, short, progress=False)
+assert np.allclose(losses_mine, losses_lib, rtol=1e-4, atol=1e-5)
+assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(mine.parameters(), lib.parameters()))
+print(
+    f"batches == Reader._batch; {short.steps} steps by hand == course_lib: losses {np.round(losses_mine, 3).tolist()}"
+)
+print(
+    f"(the build ran {cfg.steps} steps of {cfg.batch_size}; its loss, every 50 steps: "
+    f"{card['loss_curve'][0]:.2f} → {card['loss_curve'][-1]:.2f})"
 )
 
 # %%
@@ -695,24 +825,28 @@ def retrieval_figure(query: str = "Largest planet of the Solar System", k: int =
 
     if not query.strip():
         return viz.figure(title_text="Type a query")
-    fig = viz.figure(
-        title_text=f"Query: {query!r}", height=160 + 3 * (60 + 34 * k), margin=dict(l=10, r=10, t=60, b=10)
-    )
+    fig = viz.figure(title_text=f"Query: {query!r}")  # viz.tidy makes it as tall as the tables' rows
     for j, method in enumerate(("bm25", "dense", "hybrid")):
         hits = kb.search(query, k, method=method)
         fig.add_trace(
             go.Table(
                 domain=dict(x=[0, 1], y=[1 - (j + 1) / 3 + 0.02, 1 - j / 3 - 0.04]),
-                columnwidth=[30, 60, 150, 500],
+                columnwidth=[90, 110, 240],  # rank = row order; narrow columns would cut the scores on a phone
                 header=dict(
-                    values=["#", f"{method} score", "article", "passage"], fill_color=viz.PALETTE[j], font_color="white"
+                    values=[f"{method} score", "article", "passage"], fill_color=viz.PALETTE[j], font_color="white"
                 ),
                 cells=dict(
                     values=[
-                        [h.rank for h in hits],
-                        [f"{h.score:.3f}" if method != "hybrid" else f"{h.score:.4f}" for h in hits],
+                        [
+                            f"{h.score:.4f}"
+                            if method == "hybrid"
+                            else f"{h.score:.2f}"
+                            if method == "bm25"
+                            else f"{h.score:.3f}"
+                            for h in hits
+                        ],
                         [h.title for h in hits],
-                        [h.passage[:160] + ("…" if len(h.passage) > 160 else "") for h in hits],
+                        [h.passage[:100] + ("…" if len(h.passage) > 100 else "") for h in hits],
                     ],
                     align="left",
                 ),
@@ -722,6 +856,71 @@ def retrieval_figure(query: str = "Largest planet of the Solar System", k: int =
 
 
 retrieval_figure()
+
+# %% [markdown]
+# Look at the first query again: *Largest planet of the Solar System*. The corpus has an
+# article **Jupiter** whose first sentence says it is "the fifth planet from the Sun, and
+# the largest in the Solar System". Where does each retriever put it? (Ranks over the whole
+# knowledge base, computed now.)
+
+# %%
+jq, target_title = "Largest planet of the Solar System", "Jupiter"
+jup = titles.index(target_title)
+rank_of = {}
+for method in ("bm25", "dense", "hybrid"):
+    hits = kb.search(jq, 100, method=method)
+    rank_of[method] = next((h.rank for h in hits if h.title == target_title), None)  # None: not in the top 100
+top = {method: kb.search(jq, 1, method=method)[0] for method in ("bm25", "dense")}
+# BM25: the weight of each query term, and how often the two documents use it
+q_terms = rag.tokenize(jq)
+idf = {t: math.log(1 + (N - n_t[t] + 0.5) / (n_t[t] + 0.5)) for t in q_terms}
+tf = {name: Counter(doc_tokens[titles.index(name)]) for name in (target_title, top["bm25"].title)}
+length = {name: len(doc_tokens[titles.index(name)]) for name in tf}
+# dense: the query against Jupiter's whole extract (what the index holds) and against its first passage alone
+qv = embedder.embed([jq])[0]  # (d,)
+cos_whole = float(X[jup] @ qv)
+cos_first = float(embedder.embed([passage[jup]])[0] @ qv)
+viz.Table(
+    [
+        {
+            "retriever": m,
+            "rank of 'Jupiter'": "not in top 100" if r is None else r,
+            "top hit": kb.search(jq, 1, method=m)[0].title,
+        }
+        for m, r in rank_of.items()
+    ],
+    caption=f"Query {jq!r}: where the article {target_title!r} ranks",
+)
+
+# %%
+in_top5 = [m for m, r in rank_of.items() if r is not None and r <= 5]
+rare = max(q_terms, key=idf.get)
+display(
+    Markdown(
+        ("**Jupiter is in no top 5.** " if not in_top5 else f"Jupiter is in the top 5 of {', '.join(in_top5)} only. ")
+        + f"BM25 ranks it {rank_of['bm25'] or 'below 100'}, the dense retriever {rank_of['dense'] or 'below 100'}, "
+        f"their fusion {rank_of['hybrid'] or 'below 100'}. Why, for each:\n\n"
+        f"* **Lexical (BM25).** The query's terms after tokenizing are {', '.join(q_terms)}. Their weights (idf) "
+        f"differ: *{rare}* is rare ({n_t[rare]} of {N:,} articles, idf {idf[rare]:.2f}) while *largest* is in "
+        f"{n_t['largest']:,} (idf {idf['largest']:.2f}), so BM25 ranks mostly by how often an article repeats "
+        f"*{rare}*. Jupiter uses it {tf[target_title][rare]}× in {length[target_title]} terms (it says *gas giant*, "
+        f"*planets*: a different word to BM25, which does no stemming); the top hit, *{top['bm25'].title}*, uses it "
+        f"{tf[top['bm25'].title][rare]}× in {length[top['bm25'].title]}. And BM25 has no idea what *largest* means: "
+        f"an article that says *smallest* matches every other word just as well.\n"
+        f"* **Dense (the encoder).** The index holds one vector per *whole extract*: Jupiter's mixes the sentence "
+        f"about its size with all the rest (its mass, diameter, orbit, …), and its cosine with the query is {cos_whole:.3f}, below the top hit "
+        f"*{top['dense'].title}* ({top['dense'].score:.3f}). Its first passage alone — the sentence that answers the "
+        f"query — scores {cos_first:.3f}"
+        + (
+            ", above every whole extract in the index. That is the case for **chunking**: index passages, not "
+            "documents, so the sentence that matches is not averaged away."
+            if cos_first > top["dense"].score
+            else ". Here chunking alone would not lift it to the top."
+        )
+        + "\n\nRetrievers match words or average meanings; neither *knows* that Jupiter is the largest planet. "
+        "Section 6 measures how often that matters on the whole task."
+    )
+)
 
 # %%
 import ipywidgets as widgets
@@ -737,7 +936,7 @@ viz.static_twin(
     retrieval_figure,
     {"query": ["Largest planet of the Solar System", "Sprint race", "painter of the Mona Lisa", news.description]},
     fixed={"k": 5},
-    label="query",
+    step_label=lambda s: s["query"] if len(s["query"]) <= 32 else s["query"][:30] + "…",
 )
 
 # %% [markdown]
@@ -802,7 +1001,7 @@ _ = claims.verdict(  # shown once, by the call itself
 # retriever cannot hand over arithmetic), or when a closed set of facts is small and
 # stable enough to train in.
 #
-# ## Exercise · Reciprocal rank fusion
+# ## Exercise 1 · Reciprocal rank fusion
 #
 # Write `rrf(rankings, k=60)`: given several ranked lists of document ids (best first),
 # return the fused list of ids, best first, scoring each document
@@ -810,7 +1009,7 @@ _ = claims.verdict(  # shown once, by the call itself
 # The checker compares it with `rag.reciprocal_rank_fusion` on random rankings.
 
 # %%
-from course_lib.exercises import check_rrf
+from course_lib.exercises import check_maxp_rerank, check_prediction, check_rrf
 
 
 def rrf(rankings: list[list[int]], k: int = 60) -> list[int]:
@@ -820,7 +1019,8 @@ def rrf(rankings: list[list[int]], k: int = 60) -> list[int]:
 check_rrf(rrf)
 
 
-# %% tags=["solution"]
+# %% tags=["solution"] jupyter={"source_hidden": true} cellView="form"
+# @title Solution — try the exercise first
 def rrf(rankings: list[list[int]], k: int = 60) -> list[int]:
     score = Counter()
     for ranking in rankings:
@@ -830,6 +1030,132 @@ def rrf(rankings: list[list[int]], k: int = 60) -> list[int]:
 
 
 assert check_rrf(rrf).passed
+
+# %% [markdown]
+# ## Exercise 2 · A reranker: score a document by its best passage
+#
+# Section 9 showed the dense index averaging Jupiter's one matching sentence away. A
+# **reranker** is a second, more careful stage run on the first stage's few candidates
+# only. Write the simplest one that fixes that failure, *max-passage* scoring (Dai & Callan,
+# 2019): cut each candidate into passages, embed them, and score the candidate by its
+# **best** passage.
+#
+# `maxp_rerank(query_vec, candidates, passage_vecs, passage_doc)`: `query_vec` (d,) and
+# `passage_vecs` (P, d) have unit length; `passage_doc` (P,) says which document each passage
+# belongs to; `candidates` is the first stage's list of document ids, best first. Return the
+# candidates sorted by the largest cosine of any of their passages with the query, best
+# first; equal scores keep the first stage's order.
+
+
+# %%
+def maxp_rerank(query_vec, candidates: list[int], passage_vecs, passage_doc) -> list[int]:
+    raise NotImplementedError  # your code here
+
+
+check_maxp_rerank(maxp_rerank)
+
+
+# %% tags=["solution"] jupyter={"source_hidden": true} cellView="form"
+# @title Solution — try the exercise first
+def maxp_rerank(query_vec, candidates: list[int], passage_vecs, passage_doc) -> list[int]:
+    cos = np.asarray(passage_vecs) @ np.asarray(query_vec)  # (P,) one cosine per passage
+    doc = np.asarray(passage_doc)
+    best = {c: cos[doc == c].max() if (doc == c).any() else -np.inf for c in candidates}
+    return sorted(candidates, key=lambda c: -best[c])  # sorted() is stable: ties keep the first-stage order
+
+
+assert check_maxp_rerank(maxp_rerank).passed
+
+# %% [markdown]
+# Your reranker on the headline query: the dense retriever's top 20, each cut into passages
+# of up to 32 words (`rag.chunk`), embedded, reranked.
+
+# %%
+cands = [titles.index(h.title) for h in kb.search(jq, 20, method="dense")]
+pieces = [(c, p) for c in cands for p in rag.chunk(extracts[c], max_words=32)]
+p_vecs = embedder.embed([p for _, p in pieces]).numpy()  # (P, d)
+reranked = maxp_rerank(qv.numpy(), cands, p_vecs, np.array([c for c, _ in pieces]))
+where = {
+    name: (order.index(jup) + 1 if jup in order else None) for name, order in (("dense", cands), ("reranked", reranked))
+}
+print(f"{len(pieces)} passages from {len(cands)} candidates; 'Jupiter' at rank {where['dense']} -> {where['reranked']}")
+print("new top 3:", [titles[c] for c in reranked[:3]])
+
+# %% [markdown]
+# ## Exercise 3 · Predict, then measure: exact search on a corpus four times larger
+#
+# Exact search is one matrix-vector product per query over all N vectors. Section 5 timed
+# it on this corpus (the table's caption gives the ms per query). Before running the next
+# cell, predict the milliseconds per query for exact search over **4N** vectors (the corpus
+# stacked four times, 384 floats each), one query at a time. Write down the simple model you
+# use, then return its number.
+
+
+# %%
+def predicted_ms_at_4n() -> float:
+    raise NotImplementedError  # return your prediction, in milliseconds per query
+
+
+# %% tags=["nbval-ignore-output"]
+big_index = rag.ExactIndex(X.shape[1])
+big_index.add(X.repeat(4, 1))  # (4N, d)
+t_big = measure.interleaved(
+    {
+        n: (lambda ix=ix: [ix.search(Qt[i : i + 1], K) for i in range(len(Qt))])
+        for n, ix in (("N", exact), ("4N", big_index))
+    },
+    warmup=1,
+    repeats=3,
+)
+ms_4n = t_big["4N"].median / len(Qt) * 1e3
+growth_4n = t_big["4N"].median / t_big["N"].median
+l3 = fingerprint.cache_bytes().get("L3")
+n_bytes = X.numel() * X.element_size()  # the N vectors, in bytes
+if not l3:
+    cache_part = "this CPU's L3 size is unknown here, so whether the vectors fit in it is too."
+elif n_bytes < l3 <= 4 * n_bytes:
+    cache_part = (
+        f"the {n_bytes / 2**20:.0f} MiB of vectors at N fit in this CPU's {l3 / 2**20:.0f} MiB L3 cache, the "
+        f"{4 * n_bytes / 2**20:.0f} MiB at 4N do not: at 4N every query streams them from DRAM, which pushes the "
+        "ratio up."
+    )
+else:
+    cache_part = (
+        f"the vectors ({n_bytes / 2**20:.0f} MiB at N, {4 * n_bytes / 2**20:.0f} MiB at 4N) "
+        + ("both fit" if 4 * n_bytes < l3 else "exceed it at both sizes" if n_bytes >= l3 else "straddle it")
+        + f" in this CPU's {l3 / 2**20:.0f} MiB L3 cache."
+    )
+EXACT_EXPLAIN = (
+    f"Measured side by side: {t_big['N'].median / len(Qt) * 1e3:.2f} ms at N, {ms_4n:.2f} ms at 4N, "
+    f"{growth_4n:.1f}× for 4× the vectors ({t_big.note()}). A linear model (time ∝ N) ignores two things: a "
+    "fixed cost per call (Python, dispatch, the top-k) that does not grow with N pulls the ratio below 4×; and "
+    + cache_part
+)
+check_prediction("08 · exact search at 4N", predicted_ms_at_4n, ms_4n, unit="ms per query", explain=EXACT_EXPLAIN)
+
+
+# %% tags=["solution"] jupyter={"source_hidden": true} cellView="form"
+# @title Solution — try the exercise first
+def predicted_ms_at_4n() -> float:
+    return 4 * t_exact * 1e3  # time ∝ the vectors read: 4× the vectors, 4× the time
+
+
+assert check_prediction(
+    "08 · exact search at 4N", predicted_ms_at_4n, ms_4n, unit="ms per query", explain=EXACT_EXPLAIN
+).passed
+
+# %% [markdown]
+# ## Self-check
+
+# %% tags=["nbval-ignore-output"]
+from course_lib import quiz
+
+quiz.show("08", measured={"q4": ivf8.word})
+
+# %%
+from course_lib import progress
+
+progress.show("08")
 
 # %% [markdown]
 # ## References

@@ -33,8 +33,9 @@
 # > hashed n-grams, MiniLM reading 32 tokens, MiniLM reading the whole text), confidence
 # > measures, reliability diagrams and temperature scaling, threshold cascades and a learned
 # > router, per-query cost accounting (FLOPs counted, milliseconds measured), the
-# > cost/accuracy frontier, and speculative decoding with KV-cache rollback, greedy and
-# > sampling.
+# > cost/accuracy frontier, a greedy speculative decoder from scratch (draft, one batched
+# > verify pass, accept/reject, KV-cache rollback) checked token for token against the
+# > library's, and speculative sampling.
 # > **What you'll learn:** when a cascade saves and when it silently fails (an over-confident
 # > small model), how to pick the threshold that reaches a target accuracy at the least cost,
 # > why a speculative decoder's output equals the target's, and what its speed-up depends on.
@@ -278,7 +279,8 @@ display(
 
 # %% [markdown]
 # A **reliability diagram** bins the queries by confidence and plots each bin's accuracy
-# against its mean confidence; a calibrated model sits on the diagonal. The **expected
+# against its mean confidence; a calibrated model sits on the diagonal (dotted). Below, one
+# row per model, raw on the left and temperature-scaled on the right. The **expected
 # calibration error** is the bin-size-weighted gap,
 # $\mathrm{ECE} = \sum_b \frac{n_b}{n}\,|\mathrm{acc}_b - \mathrm{conf}_b|$ (Naeini et al. 2015).
 #
@@ -298,41 +300,47 @@ print("temperatures:", {m: round(t, 3) for m, t in T.items()})
 
 
 # %%
+SHORT = {"bow": "naive Bayes", "mini32": "MiniLM-32", "minilm": "MiniLM"}
+
+
 def reliability_figure(models=("bow", "minilm"), n_bins: int = 10):
-    """Reliability diagrams on the held-out queries, before and after temperature scaling."""
+    """Reliability diagrams on the held-out queries: one row per model, before | after temperature scaling."""
+    rels = {
+        (m, scaled): cc.reliability(cc.softmax(logits[m][held], T[m] if scaled else 1.0), y[held], n_bins=n_bins)
+        for m in models
+        for scaled in (False, True)
+    }
     fig = make_subplots(
-        rows=1,
-        cols=len(models) * 2,
+        rows=len(models),
+        cols=2,
+        shared_xaxes=True,
         shared_yaxes=True,
-        subplot_titles=[f"{NAMES[m]}<br>{'T = 1' if s == 1 else f'T = {T[m]:.2f}'}" for m in models for s in (1, 0)],
+        vertical_spacing=0.16,
+        horizontal_spacing=0.08,
+        subplot_titles=[
+            f"{SHORT[m]}, {f'T = {T[m]:.1f}' if s else 'T = 1'}<br>ECE {rels[m, s].ece:.3f}"
+            for m in models
+            for s in (False, True)
+        ],
     )
-    col = 0
-    for m in models:
-        for scaled in (False, True):
-            col += 1
-            rel = cc.reliability(cc.softmax(logits[m][held], T[m] if scaled else 1.0), y[held], n_bins=n_bins)
+    for row, m in enumerate(models, start=1):
+        for col, scaled in ((1, False), (2, True)):
+            rel = rels[m, scaled]
             centers = (rel.edges[:-1] + rel.edges[1:]) / 2
             fig.add_bar(
                 x=centers,
                 y=np.nan_to_num(rel.accuracy),
                 width=1 / n_bins,
                 marker_color=viz.PALETTE[2 if scaled else 3],
-                name=f"ECE {rel.ece:.3f}",
                 hovertext=[f"{c} queries" for c in rel.count],
-                row=1,
+                row=row,
                 col=col,
             )
-            fig.add_scatter(
-                x=[0, 1], y=[0, 1], mode="lines", line=dict(dash="dot", color="#444"), showlegend=False, row=1, col=col
-            )
-            fig.update_xaxes(title_text=f"confidence (ECE {rel.ece:.3f})", range=[0, 1], row=1, col=col)
-    fig.update_yaxes(title_text="accuracy in bin", range=[0, 1], row=1, col=1)
-    fig.update_layout(
-        title_text="Reliability on held-out queries: bars on the diagonal = calibrated",
-        height=380,
-        showlegend=False,
-        bargap=0.05,
-    )
+            fig.add_scatter(x=[0, 1], y=[0, 1], mode="lines", line=dict(dash="dot", color="#444"), row=row, col=col)
+        fig.update_yaxes(title_text="accuracy", range=[0, 1], row=row, col=1)
+    fig.update_xaxes(range=[0, 1])
+    fig.update_xaxes(title_text="confidence", row=len(models))
+    fig.update_layout(title_text="Reliability on held-out queries", height=640, showlegend=False, bargap=0.05)
     return fig
 
 
@@ -477,7 +485,7 @@ display(
         f"{len(held)} queries), at **{saving['calibrated']['flops']:.1f}x fewer FLOPs** per query. With the raw "
         f"confidences the same procedure picks t = {res_raw.thresholds[0]:.3f} and saves "
         f"{saving['raw']['flops']:.2f}x: when {sure.mean():.0%} of the queries have confidence exactly 1, "
-        f"no threshold on $[0, 1]$ can tell the easy ones from the hard ones. *That* is how a cascade fails "
+        f"no threshold in [0, 1] can tell the easy ones from the hard ones. *That* is how a cascade fails "
         f"silently — and why calibration comes first."
     )
 )
@@ -606,7 +614,7 @@ curves = {
 }
 
 fig = viz.figure(
-    title_text="Cost/accuracy on held-out queries (thresholds: temperature-scaled max probability)",
+    title_text="Cost vs accuracy on held-out queries",
     xaxis=dict(title="FLOPs per query ÷ MiniLM alone", type="log"),
     yaxis_title="accuracy",
     height=460,
@@ -640,7 +648,7 @@ for i, m in enumerate(logits):
         y=[accuracy[m]["held"]],
         mode="markers+text",
         text=[NAMES[m]],
-        textposition="bottom right",
+        textposition="bottom right" if m == "bow" else "bottom left",  # keep the labels inside the plot
         marker=dict(size=11, symbol="diamond", color=viz.PALETTE[4 + i]),
         showlegend=False,
     )
@@ -659,7 +667,7 @@ dev_gap = accuracy["minilm"]["dev"] - accuracy["mini32"]["dev"]
 display(
     Markdown(
         f"Asked for MiniLM's accuracy on the cross-fitted training data, the three-stage search picks "
-        f"$t_1$ = {res3.thresholds[0]:.3f}, $t_2$ = {res3.thresholds[1]:.3f}: naive Bayes answers "
+        f"t₁ = {res3.thresholds[0]:.3f}, t₂ = {res3.thresholds[1]:.3f}: naive Bayes answers "
         f"{res3.fractions[0]:.0%} of the held-out queries, MiniLM-32 {res3.fractions[1]:.0%}, MiniLM "
         f"{res3.fractions[2]:.0%}, at **{saving['three']['flops']:.1f}x fewer FLOPs** than MiniLM alone "
         f"(two stages: {saving['calibrated']['flops']:.1f}x). Held-out accuracy {res3.accuracy:.3f} against "
@@ -681,8 +689,8 @@ display(
 # ## 9 · Explore: the threshold
 #
 # Move the threshold of the two-stage cascade and watch the cost, the accuracy and who
-# answers. Switch calibration off (the checkbox; in the static figure below, the slider's
-# second half, "False, ...") to see why raw naive Bayes confidences make the dial useless:
+# answers (cost is FLOPs per query relative to MiniLM alone). Switch calibration off (the
+# checkbox; in the static figure below, the slider's second half, "raw") to see why raw naive Bayes confidences make the dial useless:
 # nothing happens until $t$ is pressed against 1.
 
 # %%
@@ -697,7 +705,13 @@ def cascade_figure(threshold: float = 0.8, calibrated: bool = True):
     sw = live_sweeps[calibrated]
     i = int(np.argmin(np.abs(sw.thresholds[:, 0] - threshold)))
     rel = sw.flops / big.flops.mean()
-    fig = make_subplots(rows=1, cols=2, column_widths=[0.62, 0.38], subplot_titles=["cost vs accuracy", "who answers"])
+    fig = make_subplots(
+        rows=1,
+        cols=2,
+        column_widths=[0.62, 0.38],
+        horizontal_spacing=0.14,
+        subplot_titles=["accuracy vs cost", "who answers"],
+    )
     fig.add_scatter(
         x=rel, y=sw.accuracy, mode="lines", line=dict(color=viz.PALETTE[0]), name="all thresholds", row=1, col=1
     )
@@ -710,7 +724,14 @@ def cascade_figure(threshold: float = 0.8, calibrated: bool = True):
         row=1,
         col=1,
     )
-    fig.add_hline(y=accuracy["minilm"]["held"], line_dash="dot", annotation_text="MiniLM alone", row=1, col=1)
+    fig.add_hline(
+        y=accuracy["minilm"]["held"],
+        line_dash="dot",
+        annotation_text="MiniLM alone",
+        annotation_position="bottom left",
+        row=1,
+        col=1,
+    )
     fig.add_bar(
         x=["naive Bayes", "MiniLM"],
         y=sw.fractions[i],
@@ -724,8 +745,8 @@ def cascade_figure(threshold: float = 0.8, calibrated: bool = True):
     fig.update_yaxes(title_text="fraction of queries", range=[0, 1], row=1, col=2)
     fig.update_layout(
         height=400,
-        title_text=f"t = {threshold:.2f} ({'temperature-scaled' if calibrated else 'raw'}): accuracy {sw.accuracy[i]:.3f}, "
-        f"cost {rel[i]:.2f} x MiniLM, naive Bayes answers {sw.fractions[i][0]:.0%}",
+        title_text=f"t = {threshold:.2f}, {'scaled' if calibrated else 'raw'}: accuracy {sw.accuracy[i]:.3f}"
+        f"<br>at {rel[i]:.2f}× MiniLM's cost",
         showlegend=False,
     )
     return fig
@@ -748,7 +769,8 @@ viz.interactive(
 viz.static_twin(
     cascade_figure,
     {"calibrated": [True, False], "threshold": [round(v, 1) for v in np.linspace(0, 1, 11)]},
-    label="temperature-scaled, threshold",
+    step_label=lambda s: f"t = {s['threshold']:.1f}, {'scaled' if s['calibrated'] else 'raw'}",
+    start={"calibrated": True, "threshold": 0.8},
 )
 
 # %% [markdown]
@@ -790,18 +812,80 @@ print(f"P(emit x) == p(x) on 5 random pairs; acceptance probability of the last 
 # moving `pos` back; the stale entries are never read and are overwritten by the next
 # write. (Chapter 03's rolling window cache also empties the ring slots it wrote, and
 # refuses — a `ValueError` — to forget positions whose slots already overwrote keys the
-# next query reads.) One round of speculative decoding is `sd.speculative_round`: draft
-# with the ordinary decode loop, verify in one pass, accept, roll back.
+# next query reads.)
 
 # %%
-display(viz.show_source(KVCache.truncate))
-viz.show_source(sd.speculative_round)
+viz.show_source(KVCache.truncate)
+
+# %% [markdown]
+# **The whole greedy decoder, in one function.** Here it is from scratch, laid out like
+# gpt-fast's `speculative_decode` (one round = draft, one verify pass, accept, roll back),
+# with a loop around it. One invariant keeps the bookkeeping simple: *before and after a
+# round, each cache holds a prefix of `tokens` that lacks at least the last token*; what a
+# cache lacks is fed at the start of its next forward pass.
+#
+# 1. **Draft** $k$ tokens with the draft's own decode loop: one forward per token, each
+#    feeding only the token just drafted (the first feeds what the draft's cache lacks).
+# 2. **Verify** in **one** target forward over what the target's cache lacks plus the $k$
+#    drafts. Its last $k + 1$ rows of logits are the target's prediction *after* each
+#    prefix: row $i$ says what the target would write where draft token $i$ stands, and
+#    row $k$ what it would write after all of them.
+# 3. **Accept** the longest prefix on which draft and target agree ($n \le k$ tokens) and
+#    append the target's own token at the first disagreement (its *correction*; after a
+#    full accept, a free *bonus* token). So each round emits $n + 1$ tokens, every one of
+#    them the target's argmax given the tokens before it: that is why the output is the
+#    target's greedy output.
+# 4. **Roll back** both caches to `len(tokens) - 1` positions: the target wrote keys for
+#    all $k$ drafts, but only the accepted ones are still in the sequence.
+
+
+# %%
+@torch.no_grad()
+def speculative_decode(target, draft, prompt, max_new_tokens: int, k: int = 4):
+    """Greedy speculative decoding from scratch. prompt (1, T) -> (tokens (1, T + new), accepted per round)."""
+    tokens = prompt[0].tolist()
+    goal = len(tokens) + max_new_tokens
+    t_cache, d_cache = target.new_cache(1, goal), draft.new_cache(1, goal)  # one KVCache per layer, empty
+    accepted = []
+    while len(tokens) < goal:
+        kk = min(k, goal - len(tokens) - 1)  # never draft past the end
+        # 1. draft kk tokens, one forward each
+        feed = torch.tensor([tokens[d_cache[0].pos :]])  # (1, what the draft's cache lacks) >= 1 token
+        drafted = []
+        for _ in range(kk):
+            nxt = int(draft(feed, cache=d_cache)[0, -1].argmax())  # logits (1, T, V) -> last row -> argmax
+            drafted.append(nxt)
+            feed = torch.tensor([[nxt]])  # (1, 1)
+        # 2. verify: ONE target pass over what its cache lacks + the kk drafts
+        verify_feed = torch.tensor([tokens[t_cache[0].pos :] + drafted])  # (1, m + kk)
+        best = target(verify_feed, cache=t_cache)[0, -(kk + 1) :].argmax(-1).tolist()  # (kk+1,) target's choices
+        # 3. accept the longest agreeing prefix, then the target's correction (or bonus) token
+        n = 0
+        while n < kk and drafted[n] == best[n]:
+            n += 1
+        tokens += drafted[:n] + [best[n]]
+        accepted.append(n)
+        # 4. roll back: keep every position but the last token's (it is fed next round)
+        keep = len(tokens) - 1
+        for c in t_cache:
+            c.truncate(keep)  # the target wrote all kk drafts; forget the rejected ones
+        for c in d_cache:
+            c.truncate(min(c.pos, keep))  # the draft never fed its last draft: it may already be shorter
+    return torch.tensor([tokens]), accepted
+
+
+# %% [markdown]
+# Now check it, token for token, against the library's decoder (`sd.speculative_generate`,
+# the same steps split into `sd.speculative_round`, `sd.verify_greedy` and `sd.rollback`)
+# and against the target's own greedy decoding, on three prompts:
 
 # %%
 tiny, small = zoo.load("tiny"), zoo.load("small")
 prompts = [small.encode(s) for s in ("The Moon is", "Albert Einstein was a", "Python is a programming")]
 for p_ in prompts:
+    mine, accepted = speculative_decode(small.model, tiny.model, p_, 40, k=4)
     out, st = sd.speculative_generate(small.model, tiny.model, p_, 40, k=4)
+    assert torch.equal(mine, out) and accepted == st.accepted_per_round  # by hand == course_lib, round by round
     assert torch.equal(out, small.model.generate(p_, 40))  # greedy speculative == the target's own greedy
     print(
         f"{st.acceptance_rate:.0%} of drafted tokens accepted, {st.tokens_per_round:.2f} tokens per target pass:",
@@ -864,7 +948,7 @@ viz.Table(
 assert all(r["identical"] for r in bench)
 assert all(0 < r["acceptance"] < 1 for r in bench[1:])
 ks = [r["k"] for r in bench[1:]]
-fig = make_subplots(rows=1, cols=2, subplot_titles=["acceptance vs draft length", "speed-up vs draft length"])
+fig = make_subplots(rows=1, cols=2, horizontal_spacing=0.14, subplot_titles=["what the target keeps", "speed-up"])
 fig.add_scatter(
     x=ks, y=[r["acceptance"] for r in bench[1:]], mode="lines+markers", name="acceptance rate", row=1, col=1
 )
@@ -891,8 +975,10 @@ fig.add_scatter(
     col=2,
 )
 fig.add_hline(y=1, line_color="#444", row=1, col=2)
-fig.update_xaxes(title_text="k (drafted tokens per round)")
-fig.update_layout(height=400, title_text="Speculative decoding, small patient with the tiny one as draft")
+fig.update_xaxes(title_text="k (drafts per round)", dtick=1)
+fig.update_yaxes(title_text="rate, tokens", row=1, col=1)
+fig.update_yaxes(title_text="× the target alone", row=1, col=2)
+fig.update_layout(height=420, title_text="Speculative decoding, tiny → small")
 fig
 
 # %% tags=["nbval-ignore-output"]
@@ -989,7 +1075,7 @@ display(
 # holds 0), and return $\sum_b \frac{n_b}{n}|\mathrm{acc}_b - \mathrm{conf}_b|$.
 
 # %%
-from course_lib.exercises import check_acceptance_probability, check_expected_calibration_error
+from course_lib.exercises import check_expected_calibration_error, check_margin_cascade, check_prediction
 
 
 def ece(probs: np.ndarray, labels: np.ndarray, n_bins: int = 10) -> float:
@@ -999,7 +1085,8 @@ def ece(probs: np.ndarray, labels: np.ndarray, n_bins: int = 10) -> float:
 check_expected_calibration_error(ece)
 
 
-# %% tags=["solution"]
+# %% tags=["solution"] jupyter={"source_hidden": true} cellView="form"
+# @title Solution — try the exercise first
 def ece(probs: np.ndarray, labels: np.ndarray, n_bins: int = 10) -> float:
     conf, correct = probs.max(1), (probs.argmax(1) == labels)
     b = np.clip(np.ceil(conf * n_bins).astype(int) - 1, 0, n_bins - 1)  # (k/B, (k+1)/B] -> k
@@ -1014,27 +1101,111 @@ def ece(probs: np.ndarray, labels: np.ndarray, n_bins: int = 10) -> float:
 assert check_expected_calibration_error(ece).passed
 
 # %% [markdown]
-# ## Exercise 2 · How often is a draft token accepted?
+# ## Exercise 2 · A cascade with a budget, ranked by the margin
 #
-# Write `acceptance_probability(p, q)`: the probability that a token drawn from the draft's
-# distribution `q` survives speculative sampling's test against the target's `p` (both 1-D
-# arrays summing to 1). Hint: sum over $x$ of $q(x) \cdot P(\text{accept } x)$.
+# Every cascade above fixes a *threshold* and lets the number of deferred queries fall where
+# it may. In production the constraint is often the other way round: the big model can take
+# only `n_defer` of the next N queries (a GPU budget, a rate limit). Write
+# `margin_cascade(probs, pred_big, n_defer)`:
+#
+# * `probs` (N, K): the small model's probabilities; `pred_big` (N,): the big model's answers;
+# * the small model's confidence is its **margin** $p_{(1)} - p_{(2)}$, the gap between its
+#   two largest probabilities (a query it hesitates between two topics on has a small one);
+# * defer exactly the `n_defer` queries with the **smallest** margins (equal margins: the
+#   lower index is deferred first), answer the rest with the small model's argmax;
+# * return the (N,) array of final answers.
+#
+# Then try it on the held-out queries with `cc.softmax(logits["bow"][held], T["bow"])` and
+# `pred["minilm"][held]`, at the number of queries the calibrated cascade of section 6
+# deferred: does ranking by margin under a budget do better or worse than the threshold?
 
 
 # %%
-def acceptance_probability(p: np.ndarray, q: np.ndarray) -> float:
+def margin_cascade(probs: np.ndarray, pred_big: np.ndarray, n_defer: int) -> np.ndarray:
     raise NotImplementedError  # your code here
 
 
-check_acceptance_probability(acceptance_probability)
+check_margin_cascade(margin_cascade)
 
 
-# %% tags=["solution"]
-def acceptance_probability(p: np.ndarray, q: np.ndarray) -> float:
-    return float(np.minimum(p, q).sum())  # q * min(1, p/q) = min(p, q)
+# %% tags=["solution"] jupyter={"source_hidden": true} cellView="form"
+# @title Solution — try the exercise first
+def margin_cascade(probs: np.ndarray, pred_big: np.ndarray, n_defer: int) -> np.ndarray:
+    top2 = np.sort(probs, axis=1)[:, -2:]  # (N, 2): second-largest, largest
+    margin = top2[:, 1] - top2[:, 0]  # (N,)
+    deferred = np.argsort(margin, kind="stable")[:n_defer]  # stable: equal margins keep index order
+    answer = probs.argmax(1)  # (N,) the small model's answers
+    answer[deferred] = pred_big[deferred]
+    return answer
 
 
-assert check_acceptance_probability(acceptance_probability).passed
+assert check_margin_cascade(margin_cascade).passed
+
+# %% [markdown]
+# ## Exercise 3 · Predict, then measure: tokens per target pass at k = 6
+#
+# Section 10 measured acceptance at k = 1, …, 4. Before running anything, predict how many
+# tokens the speculative decoder will emit **per target pass** with **k = 6**, on the same
+# three prompts and the same number of new tokens. Use the simple model of section 10: each
+# drafted token is accepted with probability $\alpha$ *given that the ones before it in the
+# round were*. Think about which measured number is that $\alpha$: the table's
+# "acceptance" is accepted ÷ drafted, and at k > 1 the drafted tokens include the ones after
+# the first rejection. Return the number your model gives; the next cell measures it and
+# compares.
+
+
+# %%
+def predicted_tokens_per_pass() -> float:
+    raise NotImplementedError  # return your prediction (a number)
+
+
+# %% tags=["nbval-ignore-output"]
+runs_k6 = [sd.speculative_generate(small.model, tiny.model, p_, NEW, k=6)[1] for p_ in prompts]
+measured_k6 = sum(s.emitted for s in runs_k6) / sum(s.rounds for s in runs_k6)
+K6_EXPLAIN = (
+    "The model's α is the probability that a drafted token is accepted given that the ones before it were. "
+    "At k = 1 every draft is the first of its round, so accepted ÷ drafted is exactly that; at larger k "
+    "accepted ÷ drafted also counts the drafts after the first rejection, which never had a chance, and "
+    "underestimates α. And acceptance is not independent: it comes in runs (an easy stretch is drafted right "
+    "many tokens in a row), so it differs by position in the round (SpeculativeStats.acceptance_by_position). "
+    "The last rounds of each prompt draft fewer than k tokens so as not to run past the end."
+)
+check_prediction(
+    "10 · tokens per target pass at k = 6",
+    predicted_tokens_per_pass,
+    measured_k6,
+    unit="tokens per target pass",
+    explain=K6_EXPLAIN,
+)
+
+
+# %% tags=["solution"] jupyter={"source_hidden": true} cellView="form"
+# @title Solution — try the exercise first
+def predicted_tokens_per_pass() -> float:
+    alpha = next(r["acceptance"] for r in bench if r["k"] == 1)  # k = 1: accepted / drafted IS P(accept | reached)
+    return sd.expected_tokens_per_round(alpha, 6)  # (1 - alpha^7) / (1 - alpha)
+
+
+assert check_prediction(
+    "10 · tokens per target pass at k = 6",
+    predicted_tokens_per_pass,
+    measured_k6,
+    unit="tokens per target pass",
+    explain=K6_EXPLAIN,
+).passed
+
+# %% [markdown]
+# ## Self-check
+
+# %% tags=["nbval-ignore-output"]
+from course_lib import quiz
+
+quiz.show("10", measured={"q4": best_word})
+
+# %%
+from course_lib import progress
+
+progress.show("10")
 
 # %% [markdown]
 # ## References

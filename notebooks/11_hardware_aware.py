@@ -441,7 +441,7 @@ def roofline_explorer(batch: int = 1):
         hardware.gemv_cost(pc.d_model, pc.d_ff, batch=batch, name=f"{PATIENT} patient up-projection, batch {batch}"),
     ]
     return hardware.roofline_figure(
-        roof, placements, predicted=predicted, title=f"Roofline of this machine; predicted matmuls at batch {batch}"
+        roof, placements, predicted=predicted, title=f"This machine's roofline, batch {batch}"
     )
 
 
@@ -456,7 +456,7 @@ viz.interactive(
 )
 
 # %% tags=["nbval-ignore-output"]
-viz.static_twin(roofline_explorer, {"batch": [1, 4, 16, 64, 256, 1024]}, label="batch")
+viz.static_twin(roofline_explorer, {"batch": [1, 4, 16, 64, 256, 1024]}, step_label=lambda st: f"batch {st['batch']}")
 
 # %% tags=["nbval-ignore-output"]
 frac = {p.name: p.fraction for p in placements}
@@ -558,7 +558,7 @@ prof_decode.table(8)
 
 # %% tags=["nbval-ignore-output"]
 fig = viz.figure(
-    title_text=f"Where the {PATIENT} patient's time goes (share of wall time, profiled)",
+    title_text=f"Where the {PATIENT} patient's time goes (profiled)",
     yaxis_title="share of the forward pass",
     barmode="group",
     yaxis_tickformat=".0%",
@@ -757,7 +757,8 @@ print(
 # %% [markdown]
 # Quantized weights (chapter 05) carry scales: one fp16 scale per group of 128 inputs adds
 # $16/128 = 0.125$ bits per weight. The footprints of Phi-3-mini and Mixtral-8x7B
-# (Jiang et al., 2024) at three precisions, 4,096 tokens of fp16 KV cache:
+# (Jiang et al., 2024) at three weight precisions, 4,096 tokens of fp16 KV cache; the dotted
+# lines mark 1, 4 and 8 GiB, the memory of small edge devices:
 
 # %%
 budget_rows = []
@@ -792,11 +793,9 @@ for col, name in enumerate(("phi-3-mini", "mixtral-8x7b"), start=1):
         )
     for gib in (1, 4, 8):
         fig.add_hline(y=gib, line_dash="dot", line_color="#888", row=1, col=col)
-fig.update_layout(
-    barmode="stack", height=440, title_text="Inference memory at a 4,096-token context (dotted: 1, 4, 8 GiB)"
-)
+fig.update_layout(barmode="stack", height=440, title_text="Inference memory, 4,096-token context")
 fig.update_yaxes(title_text="GiB", col=1)
-fig.update_xaxes(title_text="weight precision")
+fig.update_xaxes(title_text="weight precision", col=1)  # one x title: two collide on a phone
 fig
 
 # %%
@@ -1015,7 +1014,7 @@ else:
 # 8 KV heads) raise the intensity over plain multi-head attention?
 
 # %%
-from course_lib.exercises import check_decode_attention_intensity, check_ridge_batch
+from course_lib.exercises import check_decode_attention_intensity, check_ridge_batch, check_roofline_time_prediction
 
 
 def decode_attention_intensity(kv_len: int, heads: int, kv_heads: int, head_dim: int, bytes_per_element: int) -> float:
@@ -1025,7 +1024,8 @@ def decode_attention_intensity(kv_len: int, heads: int, kv_heads: int, head_dim:
 check_decode_attention_intensity(decode_attention_intensity)
 
 
-# %% tags=["solution"]
+# %% tags=["solution"] jupyter={"source_hidden": true} cellView="form"
+# @title Solution — try the exercise first
 def decode_attention_intensity(kv_len: int, heads: int, kv_heads: int, head_dim: int, bytes_per_element: int) -> float:
     flops = 4 * heads * kv_len * head_dim  # q·Kᵀ and the weighted sum of V, per query head
     values = 2 * heads * head_dim + 2 * kv_heads * kv_len * head_dim  # q and output; K and V of the kv heads
@@ -1054,7 +1054,8 @@ def ridge_batch(k: int, n: int, peak_flops: float, bandwidth: float, bytes_per_e
 check_ridge_batch(ridge_batch)
 
 
-# %% tags=["solution"]
+# %% tags=["solution"] jupyter={"source_hidden": true} cellView="form"
+# @title Solution — try the exercise first
 def ridge_batch(k: int, n: int, peak_flops: float, bandwidth: float, bytes_per_element: int):
     # 2mkn / ((mk + kn + mn) b) >= R  <=>  m (2kn - R b (k + n)) >= R b k n
     rb = peak_flops / bandwidth * bytes_per_element
@@ -1069,6 +1070,56 @@ print(f"Llama-2-7B MLP on an H100 (fp16): compute-bound from batch {ridge_batch(
 print(
     f"... and on this CPU (fp32 roofs measured above): from batch {ridge_batch(4096, 11008, roof.peak('fp32'), roof.bandwidth, 4)}"
 )
+
+# %% [markdown]
+# ## Exercise 3 · Predict, then measure: sixteen tokens through a big weight
+#
+# Sixteen tokens through one 4096 × 4096 fp32 weight: a (16 × 4096) @ (4096 × 4096)
+# matmul, whose 64 MB weight does not fit in this CPU's L3 cache. Before the next cell
+# times it, predict its time in milliseconds from this machine's roofline: the roofs of
+# section 2 (`roof.peak("fp32")` in FLOP/s, `roof.bandwidth` in bytes/s) and the cost
+# formulas of section 3 (`hardware.matmul_cost`). Which roof binds — and how close to it
+# will a real kernel come?
+
+
+# %%
+def predicted_ms() -> float:
+    raise NotImplementedError  # your prediction here, in milliseconds
+
+
+# %% tags=["nbval-ignore-output"]
+x_b16, w_big = torch.randn(16, 4096), torch.randn(4096, 4096)  # (16, 4096) tokens, (4096, 4096) weight
+t16 = measure.interleaved({"batch-16 matmul": lambda: x_b16 @ w_big}, warmup=1, repeats=5)
+measured_ms = t16["batch-16 matmul"].median * 1e3
+print(f"measured: {measured_ms:.2f} ms ({t16.note()})")
+check_roofline_time_prediction(predicted_ms, measured_ms)
+
+
+# %% tags=["solution"] jupyter={"source_hidden": true} cellView="form"
+# @title Solution — try the exercise first
+def predicted_ms() -> float:
+    c = hardware.matmul_cost(16, 4096, 4096, dtype="fp32")  # 2mkn FLOPs; (mk + kn + mn) x 4 bytes
+    compute_s, memory_s = c.flops / roof.peak("fp32"), c.bytes / roof.bandwidth
+    return 1e3 * max(compute_s, memory_s)  # the slower roof binds
+
+
+assert check_roofline_time_prediction(predicted_ms, measured_ms).passed
+
+# %% [markdown]
+# ## Self-check
+#
+# A short quiz; every answer explains why it is right or wrong. The last question is about
+# your machine: its answer comes from section 7's measurement of fusion.
+
+# %% tags=["nbval-ignore-output"]
+from course_lib import quiz
+
+quiz.show("11", measured={"q5": measure.speed_word(rms_row["speed-up"])})
+
+# %% tags=["nbval-ignore-output"]
+from course_lib import progress
+
+progress.show("11")
 
 # %% [markdown]
 # ## References

@@ -26,7 +26,7 @@
 #
 # > **What you'll build:** parameter counts of published models from their configs, the
 # > bytes a decode step reads as a function of batch size (with the experts a batch touches),
-# > a roofline estimate of tokens/s, $ per million tokens and joules per token on an H100 and
+# > a roofline estimate of tokens/s, US dollars per million tokens and joules per token on an H100 and
 # > on **your** CPU, and a side-by-side comparison with a live explorer.
 # > **What you'll learn:** how to tell a published number from a reported one, why "6x
 # > faster" depends on the batch size, where GLaM's energy saving really comes from, what a
@@ -204,7 +204,7 @@ ratio = {
 }
 bytes_b1 = cases.step_bytes(llama70, context=CONTEXT)["total"] / cases.step_bytes(mixtral, context=CONTEXT)["total"]
 fig = viz.figure(
-    title_text=f"Mixtral 8x7B over Llama 2 70B: decode tokens/s on equal H100s (bf16, context {CONTEXT})",
+    title_text="Mixtral 8x7B's decode speed-up over Llama 2 70B",  # conditions: in the text above
     xaxis=dict(title="batch size (sequences decoded together)", type="log"),
     yaxis=dict(title="speed-up (×)", rangemode="tozero"),
     height=400,
@@ -523,7 +523,7 @@ viz.Table(
         {"model": m, "smallest batch that earns Haiku's output price": "none that fits one server" if b is None else b}
         for m, b in need.items()
     ],
-    caption=f"At ${gpu.price_per_hour:g} per H100-hour a GPU must generate {break_even:,.0f} tokens/s to earn ${p_haiku:g} per million",
+    caption=f"At US${gpu.price_per_hour:g} per H100-hour a GPU must generate {break_even:,.0f} tokens/s to earn US${p_haiku:g} per million",
 )
 
 # %%
@@ -535,7 +535,7 @@ display(
     Markdown(
         f"Haiku's output tokens cost **{p_sonnet / p_haiku:.0f}×** less than Sonnet's and **{p_opus / p_haiku:.0f}×** "
         f"less than Opus's: \"low-cost\" is the provider's own price list. But the price does not reveal the size: at "
-        f"chapter 00's ${gpu.price_per_hour:g} per GPU-hour, {len(affordable)} of the {len(need)} models here — from "
+        f"chapter 00's US\\${gpu.price_per_hour:g} per GPU-hour, {len(affordable)} of the {len(need)} models here — from "
         f"{n_mini / 1e9:.1f} B up to {cases.COMPARED[largest]}'s {n_largest / 1e9:.0f} B parameters — earn it within one "
         f"{gpu.max_devices}-GPU server at a large enough batch, because batching shares every weight read. Speed is not something this "
         f"notebook can measure for a hosted model, and Anthropic's own throughput figure could not be checked offline, "
@@ -550,7 +550,7 @@ verdict_c5 = claims.verdict(
     f"Anthropic itself positions Haiku as its fastest model for near-instant responsiveness and prices its output "
     f"{p_opus / p_haiku:.0f}× below Opus, so the intent is the provider's stated fact; its size, architecture and "
     f"measured speed are not published, and a price alone cannot bound the size ({len(affordable)} of {len(need)} "
-    f"published models, up to {n_largest / 1e9:.0f} B parameters, earn it at ${gpu.price_per_hour:g} per H100-hour "
+    f"published models, up to {n_largest / 1e9:.0f} B parameters, earn it at US${gpu.price_per_hour:g} per H100-hour "
     f"with batching).",
 )
 
@@ -597,8 +597,9 @@ display(
 #
 # Pick a model, a weight precision, a batch size and a device: the bars show every model's
 # decode bound on that device (grey: does not fit in one server, or in this machine's RAM),
-# and the title gives the chosen model's tokens/s, dollars per million tokens and joules per
-# token at the stated prices and powers.
+# and the title gives the chosen model's tokens/s; the line under it whether that is memory- or
+# compute-bound, whether the model fits, and the dollars per million tokens and joules per token at
+# the stated prices and powers.
 
 # %% tags=["nbval-ignore-output"]
 builder = partial(cases.comparison_figure, machines=machines, context=CONTEXT)
@@ -616,10 +617,14 @@ viz.interactive(
 )
 
 # %% tags=["nbval-ignore-output"]
+short_hw = {gpu.name: "H100", cpu.name: "CPU"}  # slider labels short enough for a phone
 viz.static_twin(
     builder,
     {"model": list(cases.COMPARED), "dtype": ["bf16", "int4"], "batch_size": [1, 16, 256], "hardware": list(machines)},
-    label="model, precision, batch, device",
+    step_label=lambda c: (
+        f"{cases.COMPARED[c['model']]} {c['dtype']}, batch {c['batch_size']}, {short_hw[c['hardware']]}"
+    ),
+    start={"model": "mixtral-8x7b", "dtype": "bf16", "batch_size": 1, "hardware": gpu.name},  # the figure above
 )
 
 # %% [markdown]
@@ -653,7 +658,7 @@ viz.static_twin(
 # $\binom{E-j}{k} / \binom{E}{k}$.
 
 # %%
-from course_lib.exercises import check_p_all_experts, check_speedup_ceiling
+from course_lib.exercises import check_matvec_time_prediction, check_p_all_experts, check_speedup_ceiling
 
 
 def p_all_experts(n_experts: int, top_k: int, batch_size: int) -> float:
@@ -663,7 +668,8 @@ def p_all_experts(n_experts: int, top_k: int, batch_size: int) -> float:
 check_p_all_experts(p_all_experts)
 
 
-# %% tags=["solution"]
+# %% tags=["solution"] jupyter={"source_hidden": true} cellView="form"
+# @title Solution — try the exercise first
 def p_all_experts(n_experts: int, top_k: int, batch_size: int) -> float:
     from math import comb
 
@@ -699,7 +705,8 @@ def speedup_ceiling(fast: dict, slow: dict, batch_size: int) -> float:
 check_speedup_ceiling(speedup_ceiling)
 
 
-# %% tags=["solution"]
+# %% tags=["solution"] jupyter={"source_hidden": true} cellView="form"
+# @title Solution — try the exercise first
 def speedup_ceiling(fast: dict, slow: dict, batch_size: int) -> float:
     def weight_bytes(cfg):
         return cases.step_bytes(cfg, dtype="bf16", batch_size=batch_size)["weights"]
@@ -714,6 +721,58 @@ ceiling = max(speedup_ceiling(mixtral, llama70, b) for b in batches)
 print(
     f"largest ceiling over batches {batches[0]}-{batches[-1]}: {ceiling:.2f}x -> 6x is {'plausible' if ceiling >= 6 else 'not plausible'} on equal hardware"
 )
+
+# %% [markdown]
+# ## Exercise 3 · Predict, then measure: how close is the roofline on your CPU?
+#
+# Every speed in this chapter is the roofline's bound: a batch-1 decode step takes at least the
+# bytes it reads divided by the memory bandwidth. Test that bound on the one machine you can
+# measure. One decode step's worth of weight reading: a 4096 × 4096 fp32 matrix (64 MiB, larger
+# than most last-level caches) times one vector. Using the read bandwidth section 7 measured on
+# this CPU, predict the time of that product in **milliseconds** *before* running the next cell.
+
+
+# %%
+def predicted_matvec_ms() -> float:
+    raise NotImplementedError  # your prediction here, in ms
+
+
+# %% tags=["nbval-ignore-output"]
+import torch
+
+gen = torch.Generator().manual_seed(0)
+W_mv, x_mv = torch.randn(4096, 4096, generator=gen), torch.randn(4096, generator=gen)  # 64 MiB of weights
+with torch.no_grad():
+    mv = measure.interleaved({"matvec": lambda: W_mv @ x_mv}, warmup=1, repeats=5)
+measured_matvec_ms = mv["matvec"].median * 1e3
+print(f"measured: {measured_matvec_ms:.1f} ms per product ({mv.note()})")
+check_matvec_time_prediction(predicted_matvec_ms, measured_matvec_ms)
+
+
+# %% tags=["solution"] jupyter={"source_hidden": true} cellView="form"
+# @title Solution — try the exercise first
+def predicted_matvec_ms() -> float:
+    weight_bytes = 4096 * 4096 * 4  # fp32: read once; the vectors are 16 KiB each, negligible
+    return weight_bytes / cpu.bandwidth * 1e3  # the roofline's memory term, in ms
+
+
+assert check_matvec_time_prediction(predicted_matvec_ms, measured_matvec_ms).passed
+
+# %% [markdown]
+# ## Self-check
+#
+# A short quiz; every answer explains why it is right or wrong. The last question is about
+# your machine: its answer comes from section 7's roofs, measured on this CPU.
+
+# %% tags=["nbval-ignore-output"]
+from course_lib import quiz
+
+quiz.show("12", measured={"q5": c1["phi-3-mini"].bound})
+
+# %% tags=["nbval-ignore-output"]
+from course_lib import progress
+
+progress.show("12")
 
 # %% [markdown]
 # ## References

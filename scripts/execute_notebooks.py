@@ -227,6 +227,8 @@ def kernel_env() -> dict:
     return {
         **os.environ,
         "COURSE_BOOK_BUILD": "1",
+        # the solutions CI runs are not the learner's progress: keep them out of the home directory
+        "COURSE_PROGRESS": str(ROOT / "build" / "progress.json"),
         "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE"),
         "PYTHONPATH": os.pathsep.join(path),
     }

@@ -458,6 +458,7 @@ def test_figure_builders_on_precomputed_runs():
         moe_runs.expert_load_figure(runs, top_k=3)
     record = runs["runs"]["moe-k2-aux"]["router"]["tokens"][0]
     fig = moe_runs.token_routing_figure(record)
-    assert len(fig.data) == 1 and len(fig.data[0].z) == len(record["experts"])
+    assert len(fig.data) == 1 and len(fig.data[0].z) == len(record["text"])  # one row per token
+    assert all(len(row) == len(record["experts"]) for row in fig.data[0].z)  # one column per layer
     with pytest.raises(ValueError, match="one entry per token"):
         moe_runs.token_routing_figure({"text": ["a"], "experts": [[[0, 1], [1, 2]]]})

@@ -66,3 +66,32 @@ def test_bootstrap_url_is_the_one_repository_setting():
     for py in PY:
         boot = next(c for c in jupytext.read(py).cells if c.cell_type == "code")
         assert f'REPO_URL = "{url}"' in boot.source, f"{py.name}: bootstrap URL differs from book/_config.yml"
+
+
+@pytest.mark.parametrize("py", PY, ids=lambda p: p.stem)
+def test_solution_cells_are_hidden_in_lab_and_colab(py):
+    """Issue #18: a solution is collapsed in JupyterLab (``jupyter.source_hidden``) and shown as a
+    titled form in Colab (``cellView: form`` + ``# @title``), not only hidden in the book."""
+    solutions = [c for c in jupytext.read(py).cells if "solution" in c.metadata.get("tags", [])]
+    assert solutions, f"{py.name}: no cell tagged 'solution'"
+    for c in solutions:
+        first = c.source.lstrip().splitlines()[0] if c.source.strip() else ""
+        where = f"{py.name}: solution cell starting {first[:60]!r}"
+        assert c.metadata.get("jupyter", {}).get("source_hidden") is True, (
+            f'{where} needs jupyter={{"source_hidden": true}} in its `# %%` header'
+        )
+        assert c.metadata.get("cellView") == "form", f'{where} needs cellView="form" in its `# %%` header'
+        assert first.startswith("# @title Solution"), (
+            f"{where} must start with `# @title Solution — try the exercise first`"
+        )
+
+
+@pytest.mark.parametrize("py", PY, ids=lambda p: p.stem)
+def test_chapter_ends_with_its_quiz_and_progress(py):
+    """Issue #18: each chapter shows its own self-check quiz and the learner's progress table."""
+    chapter = py.stem[:2]
+    code = "\n".join(c.source for c in jupytext.read(py).cells if c.cell_type == "code")
+    assert re.search(rf"""quiz\.show\(\s*["']{chapter}["']""", code), f'{py.name}: no quiz.show("{chapter}", ...) cell'
+    assert re.search(rf"""progress\.show\(\s*["']{chapter}["']\s*\)""", code), (
+        f'{py.name}: no progress.show("{chapter}") cell'
+    )

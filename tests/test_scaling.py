@@ -284,31 +284,3 @@ def test_out_of_range_assumptions_raise():
         scaling.query_cost(configs.get("phi-3-mini"), output_tokens=0)
     with pytest.raises(ValueError, match="missing required key"):
         scaling.query_cost({"hidden_size": 8})
-
-
-# ----------------------------------------------------------------------------- exercise checkers
-
-
-def test_chapter_00_checkers():
-    from course_lib.exercises import ExerciseFailed, check_compute_optimal, check_decode_latency
-
-    def stub(**kwargs):
-        raise NotImplementedError
-
-    assert check_compute_optimal(stub).status == "not attempted yet"
-    assert check_compute_optimal(lambda compute: scaling.compute_optimal(compute)).passed
-    with pytest.raises(ExerciseFailed):
-        check_compute_optimal(lambda compute: scaling.tokens_per_param_rule(compute))  # the rule is not the optimum
-    with pytest.raises(TypeError):
-        check_compute_optimal(3)
-
-    def floor(config, bandwidth, dtype="fp16"):
-        return configs.count_params(config)[1] * configs.dtype_bytes(dtype) / bandwidth * 1e3
-
-    def total_not_active(config, bandwidth, dtype="fp16"):
-        return configs.count_params(config)[0] * configs.dtype_bytes(dtype) / bandwidth * 1e3
-
-    assert check_decode_latency(stub).status == "not attempted yet"
-    assert check_decode_latency(floor).passed
-    with pytest.raises(ExerciseFailed, match="Mixtral-8x7B"):
-        check_decode_latency(total_not_active)

@@ -4,48 +4,66 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from course_lib.exercises.core import CheckResult, run_cases
+from course_lib.exercises.core import CheckResult, check_prediction, run_cases
+
+#: (tokens N, experts E, capacity C, logit scale, seed) for the expert-choice cases
+_EXPERT_CHOICE_CASES = [
+    (16, 4, 4, 1.0, 0),
+    (33, 8, 5, 3.0, 1),
+    (64, 8, 16, 0.2, 2),
+    (10, 2, 10, 1.0, 3),  # capacity = N: every expert takes every token
+    (50, 6, 1, 10.0, 4),  # one token per expert
+    (24, 3, 7, 2.0, 5),
+]
 
 
-def _moe_routing_cases():
-    """Router outputs (probs (N, E), experts (N, k)) for the chapter 02 checkers."""
+def expert_choice_reference(probs, capacity: int):
+    """Expert-choice routing (Zhou et al., 2022), written out: each expert takes its ``capacity`` tokens.
+
+    ``probs`` (N, E) router probabilities (a softmax over experts, per token). Expert e picks
+    the ``capacity`` tokens with the highest ``probs[:, e]``; the result G (N, E) holds
+    ``probs[t, e]`` where expert e picked token t and 0 elsewhere (the layer's output is then
+    ``y_t = Σ_e G[t, e] · Expert_e(x_t)``).
+    """
     import torch
 
-    from course_lib.moe import top_k_route
-
-    out = []
-    for seed, (n, e, k, scale) in enumerate(
-        [(1, 2, 1, 1.0), (16, 4, 1, 1.0), (33, 8, 2, 3.0), (50, 6, 3, 0.2), (64, 8, 2, 10.0)]
-    ):
-        logits = torch.randn(n, e, generator=torch.Generator().manual_seed(seed)) * scale
-        _, experts, probs = top_k_route(logits, k)
-        out.append((probs, experts, e))
-    return out
+    picked = probs.topk(capacity, dim=0).indices  # (C, E): the token ids each expert chose
+    gates = torch.zeros_like(probs)
+    return gates.scatter_(0, picked, probs.gather(0, picked))
 
 
-def check_load_balancing_loss(fn: Callable) -> CheckResult:
-    """02 — ``fn(probs, experts, n_experts)``: the Switch balance loss ``E · Σ_i f_i · P_i``.
+def check_expert_choice(fn: Callable) -> CheckResult:
+    """02 — ``fn(probs, capacity)``: expert-choice gates (N, E), zero where an expert did not pick a token.
 
-    Reference: :func:`course_lib.moe.load_balancing_loss` (f over the N·k assignments).
+    Reference: :func:`expert_choice_reference` (each expert's top-``capacity`` tokens along the
+    token axis — the transpose of the chapter's token-choice top-k).
     """
-    from course_lib.moe import load_balancing_loss
-
-    cases = [
-        (dict(probs=p, experts=x, n_experts=e), float(load_balancing_loss(p, x, e))) for p, x, e in _moe_routing_cases()
-    ]
-    return run_cases("02 · load-balancing loss", lambda **kw: float(fn(**kw)), cases, rel=1e-5)
-
-
-def check_capacity_keep(fn: Callable) -> CheckResult:
-    """02 — ``fn(experts, n_experts, capacity)``: which assignments fit (bool (N, k)).
-
-    Reference: :func:`course_lib.moe.capacity_keep` (first choices queue before second ones).
-    """
-    from course_lib.moe import capacity_keep
+    import torch
 
     cases = []
-    for _, x, e in _moe_routing_cases():
-        n, k = x.shape
-        for cap in sorted({1, max(1, n * k // e), n * k}):
-            cases.append((dict(experts=x, n_experts=e, capacity=cap), capacity_keep(x, e, cap)))
-    return run_cases("02 · expert capacity", fn, cases)
+    for n, e, c, scale, seed in _EXPERT_CHOICE_CASES:
+        logits = torch.randn(n, e, generator=torch.Generator().manual_seed(seed)) * scale
+        probs = logits.softmax(-1)
+        cases.append((dict(probs=probs.clone(), capacity=c), expert_choice_reference(probs, c)))
+    return run_cases("02 · expert-choice routing", fn, cases, rel=1e-6)
+
+
+def check_moe_scaling_prediction(predicted, measured: float) -> CheckResult:
+    """02 — the learner's predicted time ratio (MoE layer on 1,024 tokens / on 16 tokens) against the measured one.
+
+    ``predicted``: a number or a function of no arguments returning one. Never fails on the
+    value; it reports how far the FLOP-count model was from this machine's measurement.
+    """
+    return check_prediction(
+        "02 · an MoE layer on fewer tokens",
+        predicted,
+        measured,
+        unit="× (time on 1,024 tokens / time on 16 tokens)",
+        explain=(
+            "The FLOP model says time ∝ tokens, so 64×. But every call also pays costs that do not shrink "
+            "with the tokens: the router's softmax and top-k, the sort by expert, one small matmul call per expert "
+            "and per projection, the scatter back, and the Python between them (section 13 counted the operators). "
+            "With 16 tokens each expert gets about 4 rows, far too few to keep the matrix units busy, so the small "
+            "call costs nearly as much as a larger one and the measured ratio lands well below the FLOP ratio."
+        ),
+    )

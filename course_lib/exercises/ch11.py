@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from course_lib.exercises.core import CheckResult, run_cases
+from course_lib.exercises.core import CheckResult, check_prediction, run_cases
 
 
 def check_decode_attention_intensity(fn: Callable) -> CheckResult:
@@ -57,3 +57,25 @@ def check_ridge_batch(fn: Callable) -> CheckResult:
     ]
     cases.append((dict(k=64, n=64, peak_flops=1e15, bandwidth=1e9, bytes_per_element=4), None))  # never compute-bound
     return run_cases("11 · smallest compute-bound batch", fn, cases)
+
+
+def check_roofline_time_prediction(predicted, measured_ms: float) -> CheckResult:
+    """11 — the learner's predicted time (ms) of one (16 × 4096) @ (4096 × 4096) fp32 matmul on this machine.
+
+    ``predicted``: a number or a function of no arguments returning one; ``measured_ms``: the
+    median the notebook just timed. Never fails on the value (machines differ); it reports how
+    far the roofline's bound was from this machine's measurement, and why it misses.
+    """
+    return check_prediction(
+        "11 · time of a batch-16 matmul",
+        predicted,
+        measured_ms,
+        unit="ms",
+        explain=(
+            "The roofline gives the least time an op can take: its FLOPs at the peak or its bytes at the "
+            "bandwidth, whichever is slower. Real kernels take longer (a ratio above 1): near the ridge neither "
+            "the arithmetic nor the memory runs flat out, a batch of 16 rows is too thin for the kernel's best "
+            "blocking, and the peak and bandwidth were measured with the friendliest shapes. A ratio below 1 means "
+            "the roofs were measured low, typically while the machine was busy."
+        ),
+    )

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 
-from course_lib.exercises.core import CheckResult, ExerciseFailed, run_cases
+from course_lib.exercises.core import CheckResult, ExerciseFailed, check_prediction, run_cases
 
 
 def _c12_number(exercise: str, fn: Callable) -> Callable:
@@ -81,3 +81,27 @@ def check_speedup_ceiling(fn: Callable) -> CheckResult:
             f, s = case_studies.config(fast), case_studies.config(slow)
             cases.append((dict(fast=f, slow=s, batch_size=b), reference(f, s, b)))
     return run_cases("12 · speed-up ceiling", _c12_number("12 · speed-up ceiling", fn), cases, rel=1e-9)
+
+
+def check_matvec_time_prediction(predicted, measured: float) -> CheckResult:
+    """12 — the learner's predicted time (ms) of one batch-1 product with a 64 MiB fp32 weight on this CPU.
+
+    ``predicted``: a number or a function of no arguments returning one; ``measured``: the
+    median the notebook just timed, in ms. Never fails on the value (machines differ); it
+    reports how far the roofline's memory term (bytes ÷ measured bandwidth) was from the
+    measurement, and why it misses.
+    """
+    return check_prediction(
+        "12 · time of one weight read",
+        predicted,
+        measured,
+        unit="ms",
+        explain=(
+            "The roofline's memory term says time = bytes read ÷ bandwidth, and every speed in this chapter is "
+            "that bound. A real matrix-vector product comes close only when it streams the weight at the "
+            "bandwidth the read benchmark reached: the product also writes its output, may run on fewer threads "
+            "than the benchmark, and pays a fixed dispatch cost; a weight that fits in the last-level cache is "
+            "read faster than memory allows; and a busy machine shares its bandwidth with other work. That gap is "
+            "why the chapter calls its speeds upper bounds."
+        ),
+    )

@@ -239,7 +239,7 @@ def expert_load_figure(runs: dict, *, aux: bool = True, top_k: int = 2, layer: i
     use_style()
     frac = torch.tensor(r["fractions"])  # (S, L, E)
     e = frac.shape[-1]
-    experts = [f"expert {i}" for i in range(e)]
+    experts = list(range(e))  # numbers on the y axis (titled "expert"): short labels nothing clips
     b = r["position_bucket"]
     pos = torch.tensor(r["positions"][layer])  # (T/b, E)
     final = torch.tensor(r["profile"]["fractions"])  # (L, E)
@@ -248,16 +248,18 @@ def expert_load_figure(runs: dict, *, aux: bool = True, top_k: int = 2, layer: i
     fig = make_subplots(
         rows=1,
         cols=3,
-        column_widths=[0.5, 0.2, 0.3],
-        horizontal_spacing=0.06,
-        subplot_titles=(f"layer {layer}, during training", "each layer, validation", f"layer {layer}, by position"),
+        column_widths=[0.46, 0.22, 0.32],
+        horizontal_spacing=0.08,
+        # two short lines each, so three panels side by side stay apart on a phone; they name
+        # the layer, so a static twin's slider updates them with the figure (annotations per step)
+        subplot_titles=(f"layer {layer}<br>training", "all<br>layers", f"layer {layer}<br>position"),
     )
-    hover = "%{x}<br>%{y}: %{z:.1%} of assignments<extra></extra>"
+    hover = "%{x}, expert %{y}: %{z:.1%} of assignments<extra></extra>"
     fig.add_heatmap(
         x=r["steps"], y=experts, z=frac[:, layer].T.tolist(), coloraxis="coloraxis", hovertemplate=hover, row=1, col=1
     )
     fig.add_heatmap(
-        x=[f"L{i}" for i in range(n_layers)],
+        x=list(range(n_layers)),
         y=experts,
         z=final.T.tolist(),
         coloraxis="coloraxis",
@@ -266,7 +268,7 @@ def expert_load_figure(runs: dict, *, aux: bool = True, top_k: int = 2, layer: i
         col=2,
     )
     fig.add_heatmap(
-        x=[f"{i * b}-{i * b + b - 1}" for i in range(pos.shape[0])],
+        x=[i * b for i in range(pos.shape[0])],  # first position of each bucket of b
         y=experts,
         z=pos.T.tolist(),
         coloraxis="coloraxis",
@@ -274,22 +276,22 @@ def expert_load_figure(runs: dict, *, aux: bool = True, top_k: int = 2, layer: i
         row=1,
         col=3,
     )
-    fig.update_xaxes(title_text="training step", row=1, col=1)
-    fig.update_xaxes(title_text="layer", row=1, col=2)
-    fig.update_xaxes(title_text="position", row=1, col=3)
-    fig.update_yaxes(showticklabels=False, row=1, col=2)
-    fig.update_yaxes(showticklabels=False, row=1, col=3)
+    fig.update_xaxes(title_text="step", nticks=4, row=1, col=1)
+    fig.update_xaxes(title_text="layer", tickvals=[0, n_layers - 1], row=1, col=2)  # a narrow panel: the ends
+    fig.update_xaxes(title_text="position", nticks=3, row=1, col=3)
+    fig.update_yaxes(title_text="expert", dtick=1, row=1, col=1)
+    fig.update_yaxes(showticklabels=False, dtick=1, row=1, col=2)
+    fig.update_yaxes(showticklabels=False, dtick=1, row=1, col=3)
     fig.update_layout(
-        title_text=f"{name}: layer {layer} load CV {cv:.2f}, would drop {drop:.1%} at capacity factor 1.25",
+        title_text=f"{name}, layer {layer}: load CV {cv:.2f}, drops {drop:.1%} at c = 1.25",
         coloraxis=dict(colorscale=HEATMAP_SCALE, cmin=0, cmax=cmax, colorbar=dict(title="share", tickformat=".0%")),
-        height=380,
-        margin=dict(l=70, r=20, t=80, b=50),
+        height=400,
     )
     return fig
 
 
 def token_routing_figure(record: dict, *, title: str = "Which expert each token goes to"):
-    """Layers x tokens, coloured by the first-choice expert, labelled with every choice.
+    """Tokens (down) x layers (across), coloured by the first-choice expert, labelled with every choice.
 
     ``record`` has ``text`` (T token strings) and ``experts`` (L, T, k), as stored by the
     build (``runs[...]["router"]["tokens"][i]``) or returned by :func:`token_routing`.
@@ -298,33 +300,42 @@ def token_routing_figure(record: dict, *, title: str = "Which expert each token 
     if not experts or len(experts[0]) != len(text):
         raise ValueError("record['experts'] must be (layers, tokens, k) with one entry per token of record['text']")
     use_style()
-    n_layers = len(experts)
+    n_layers, n_tokens = len(experts), len(text)
     n_experts = max(max(max(c) for c in layer) for layer in experts) + 1
     n_colors = max(n_experts, 8)
-    first = [[c[0] for c in layer] for layer in experts]
-    labels = [["/".join(str(e) for e in c) for c in layer] for layer in experts]
+    # tokens down the page, layers across: cells wide enough for a readable label on a phone
+    first = [[experts[layer][t][0] for layer in range(n_layers)] for t in range(n_tokens)]  # (T, L)
+    labels = [[" / ".join(str(e) for e in experts[layer][t]) for layer in range(n_layers)] for t in range(n_tokens)]
     scale = []
     for i in range(n_colors):  # a stepped colour scale: one palette colour per expert id
         col = PALETTE[i % len(PALETTE)]
         scale += [[i / n_colors, col], [(i + 1) / n_colors, col]]
     shown = [t.replace(" ", "·").replace("\n", "⏎") for t in text]
-    fig = figure(title_text=title, height=120 + 45 * n_layers, xaxis=dict(tickangle=-60), margin=dict(b=90))
+    fig = figure(title_text=title, height=160 + 20 * n_tokens)
     fig.add_heatmap(
         z=first,
-        x=list(range(len(text))),
-        y=[f"layer {i}" for i in range(n_layers)],
+        x=list(range(n_layers)),
+        y=list(range(n_tokens)),  # positions, not token strings: a repeated token keeps its own row
         text=labels,
         texttemplate="%{text}",
-        customdata=[shown] * n_layers,
-        hovertemplate="token '%{customdata}'<br>%{y}: experts %{text}<extra></extra>",
+        textfont=dict(size=11),
+        customdata=[[s] * n_layers for s in shown],
+        hovertemplate="token '%{customdata}', layer %{x}: experts %{text}<extra></extra>",
         colorscale=scale,
         zmin=-0.5,
         zmax=n_colors - 0.5,
-        showscale=False,
+        colorbar=dict(  # the key: one colour per expert id (the first choice)
+            title="first-<br>choice<br>expert",
+            tickvals=list(range(n_experts)),
+            len=min(1.0, 0.06 * n_experts + 0.1),
+            y=1,
+            yanchor="top",
+        ),
         xgap=1,
         ygap=1,
     )
-    fig.update_xaxes(tickmode="array", tickvals=list(range(len(text))), ticktext=shown)
+    fig.update_yaxes(tickmode="array", tickvals=list(range(n_tokens)), ticktext=shown, autorange="reversed")
+    fig.update_xaxes(title_text="layer", dtick=1)
     return fig
 
 

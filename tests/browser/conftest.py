@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import http.server
+import os
 import socketserver
 import threading
 from pathlib import Path
@@ -15,7 +16,9 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-SITE = ROOT / "book" / "_build" / "html"
+#: The built site; COURSE_SITE points the tests at another build (e.g. one made with
+#: ``jupyter-book build book --path-output DIR`` while `make` owns book/_build).
+SITE = Path(os.environ.get("COURSE_SITE") or ROOT / "book" / "_build" / "html")
 SCREENSHOTS = ROOT / "build" / "screenshots"
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [

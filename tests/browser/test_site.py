@@ -7,6 +7,7 @@ A screenshot per page goes to build/screenshots/.
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 from urllib.parse import urlparse
@@ -14,7 +15,8 @@ from urllib.parse import urlparse
 import pytest
 from playwright.sync_api import TimeoutError as PlaywrightTimeout
 
-SITE = Path(__file__).resolve().parents[2] / "book" / "_build" / "html"
+ROOT = Path(__file__).resolve().parents[2]
+SITE = Path(os.environ.get("COURSE_SITE") or ROOT / "book" / "_build" / "html")
 
 PAGES = (
     sorted(
@@ -31,7 +33,7 @@ CDN = re.compile(
 
 
 def test_site_has_every_chapter():
-    chapters = sorted(p.stem for p in (SITE.parents[2] / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+    chapters = sorted(p.stem for p in (ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
     built = {p.split("/")[-1].removesuffix(".html") for p in PAGES}
     assert set(chapters) <= built, f"missing pages: {set(chapters) - built}"
 
@@ -117,5 +119,7 @@ def test_solution_cells_are_collapsed(browser, site_url):
             seen += 1
             details = sol.nth(i).locator("details")
             assert details.count() >= 1 and not details.first.evaluate("d => d.open"), f"{page}: solution not collapsed"
+            label = details.first.locator("summary").inner_text().strip()
+            assert label == "Solution", f"{page}: a solution's toggle reads {label!r}, not 'Solution'"
     ctx.close()
     assert seen > 0
