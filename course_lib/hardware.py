@@ -517,7 +517,7 @@ def _label_sides(xs, ys, labels, *, x_range, y_range, width_px=300.0, height_px=
 
     Positions are estimated in pixels for a narrow plot area (a phone's column), where crowding
     is worst: a label is about 0.62 x ``font_px`` per character wide and 1.5 x ``font_px`` high,
-    placed 7 px from its marker. Each label, in order of intensity, takes the first side of
+    placed 7 px from its marker, with 3 px of clearance. Each label, in order of intensity, takes the first side of
     :data:`_SIDES` that touches no marker, no label already placed and no edge of the plot (else
     the least crowded).
     """
@@ -534,7 +534,8 @@ def _label_sides(xs, ys, labels, *, x_range, y_range, width_px=300.0, height_px=
         vert, horiz = side.split()
         x0 = {"center": px - w / 2, "right": px + 7, "left": px - 7 - w}[horiz]
         y0 = {"top": py - 7 - h, "bottom": py + 7, "middle": py - h / 2}[vert]
-        return (x0, y0, x0 + w, y0 + h)
+        pad = 3.0  # clearance: the width estimate is rough, and two labels must not touch
+        return (x0 - pad, y0 - pad, x0 + w + pad, y0 + h + pad)
 
     def overlap(a, b):
         return max(0.0, min(a[2], b[2]) - max(a[0], b[0])) * max(0.0, min(a[3], b[3]) - max(a[1], b[1]))

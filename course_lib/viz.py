@@ -377,6 +377,8 @@ def _x_tick_block(lay: _Layout, data: list, key: str, plot_w: float) -> float:
         return 0.0
     font = float(lay.axis(key, "tickfont", "size", default=lay.font))
     height = font * 1.3 + 10
+    if lay.axis(key, "type") == "log" or lay.axis(key, "exponentformat") in ("power", "e", "E"):
+        height += 0.5 * font  # "10⁻³"-style labels: a superscript raises the line
     labels = lay.axis(key, "ticktext")
     if labels is None:
         labels = []
