@@ -214,7 +214,11 @@ def _rows(chapter: str | None) -> list[dict]:
         rows.append(
             {
                 "chapter": ch,
-                "exercises passed": f"{s['exercises_passed']} of {s['exercises_attempted']} attempted",
+                "exercises passed": (
+                    f"{s['exercises_passed']} of {s['exercises_attempted']} attempted"
+                    if s["exercises_attempted"]
+                    else "none attempted yet"
+                ),
                 "quiz": f"{s['quiz_right']} / {total} right" if s["quiz_answered"] else "not taken",
                 "last run (UTC)": s["last_run"].replace("T", " ").rstrip("Z"),
             }

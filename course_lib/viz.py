@@ -745,6 +745,9 @@ def _narrow_script(wide: dict, narrow: dict) -> str | None:
         f"function fit(){{var m=gd.offsetWidth&&gd.offsetWidth<{NARROW_WIDTH}?'narrow':'wide';"
         "if(m===mode)return;mode=m;"
         f"gd.style.height=(m==='narrow'?{hn}:{hw})+'px';"
+        # plotly's HTML wraps the figure in a div of the wide height: resize it too, or
+        # what follows on the page covers the bottom of a taller phone layout
+        "if(gd.parentElement)gd.parentElement.style.height=gd.style.height;"
         "Plotly.relayout(gd,JSON.parse(JSON.stringify(m==='narrow'?narrow:wide)));}"
         "fit();window.addEventListener('resize',fit);})();"
     )

@@ -15,7 +15,9 @@
 //             by more than `tol` px;
 //   overlaps: two different texts whose shapes intersect by more than `tol` px (the depth
 //             of the overlap along the axis that separates them best);
-//   overflow: the figure is wider than the `column` it must fit in (when one is given).
+//   overflow: the figure is wider than the `column` it must fit in (when one is given);
+//   covered:  the figure's drawing is taller than the box that holds it, so what follows
+//             on the page is drawn over its bottom (a fixed-height wrapper not resized).
 // Texts are named by their content (first 60 characters) and their role (plotly's class).
 (gd, opts) => {
   const tol = (opts && opts.tol) || 2;
@@ -146,5 +148,8 @@
 
   const width = Math.round(frame.width);
   const overflow = column && width > column + 1 ? { width, column } : null;
-  return { texts: texts.length, fig_width: width, fig_height: Math.round(frame.height), clipped, overlaps, overflow };
+  const holder = gd.parentElement && gd.parentElement.getBoundingClientRect();
+  const covered = holder && holder.height > 0 && frame.height > holder.height + tol
+    ? { height: Math.round(frame.height), box: Math.round(holder.height) } : null;
+  return { texts: texts.length, fig_width: width, fig_height: Math.round(frame.height), clipped, overlaps, overflow, covered };
 }

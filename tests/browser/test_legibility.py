@@ -234,6 +234,9 @@ def _figure_failures(page, width, figures):
             lines.append(f"{where}: {f['error']}")
         if f.get("overflow"):
             lines.append(f"{where}: {f['overflow']['width']} px wide in a {f['overflow']['column']} px column")
+        if f.get("covered"):
+            c = f["covered"]
+            lines.append(f"{where}: {c['height']} px tall in a {c['box']} px box (what follows covers its bottom)")
         for c in f.get("clipped", []):
             lines.append(f'{where}: clipped {c["role"]} "{c["text"]}" {c["how"]}')
         for o in f.get("overlaps", []):
