@@ -733,7 +733,8 @@ def _narrow_script(wide: dict, narrow: dict) -> str | None:
     from plotly.io.json import to_json_plotly
 
     lw, ln = wide.get("layout") or {}, narrow.get("layout") or {}
-    diff = {k: ln.get(k) for k in set(lw) | set(ln) if k != "template" and lw.get(k) != ln.get(k)}
+    keys = sorted(set(lw) | set(ln))  # sorted: a set's order changes with the hash seed, and the page must not
+    diff = {k: ln.get(k) for k in keys if k != "template" and lw.get(k) != ln.get(k)}
     if not diff:
         return None
     back = {k: lw.get(k) for k in diff}

@@ -1005,19 +1005,28 @@ else:
 # positive, finite and nested as the profiler nests them; every measured ratio is reported,
 # never asserted.
 #
-# ## Exercise 1 · The intensity of attention at decode
+# ## Exercise 1 · Attention at decode with a quantized KV cache
 #
-# Write `decode_attention_intensity(kv_len, heads, kv_heads, head_dim, bytes_per_element)`:
-# the FLOPs per byte of one decode step of attention — one new query per head, attending to
-# `kv_len` cached positions of `kv_heads` key/value heads (GQA), fused (read q, K, V once,
-# write the output once). Then use it: how much does Mistral-7B's GQA (32 query heads,
-# 8 KV heads) raise the intensity over plain multi-head attention?
+# Section 3 costed decode attention with the cache in the same format as everything else.
+# Serving systems often store the KV cache in int8 or int4 instead, with one scale per
+# position and KV head. Write
+# `decode_attention_intensity(kv_len, heads, kv_heads, head_dim, kv_bytes, scale_bytes)`:
+# the FLOPs per byte of one fused decode step of attention — one new query per head
+# attending to `kv_len` cached positions of `kv_heads` key/value heads (GQA) — when the
+# cache stores `kv_bytes` per element (2 fp16, 1 int8, 0.5 int4) plus one `scale_bytes`
+# scale per position and KV head, for K and for V, while q and the output stay fp16.
+# Count only the two matmuls' FLOPs (dequantizing is not counted). Then use it: for
+# Mistral-7B's attention (32 query heads, 8 KV heads, d = 128) at 4,096 cached tokens, how
+# much does an int8 cache with fp16 scales raise the intensity over an fp16 cache — and is
+# decode attention then any closer to this machine's ridge point?
 
 # %%
 from course_lib.exercises import check_decode_attention_intensity, check_ridge_batch, check_roofline_time_prediction
 
 
-def decode_attention_intensity(kv_len: int, heads: int, kv_heads: int, head_dim: int, bytes_per_element: int) -> float:
+def decode_attention_intensity(
+    kv_len: int, heads: int, kv_heads: int, head_dim: int, kv_bytes: float, scale_bytes: float
+) -> float:
     raise NotImplementedError  # your code here
 
 
@@ -1026,15 +1035,33 @@ check_decode_attention_intensity(decode_attention_intensity)
 
 # %% tags=["solution"] jupyter={"source_hidden": true} cellView="form"
 # @title Solution — try the exercise first
-def decode_attention_intensity(kv_len: int, heads: int, kv_heads: int, head_dim: int, bytes_per_element: int) -> float:
+def decode_attention_intensity(
+    kv_len: int, heads: int, kv_heads: int, head_dim: int, kv_bytes: float, scale_bytes: float
+) -> float:
     flops = 4 * heads * kv_len * head_dim  # q·Kᵀ and the weighted sum of V, per query head
-    values = 2 * heads * head_dim + 2 * kv_heads * kv_len * head_dim  # q and output; K and V of the kv heads
-    return flops / (values * bytes_per_element)
+    q_and_out = 2 * heads * head_dim * 2  # q read and output written, fp16
+    cache = 2 * kv_heads * kv_len * (head_dim * kv_bytes + scale_bytes)  # K and V: codes + one scale per row
+    return flops / (q_and_out + cache)
 
 
 assert check_decode_attention_intensity(decode_attention_intensity).passed
-mha, gqa = decode_attention_intensity(4096, 32, 32, 128, 2), decode_attention_intensity(4096, 32, 8, 128, 2)
-print(f"fp16, 4,096 cached tokens: MHA {mha:.2f} FLOP/byte, GQA 32/8 {gqa:.2f} FLOP/byte ({gqa / mha:.1f}x)")
+fp16_kv = decode_attention_intensity(4096, 32, 8, 128, 2, 0)
+int8_kv = decode_attention_intensity(4096, 32, 8, 128, 1, 2)
+print(
+    f"GQA 32/8, 4,096 cached tokens: fp16 cache {fp16_kv:.2f} FLOP/byte, int8 cache + fp16 scales "
+    f"{int8_kv:.2f} FLOP/byte ({int8_kv / fp16_kv:.2f}x)"
+)
+
+# %% tags=["nbval-ignore-output"]
+ridge = roof.ridge("fp32")  # section 2's measured roofs: this run's numbers
+print(
+    f"this machine's fp32 ridge point: {ridge:.1f} FLOP/byte; the int8 cache's {int8_kv:.2f} FLOP/byte is "
+    + (
+        f"{ridge / int8_kv:.1f}x below it: decode attention stays memory-bound here"
+        if int8_kv < ridge
+        else f"{int8_kv / ridge:.1f}x above it: on this machine the quantized cache makes decode attention compute-bound"
+    )
+)
 
 # %% [markdown]
 # ## Exercise 2 · When does batching make decode compute-bound?

@@ -16,42 +16,58 @@ from course_lib.exercises import (
 # --------------------------------------------------------------------------- decode attention intensity
 
 
-def _intensity(kv_len, heads, kv_heads, head_dim, bytes_per_element):
+def _intensity(kv_len, heads, kv_heads, head_dim, kv_bytes, scale_bytes):
     flops = 4 * heads * kv_len * head_dim
-    values = 2 * heads * head_dim + 2 * kv_heads * kv_len * head_dim
-    return flops / (values * bytes_per_element)
+    nbytes = 2 * heads * head_dim * 2 + 2 * kv_heads * kv_len * (head_dim * kv_bytes + scale_bytes)
+    return flops / nbytes
 
 
 def test_check_decode_attention_intensity_passes_the_right_answer():
     assert check_decode_attention_intensity(_intensity).passed
 
 
+def test_the_fp16_case_agrees_with_the_library():
+    from course_lib.hardware import attention_cost
+
+    lib = attention_cost(batch=1, heads=32, q_len=1, kv_len=4096, head_dim=128, kv_heads=8, dtype="fp16")
+    assert math.isclose(_intensity(4096, 32, 8, 128, 2, 0), lib.intensity, rel_tol=1e-12)
+
+
 def test_check_decode_attention_intensity_rejects_ignoring_gqa():
-    def mha_cache(kv_len, heads, kv_heads, head_dim, bytes_per_element):  # reads a K and V per query head
-        return _intensity(kv_len, heads, heads, head_dim, bytes_per_element)
+    def mha_cache(kv_len, heads, kv_heads, head_dim, kv_bytes, scale_bytes):  # reads a K and V per query head
+        return _intensity(kv_len, heads, heads, head_dim, kv_bytes, scale_bytes)
 
     with pytest.raises(ExerciseFailed, match="decode attention intensity"):
         check_decode_attention_intensity(mha_cache)
 
 
-def test_check_decode_attention_intensity_rejects_forgetting_the_bytes_per_element():
-    def values_not_bytes(kv_len, heads, kv_heads, head_dim, bytes_per_element):
-        return _intensity(kv_len, heads, kv_heads, head_dim, 1)
+def test_check_decode_attention_intensity_rejects_forgetting_the_scales():
+    def no_scales(kv_len, heads, kv_heads, head_dim, kv_bytes, scale_bytes):
+        return _intensity(kv_len, heads, kv_heads, head_dim, kv_bytes, 0)
 
     with pytest.raises(ExerciseFailed):
-        check_decode_attention_intensity(values_not_bytes)
+        check_decode_attention_intensity(no_scales)
+
+
+def test_check_decode_attention_intensity_rejects_a_quantized_query():
+    def q_in_kv_precision(kv_len, heads, kv_heads, head_dim, kv_bytes, scale_bytes):
+        flops = 4 * heads * kv_len * head_dim
+        return flops / (2 * heads * head_dim * kv_bytes + 2 * kv_heads * kv_len * (head_dim * kv_bytes + scale_bytes))
+
+    with pytest.raises(ExerciseFailed):
+        check_decode_attention_intensity(q_in_kv_precision)
 
 
 def test_check_decode_attention_intensity_stub_is_not_attempted():
-    def stub(kv_len, heads, kv_heads, head_dim, bytes_per_element):
+    def stub(kv_len, heads, kv_heads, head_dim, kv_bytes, scale_bytes):
         raise NotImplementedError
 
     assert check_decode_attention_intensity(stub).status == "not attempted yet"
 
 
 def test_check_decode_attention_intensity_missing_return_says_so():
-    def no_return(kv_len, heads, kv_heads, head_dim, bytes_per_element):
-        _intensity(kv_len, heads, kv_heads, head_dim, bytes_per_element)  # the learner forgot `return`
+    def no_return(kv_len, heads, kv_heads, head_dim, kv_bytes, scale_bytes):
+        _intensity(kv_len, heads, kv_heads, head_dim, kv_bytes, scale_bytes)  # the learner forgot `return`
 
     with pytest.raises(ExerciseFailed, match="None"):
         check_decode_attention_intensity(no_return)

@@ -8,25 +8,38 @@ from course_lib.exercises.core import CheckResult, check_prediction, run_cases
 
 
 def check_decode_attention_intensity(fn: Callable) -> CheckResult:
-    """11 — ``fn(kv_len, heads, kv_heads, head_dim, bytes_per_element)``: FLOPs per byte of one
-    decode step of attention (one new query per head attending to ``kv_len`` cached positions).
+    """11 — ``fn(kv_len, heads, kv_heads, head_dim, kv_bytes, scale_bytes)``: FLOPs per byte of one
+    decode step of attention whose KV cache is quantized (a variant the chapter does not show).
 
-    FLOPs: the two matmuls, 4 x heads x kv_len x head_dim. Bytes (fused): read q, the cached
-    K and V of the ``kv_heads`` key/value heads, write the output. Reference:
-    :func:`course_lib.hardware.attention_cost` with batch 1 and q_len 1.
+    One new query per head attends to ``kv_len`` cached positions of ``kv_heads`` key/value
+    heads. The cache stores ``kv_bytes`` per element (2 fp16, 1 int8, 0.5 int4) plus one scale
+    of ``scale_bytes`` per position and KV head, for K and for V; q and the output stay fp16.
+    FLOPs: the two matmuls (:func:`course_lib.hardware.attention_cost`; dequantizing is not
+    counted). Bytes (fused): q and the output once, K and V with their scales once.
     """
     from course_lib.hardware import attention_cost
 
-    dtypes = {4: "fp32", 2: "fp16", 1: "int8"}
+    def reference(kv_len, heads, kv_heads, head_dim, kv_bytes, scale_bytes):
+        flops = attention_cost(
+            batch=1, heads=heads, q_len=1, kv_len=kv_len, head_dim=head_dim, kv_heads=kv_heads, dtype="fp16"
+        ).flops
+        q_and_out = 2 * heads * head_dim * 2  # fp16
+        cache = 2 * kv_heads * kv_len * (head_dim * kv_bytes + scale_bytes)  # K and V, codes + scales
+        return flops / (q_and_out + cache)
+
     cases = []
     for kv_len, heads, kv_heads, head_dim in [(4096, 32, 32, 128), (4096, 32, 8, 128), (100, 6, 2, 32), (1, 4, 1, 8)]:
-        for b in (4, 2, 1):
-            cost = attention_cost(
-                batch=1, heads=heads, q_len=1, kv_len=kv_len, head_dim=head_dim, kv_heads=kv_heads, dtype=dtypes[b]
+        for kv_bytes, scale_bytes in [(2, 0), (1, 2), (0.5, 2), (1, 4)]:
+            kw = dict(
+                kv_len=kv_len,
+                heads=heads,
+                kv_heads=kv_heads,
+                head_dim=head_dim,
+                kv_bytes=kv_bytes,
+                scale_bytes=scale_bytes,
             )
-            kw = dict(kv_len=kv_len, heads=heads, kv_heads=kv_heads, head_dim=head_dim, bytes_per_element=b)
-            cases.append((kw, cost.intensity))
-    return run_cases("11 · decode attention intensity", fn, cases, rel=1e-9)
+            cases.append((kw, reference(**kw)))
+    return run_cases("11 · decode attention intensity, quantized KV cache", fn, cases, rel=1e-9)
 
 
 def check_ridge_batch(fn: Callable) -> CheckResult:
