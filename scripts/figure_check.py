@@ -32,18 +32,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 LEGIBILITY_JS = ROOT / "tests" / "browser" / "legibility.js"
-CHROMIUM = Path("/usr/bin/chromium")
-#: Launch arguments shared with tests/browser/conftest.py (headless, no network services).
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
+sys.path.insert(0, str(ROOT / "tests" / "browser"))
+from site_pages import CHROMIUM, CHROMIUM_ARGS  # noqa: E402 (one launch recipe for every browser check)
+
 #: Width of a cell output in the book (px) at a browser window width, measured on the built
 #: site (sphinx-book-theme 1.3 with the course CSS, chromium): the width a figure gets.
 COLUMN = {1280: 688, 390: 358}

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import functools
 import http.server
-import os
 import socketserver
 import threading
 from pathlib import Path
@@ -18,19 +17,8 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 #: The built site; COURSE_SITE points the tests at another build (e.g. one made with
 #: ``jupyter-book build book --path-output DIR`` while `make` owns book/_build).
-SITE = Path(os.environ.get("COURSE_SITE") or ROOT / "book" / "_build" / "html")
 SCREENSHOTS = ROOT / "build" / "screenshots"
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
+from site_pages import CHROMIUM, CHROMIUM_ARGS, SITE  # noqa: E402
 
 
 def pytest_collection_modifyitems(items):

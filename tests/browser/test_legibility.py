@@ -15,7 +15,6 @@ once per width (one browser, one tab per width) and checked for
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -23,19 +22,11 @@ import pytest
 from playwright.sync_api import TimeoutError as PlaywrightTimeout
 
 ROOT = Path(__file__).resolve().parents[2]
-SITE = Path(os.environ.get("COURSE_SITE") or ROOT / "book" / "_build" / "html")  # as in conftest.py
+from site_pages import PAGES  # noqa: E402 (tests/browser is on sys.path)
+
 LEGIBILITY_JS = (Path(__file__).parent / "legibility.js").read_text()
 WIDTHS = (1280, 390)
 TOLERANCE_PX = 2
-PAGES = (
-    sorted(
-        str(p.relative_to(SITE))
-        for p in SITE.rglob("*.html")
-        if "_static" not in p.parts and p.name not in {"search.html", "genindex.html"}
-    )
-    if SITE.is_dir()
-    else []
-)
 CHAPTERS = [p for p in PAGES if p.startswith("notebooks/")]
 
 # Text nodes of the rendered page outside code, with raw TeX delimiters (dollarmath's rule:

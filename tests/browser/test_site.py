@@ -7,7 +7,6 @@ A screenshot per page goes to build/screenshots/.
 
 from __future__ import annotations
 
-import os
 import re
 from pathlib import Path
 from urllib.parse import urlparse
@@ -16,17 +15,8 @@ import pytest
 from playwright.sync_api import TimeoutError as PlaywrightTimeout
 
 ROOT = Path(__file__).resolve().parents[2]
-SITE = Path(os.environ.get("COURSE_SITE") or ROOT / "book" / "_build" / "html")
+from site_pages import PAGES, SITE  # noqa: E402 (tests/browser is on sys.path)
 
-PAGES = (
-    sorted(
-        str(p.relative_to(SITE))
-        for p in SITE.rglob("*.html")
-        if "_static" not in p.parts and p.name not in {"search.html", "genindex.html"}
-    )
-    if SITE.is_dir()
-    else []
-)
 CDN = re.compile(
     r"""(?:src|href)=["'](?:https?:)?//(?:cdn|unpkg|cdnjs|[\w.-]*jsdelivr|[\w.-]*googleapis|[\w.-]*plot\.ly)[^"']*"""
 )
