@@ -11,7 +11,7 @@ Phi-3, Claude 3 Haiku). Checking them needs two kinds of input:
   ``"reported"``, what nobody published is ``"not disclosed"``. Nothing here is typed into a
   notebook's prose; the chapter reads it from this module.
 * **configurations** — Hugging Face ``config.json`` files or the paper's table, in
-  :data:`course_lib.configs.MODELS` (plus :data:`EXTRA_CONFIGS` for the one this chapter
+  :data:`course_lib.configs.MODELS` (plus :data:`EXTRA_CONFIGS` for the two this chapter
   adds), counted by :func:`course_lib.configs.count_params`.
 
 The arithmetic reuses the course's tools: chapter 00's inference FLOPs and expected experts
@@ -40,6 +40,7 @@ communication, no kernel overheads), so upper bounds on speed.
 
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import dataclass, field
 
@@ -122,6 +123,7 @@ DECODER_GPT4 = "https://the-decoder.com/gpt-4-architecture-datasets-costs-and-mo
 CLAUDE3_POST = "https://www.anthropic.com/news/claude-3-family"
 HAIKU_POST = "https://www.anthropic.com/news/claude-3-haiku"
 PHI3_MEDIUM_CONFIG = "https://huggingface.co/microsoft/Phi-3-medium-4k-instruct/blob/main/config.json"
+PHI3_SMALL_CONFIG = "https://huggingface.co/microsoft/Phi-3-small-8k-instruct/blob/main/config.json"
 
 _mixtral_t2 = Source(MIXTRAL_PAPER, "Table 2 (all models re-evaluated with Mistral's pipeline)")
 _phi3_abs = Source(PHI3_PAPER, "abstract")
@@ -329,6 +331,37 @@ EXTRA_CONFIGS: dict[str, dict] = {
         "max_position_embeddings": 4096,
         "source": PHI3_MEDIUM_CONFIG,
     },
+    "phi-3-small": {
+        # Not a Llama layout; its config.json (model_type "phi3small") and the model's own code,
+        # modeling_phi3_small.py in the same repository, give:
+        # - "ff_intermediate_size": 14336 is intermediate_size; hidden_act "gegelu" is a gated MLP,
+        #   up_proj = Linear(d, 2 x 14336) and down_proj = Linear(14336, d), both with biases: the
+        #   same count as the course's gated layout (gate and up, each d x f + f) with biases.
+        # - Attention is a fused query_key_value Linear and a dense output Linear, both nn.Linear
+        #   with PyTorch's default bias=True. config.json's "attention_bias": false is not read by
+        #   that code (vLLM's and TensorRT-LLM's ports also build them with bias=True), so every
+        #   linear layer but the output head has biases: linear_bias True.
+        # - nn.LayerNorm (weight and bias) twice per block and once at the end; RoPE (no parameters).
+        # - The head: config.json has no tie_word_embeddings key, so transformers 4.x's
+        #   PretrainedConfig default (True; the file was saved by 4.38.1) applies, and
+        #   Phi3SmallForCausalLM (_tied_weights_keys = ["lm_head.weight"]) shares embed_tokens.
+        #   Tied: 7.39 B, which rounds to the paper's "7B"; an untied head would add V x d =
+        #   0.41 B, 7.80 B (tests check both).
+        # - dense_attention_every_n_layers 2: every other layer uses block-sparse attention (local
+        #   blocks plus vertical stride). No parameters; it cuts attention FLOPs at long context,
+        #   which flops_per_token's dense 4LTw term does not model (an overestimate for that term).
+        "vocab_size": 100352,
+        "hidden_size": 4096,
+        "intermediate_size": 14336,
+        "num_hidden_layers": 32,
+        "num_attention_heads": 32,
+        "num_key_value_heads": 8,
+        "tie_word_embeddings": True,
+        "max_position_embeddings": 8192,
+        "dense_attention_every_n_layers": 2,
+        "architecture": {"mlp": "gated", "linear_bias": True, "norm": "layernorm"},
+        "source": PHI3_SMALL_CONFIG,
+    },
 }
 
 #: The models the chapter compares (all have a config), with a display name.
@@ -349,7 +382,7 @@ def config(name: str) -> dict:
     """A copy of the config ``name``: :data:`course_lib.configs.MODELS` or :data:`EXTRA_CONFIGS`."""
     check_type("name", name, str)
     if name in EXTRA_CONFIGS:
-        return dict(EXTRA_CONFIGS[name])
+        return copy.deepcopy(EXTRA_CONFIGS[name])  # deep: its 'architecture' is a dict too
     if name in configs.MODELS:
         return configs.get(name)
     raise ValueError(f"unknown model {name!r}; known: {sorted(set(configs.MODELS) | set(EXTRA_CONFIGS))}")

@@ -88,6 +88,55 @@ def test_phi3_medium_against_transformers():
     assert configs.count_params(small)[0] == sum(p.numel() for p in model.parameters())
 
 
+def test_phi3_small_counts_near_the_papers_7b():
+    """Phi-3-small from its config.json: the count by hand, and the paper's "7B" within its rounding.
+
+    The paper states the size to one significant figure ("7B"), so the tolerance is that
+    rounding: the count must round to 7 at whole billions (6.5-7.5 B, +-7 %). The tied head
+    (transformers 4.x's default, which Phi3SmallForCausalLM follows) gives 7.39 B; an untied
+    head would give 7.80 B and fail, so the test also pins the tying."""
+    cfg = cases.config("phi-3-small")
+    assert cfg["source"] == cases.PHI3_SMALL_CONFIG
+    total, active = configs.count_params(cfg)
+    d, f, L, V, kv = 4096, 14336, 32, 100352, 8 * 128
+    attn = (d * d + d) + 2 * (d * kv + kv) + (d * d + d)  # q, k, v, dense: all with bias
+    mlp = (d * 2 * f + 2 * f) + (f * d + d)  # up_proj (d -> 2f) and down_proj, with bias
+    by_hand = V * d + L * (attn + mlp + 2 * 2 * d) + 2 * d  # embedding, blocks (2 LayerNorms), final LayerNorm
+    assert total == active == by_hand == 7_392_272_384
+    published = cases.fact("phi3.small_params").value
+    assert round(total / 1e9) == published / 1e9  # 7 B
+    untied = configs.count_params(dict(cfg, tie_word_embeddings=False))[0]
+    assert untied - total == V * d and round(untied / 1e9) != published / 1e9
+
+
+def test_phi3_small_layout_against_a_torch_replica():
+    """The layout count_params applies (gated MLP with biases, biased attention, LayerNorm, tied
+    head) equals the parameters of a small model built the way modeling_phi3_small.py builds it."""
+    import torch
+    from torch import nn
+
+    cfg = dict(cases.config("phi-3-small"), hidden_size=64, intermediate_size=96, num_hidden_layers=2)
+    cfg.update(num_attention_heads=4, num_key_value_heads=1, vocab_size=500)  # the real 4:1 grouping
+    d, f, h, kv, V = 64, 96, 4, 1, 500
+    hd = d // h
+
+    class Block(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.query_key_value = nn.Linear(d, (h + 2 * kv) * hd)  # nn.Linear's default bias=True
+            self.dense = nn.Linear(d, d)
+            self.up_proj = nn.Linear(d, 2 * f)
+            self.down_proj = nn.Linear(f, d)
+            self.input_layernorm, self.post_attention_layernorm = nn.LayerNorm(d), nn.LayerNorm(d)
+
+    with torch.device("meta"):
+        embed = nn.Embedding(V, d)
+        head = nn.Linear(d, V, bias=False)
+        head.weight = embed.weight  # tied, as post_init does when tie_word_embeddings is True
+        model = nn.ModuleList([embed, *[Block() for _ in range(2)], nn.LayerNorm(d), head])
+    assert configs.count_params(cfg)[0] == sum(p.numel() for p in model.parameters())
+
+
 def test_config_unknown_model():
     with pytest.raises(ValueError, match="unknown model"):
         cases.config("gpt-4")
