@@ -84,6 +84,12 @@ lint: $(STAMP)  ## ruff over library, tests, notebooks (.py), scripts, benchmark
 unit: $(STAMP)  ## unit tests, the pairing and book-structure checks, property tests
 	$(PY) -m pytest -q -m "not browser" tests
 
+# pyproject's floors, tested: every `pkg>=X` installed as `pkg==X` (torch at TORCH_PIN, first)
+# in a fresh build/venv-floors, then the unit tests above on them. Not part of `make test`.
+.PHONY: test-floors
+test-floors:  ## the lowest versions pyproject allows, in build/venv-floors, under the unit tests
+	$(PYTHON) scripts/test_floors.py --torch $(TORCH_PIN)
+
 determinism: $(STAMP)  ## second execution: nbval compares every output with the first run's
 	COURSE_BOOK_BUILD=1 $(PY) -m pytest -q -p no:cacheprovider --nbval --nbval-current-env \
 	  --nbval-sanitize-with tests/nbval_sanitize.cfg --nbval-cell-timeout=600 \

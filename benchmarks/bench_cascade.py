@@ -93,3 +93,26 @@ def bench_speculative() -> list[dict]:
         r["c (draft/target step)"] = sc["c"]
         r["v (verify/target step)"] = sc["v"]
     return rows
+
+
+def bench_speculative_fast() -> list[dict]:
+    """Speculative vs plain decoding on the *fast* path (issue 24): small target, drafts prompt lookup and the
+    tiny patient, on free text and on the RAG-copy task; α, c, v(k), measured and predicted speed-ups."""
+    from course_lib.fastdecode import FastLM
+
+    tiny, small = zoo.load("tiny"), zoo.load("small")
+    target = FastLM(small.model)
+    tasks = {
+        "free text": [
+            small.encode(s)
+            for s in ("The Moon is", "Albert Einstein was a", "Python is a programming", "The French Revolution")
+        ],
+        "RAG-copy": sd.rag_copy_prompts(small.encode, 4),
+    }
+    drafts = {"prompt lookup": sd.PromptLookup(), "tiny draft": FastLM(tiny.model)}
+    rows = []
+    for task, prompts in tasks.items():
+        for dname, draft in drafts.items():
+            for r in sd.break_even_table(target, draft, prompts, ks=(1, 2, 4, 8), new_tokens=48, repeats=3):
+                rows.append({"benchmark": "speculative on the fast path", "task": task, "draft": dname, **r})
+    return rows

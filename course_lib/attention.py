@@ -550,6 +550,8 @@ def dense_attention(q, k, v, mask=None, *, scale: float | None = None, return_we
     _, h, hkv, _, d = _check_qkv(q, k, v)
     if h != hkv:
         k, v = k.repeat_interleave(h // hkv, dim=1), v.repeat_interleave(h // hkv, dim=1)
+    if mask is not None:  # a float or int mask would be read as something else, a wrong size broadcast
+        check_tensor("mask", mask, shape=(q.shape[-2], k.shape[-2]), dtype=torch.bool)
     scores = q @ k.transpose(-2, -1) * (scale if scale is not None else 1 / math.sqrt(d))  # (B, H, T, S)
     if mask is not None:
         scores = scores.masked_fill(~mask, float("-inf"))

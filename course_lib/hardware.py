@@ -170,6 +170,7 @@ def gemv_cost(k: int, n: int, *, batch: int = 1, dtype="fp32", name: str | None 
     With :math:`m = \text{batch} \ll k, n` the weight dominates the bytes, so
     :math:`I \approx 2\,\text{batch} / b` FLOPs per byte: batch 1 in fp32 is 0.5.
     """
+    check_int("batch", batch, min=1)  # named here: matmul_cost would call it m
     return matmul_cost(batch, k, n, dtype=dtype, name=name or f"decode GEMV, batch {batch}")
 
 

@@ -110,6 +110,7 @@ class ModelConfig:
 MLP_REGISTRY: dict[str, str | Callable] = {
     "swiglu": "course_lib.model:SwiGLU",
     "moe": "course_lib.moe:moe_mlp",
+    "conditional": "course_lib.conditional:conditional_mlp",
 }
 ATTENTION_REGISTRY: dict[str, str | Callable] = {
     "full": "course_lib.model:Attention",
@@ -368,6 +369,14 @@ class TinyLM(nn.Module):
         """idx (B, T) token ids -> logits (B, T, vocab). With ``cache``, positions continue from it."""
         check_tensor("idx", idx, dims=("batch", "seq_len"), floating=False)
         b, t = idx.shape
+        if idx.numel() == 0:  # an empty prompt: F.embedding and the reshapes below would fail obscurely
+            raise ValueError(f"idx must hold at least one token id per row, got shape {tuple(idx.shape)}")
+        lo, hi = torch.aminmax(idx)
+        if lo < 0 or hi >= self.config.vocab_size:  # F.embedding would raise a bare IndexError
+            raise ValueError(
+                f"idx must hold token ids in [0, vocab_size = {self.config.vocab_size}), got ids from {int(lo)} "
+                f"to {int(hi)}: tokens from another tokenizer or vocabulary?"
+            )
         start = cache[0].pos if cache else 0
         if start + t > self.config.max_seq_len:
             raise ValueError(f"sequence of {start + t} positions exceeds max_seq_len = {self.config.max_seq_len}")

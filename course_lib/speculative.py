@@ -33,6 +33,7 @@ the draft decoded by the same loop as plain generation).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -45,28 +46,36 @@ from course_lib.model import decode_tokens, token_probs
 # --------------------------------------------------------------------------- the caches
 
 
-def cache_length(cache: list) -> int:
-    """How many positions a model's per-layer cache holds (every layer holds the same)."""
-    lengths = {c.pos for c in cache}
+def _layers(cache) -> list:
+    """A cache as a list: the readable model's is one cache per layer; the fast path's
+    (:class:`course_lib.fastdecode.StaticKVCache`) is one object for every layer."""
+    return cache if isinstance(cache, (list, tuple)) else [cache]
+
+
+def cache_length(cache) -> int:
+    """How many positions a model's cache holds (every layer holds the same)."""
+    lengths = {c.pos for c in _layers(cache)}
     if len(lengths) != 1:
         raise ValueError(f"the layers of one cache must hold the same number of positions, got {sorted(lengths)}")
     return lengths.pop()
 
 
-def rollback(cache: list, length: int) -> None:
+def rollback(cache, length: int) -> None:
     """Forget every cached position from ``length`` on, in every layer's cache.
 
     Each cache kind knows how to forget: it implements ``truncate(length)``
     (:meth:`course_lib.model.KVCache.truncate` moves its fill mark back;
     :meth:`course_lib.attention.RollingKVCache.truncate` also empties the ring slots it
     wrote for the forgotten positions, and refuses when those slots had already
-    overwritten positions the next query reads).
+    overwritten positions the next query reads; the fast path's
+    :meth:`course_lib.fastdecode.StaticKVCache.truncate` moves its one fill mark back).
     """
     check_int("length", length, min=0)
-    for i, c in enumerate(cache):
+    layers = _layers(cache)
+    for i, c in enumerate(layers):
         if not callable(getattr(c, "truncate", None)):
             raise TypeError(f"cache[{i}] ({type(c).__name__}) must implement truncate(length) to be rolled back")
-    for c in cache:
+    for c in layers:
         c.truncate(length)
 
 
@@ -199,6 +208,20 @@ class SpeculativeStats:
         return out
 
     @property
+    def alpha(self) -> float:
+        r"""The i.i.d. model's :math:`\alpha`, estimated properly: accepted / (accepted + rejections).
+
+        Each draft position the target *reaches* is one accept/reject trial; positions after a
+        rejection are never tried. ``acceptance_rate`` (accepted / drafted) counts those untried
+        positions as failures and so underestimates :math:`\alpha` for k > 1; this is the
+        pooled per-position acceptance (the maximum-likelihood :math:`\alpha` of the
+        truncated-geometric model), so :func:`expected_tokens_per_round` of it matches the
+        measured tokens per round when acceptance does not drift with position."""
+        rejections = sum(1 for d, a in zip(self.drafted_per_round, self.accepted_per_round) if a < d)
+        trials = self.accepted + rejections
+        return self.accepted / trials if trials else float("nan")
+
+    @property
     def accept_counts(self) -> list[int]:
         """(k+1,) rounds that accepted exactly 0, 1, ..., k drafted tokens (gpt-fast's histogram)."""
         counts = [0] * (self.k + 1)
@@ -207,13 +230,76 @@ class SpeculativeStats:
         return counts
 
 
+# --------------------------------------------------------------------------- prompt lookup: a draft that costs nothing
+
+
+def prompt_lookup(tokens: Sequence[int], k: int, *, max_ngram: int = 3, min_ngram: int = 1) -> list[int]:
+    r"""Draft by copying (prompt-lookup decoding, Saxena 2023): up to ``k`` tokens that followed
+    the latest earlier occurrence of the sequence's last :math:`n` tokens.
+
+    The longest suffix :math:`n \le` ``max_ngram`` that occurred before wins (the latest
+    occurrence of it); no earlier occurrence of even the last ``min_ngram`` tokens proposes
+    nothing (``[]``), and the round is then an ordinary decode step. It costs a scan of the
+    token list and no model at all, and is accepted when the output copies its context —
+    a reader quoting its passage, code editing code, a summary repeating names.
+    """
+    k = check_int("k", k, min=1)
+    max_ngram = check_int("max_ngram", max_ngram, min=1)
+    min_ngram = check_int("min_ngram", min_ngram, min=1, max=max_ngram)
+    toks = tokens.tolist() if torch.is_tensor(tokens) else list(tokens)
+    return _lookup(toks, k, max_ngram, min_ngram)
+
+
+def _lookup(toks: list[int], k: int, max_ngram: int, min_ngram: int) -> list[int]:
+    """:func:`prompt_lookup` without the checks: scan back for earlier ends of the last token."""
+    n = len(toks)
+    if n < 2:
+        return []
+    last = toks[-1]
+    best_len, best_end = 0, -1
+    for j in range(n - 2, -1, -1):  # j: an earlier position holding the last token, latest first
+        if toks[j] != last:
+            continue
+        m = 1
+        while m < max_ngram and j - m >= 0 and toks[j - m] == toks[n - 1 - m]:
+            m += 1
+        if m > best_len:
+            best_len, best_end = m, j
+            if m == max_ngram:
+                break
+    if best_len < min_ngram:
+        return []
+    return toks[best_end + 1 : best_end + 1 + k]
+
+
+class PromptLookup:
+    """The prompt-lookup draft as a drafter for :func:`speculative_generate` (no model, no cache).
+
+    ``speculative_generate(target, PromptLookup(), idx, n, k=4)``: each round drafts up to
+    ``k`` tokens with :func:`prompt_lookup` (fewer, or none, when the context has no match).
+    """
+
+    def __init__(self, *, max_ngram: int = 3, min_ngram: int = 1):
+        self.max_ngram = check_int("max_ngram", max_ngram, min=1)
+        self.min_ngram = check_int("min_ngram", min_ngram, min=1, max=max_ngram)
+
+    def propose(self, tokens: list[int], k: int) -> list[int]:
+        return _lookup(tokens, k, self.max_ngram, self.min_ngram)
+
+    def __repr__(self) -> str:
+        return f"PromptLookup(max_ngram={self.max_ngram}, min_ngram={self.min_ngram})"
+
+
 # --------------------------------------------------------------------------- one round, the loop
 
 
 def _check_pair(target, draft) -> None:
-    for name, m in (("target", target), ("draft", draft)):
+    pair = (("target", target),) if isinstance(draft, PromptLookup) else (("target", target), ("draft", draft))
+    for name, m in pair:
         if not (hasattr(m, "config") and hasattr(m, "new_cache")):
             raise TypeError(f"{name} must be a TinyLM-like model (config, new_cache, forward(idx, cache=))")
+    if isinstance(draft, PromptLookup):
+        return
     if target.config.vocab_size != draft.config.vocab_size:
         raise ValueError(
             f"draft and target must share a vocabulary: draft vocab_size = {draft.config.vocab_size}, "
@@ -237,6 +323,10 @@ def speculative_round(
     r"""One round of speculative decoding after the sequence ``tokens``; returns
     ``(new tokens, number of drafted tokens accepted)`` — 1 to k + 1 new tokens.
 
+    ``draft`` is a model (with ``draft_cache``) or a :class:`PromptLookup` (``draft_cache``
+    None), which may propose fewer than ``k`` tokens; ``target`` a ``TinyLM`` or a
+    :class:`course_lib.fastdecode.FastLM`.
+
     Invariant, before and after: each cache holds a prefix of ``tokens`` that lacks at least
     the last token; what a cache lacks is fed at the start of its next forward. The draft
     proposes ``k`` tokens (:func:`course_lib.model.decode_tokens`, its distributions kept
@@ -248,25 +338,48 @@ def speculative_round(
     """
     device = target.embed.weight.device
     greedy = temperature == 0
-    d_len = cache_length(draft_cache)
-    feed = torch.tensor([tokens[d_len:]], device=device)  # what the draft's cache lacks (>= 1 token)
-    drafted, q = decode_tokens(
-        draft, feed, draft_cache, k, temperature=temperature, top_k=top_k, generator=generator, return_probs=not greedy
-    )  # (1, k), (1, k, V) or None
-    drafted = drafted[0].tolist()
+    if isinstance(draft, PromptLookup):
+        drafted, q = draft.propose(tokens, k), None
+    else:
+        d_len = cache_length(draft_cache)
+        feed = torch.tensor([tokens[d_len:]], device=device)  # what the draft's cache lacks (>= 1 token)
+        drafted, q = decode_tokens(
+            draft,
+            feed,
+            draft_cache,
+            k,
+            temperature=temperature,
+            top_k=top_k,
+            generator=generator,
+            return_probs=not greedy,
+        )  # (1, k), (1, k, V) or None
+        drafted = drafted[0].tolist()
+    new, n = _target_round(target, tokens, target_cache, drafted, q, temperature, top_k, generator)
+    if draft_cache is not None:
+        rollback(draft_cache, min(cache_length(draft_cache), len(tokens) + n))
+    return new, n
+
+
+def _target_round(target, tokens, target_cache, drafted, q, temperature, top_k, generator):
+    """The target's half of a round: one verify pass over ``drafted``, accept/reject, roll back.
+
+    ``q`` (1, k, V) are the draft's distributions when sampling; None for a lookup draft,
+    whose distribution is the one-hot of each copied token."""
+    device = target.embed.weight.device
+    k = len(drafted)
     t_len = cache_length(target_cache)
     verify_feed = torch.tensor([tokens[t_len:] + drafted], device=device)
     logits = target(verify_feed, cache=target_cache)[0, -(k + 1) :]  # (k+1, V)
-    if greedy:
+    if temperature == 0:
         n, nxt = _verify_greedy(logits, drafted)
     else:
         p = token_probs(logits, temperature=temperature, top_k=top_k)  # (k+1, V)
+        if q is None:
+            q = torch.nn.functional.one_hot(torch.tensor([drafted], dtype=torch.long), p.shape[-1]).float()
+            q = q.to(device)
         n, nxt = _verify(p, q[0] if k else p[:0], drafted, generator)
-    new = drafted[:n] + [nxt]
-    length = len(tokens) + n  # positions the caches may keep: all but the last new token
-    rollback(target_cache, length)
-    rollback(draft_cache, min(cache_length(draft_cache), length))
-    return new, n
+    rollback(target_cache, len(tokens) + n)  # positions the cache may keep: all but the last new token
+    return drafted[:n] + [nxt], n
 
 
 @torch.no_grad()
@@ -284,7 +397,9 @@ def speculative_generate(
     r"""Continue ``idx`` (1, T) by ``max_new_tokens`` tokens with speculative decoding.
 
     Calls :func:`speculative_round` until the tokens are out, drafting fewer than ``k`` in
-    the last rounds so nothing is drafted past the end. Greedy output equals
+    the last rounds so nothing is drafted past the end. ``draft`` is a smaller model or a
+    :class:`PromptLookup`; ``target`` a ``TinyLM`` or its fast twin
+    (:class:`course_lib.fastdecode.FastLM`), both decoded through their KV caches. Greedy output equals
     ``target.generate(idx, max_new_tokens)``; sampled output is distributed as the target's
     sampling with the same ``temperature`` and ``top_k``.
     Returns ``(tokens (1, T + max_new_tokens), SpeculativeStats)``.
@@ -297,16 +412,23 @@ def speculative_generate(
     if not torch.is_tensor(idx) or idx.dim() != 2 or idx.shape[0] != 1 or idx.shape[1] < 1:
         raise ValueError(f"idx must be a (1, T) tensor of token ids with T >= 1, got {getattr(idx, 'shape', idx)!r}")
     goal = idx.shape[1] + max_new_tokens
-    limit = min(target.config.max_seq_len, draft.config.max_seq_len)
+    lookup = isinstance(draft, PromptLookup)
+    limit = target.config.max_seq_len if lookup else min(target.config.max_seq_len, draft.config.max_seq_len)
     if goal > limit:
         raise ValueError(f"prompt + max_new_tokens = {goal} exceeds max_seq_len = {limit}")
     tokens = idx[0].tolist()
     stats = SpeculativeStats(k)
-    target_cache, draft_cache = target.new_cache(1, goal), draft.new_cache(1, goal)
+    target_cache = target.new_cache(1, goal)
+    draft_cache = None if lookup else draft.new_cache(1, goal)
+    sampling = dict(temperature=temperature, top_k=top_k, generator=generator)
     while len(tokens) < goal:
         kk = min(k, goal - len(tokens) - 1)  # never draft past the end
-        sampling = dict(temperature=temperature, top_k=top_k, generator=generator)
-        new, n = speculative_round(target, draft, tokens, target_cache, draft_cache, kk, **sampling)
+        if lookup:
+            drafted = draft.propose(tokens, kk) if kk else []
+            new, n = _target_round(target, tokens, target_cache, drafted, None, temperature, top_k, generator)
+            kk = len(drafted)
+        else:
+            new, n = speculative_round(target, draft, tokens, target_cache, draft_cache, kk, **sampling)
         tokens += new
         stats.record(kk, n)
     return torch.tensor([tokens], device=idx.device), stats
@@ -381,6 +503,102 @@ def step_costs(target, draft, *, context: int = 32, k: int = 4, warmup: int = 2,
     }
 
 
+def cost_curve(
+    target, draft=None, *, ks: Sequence[int] = (1, 2, 4, 8), context: int = 32, warmup: int = 2, repeats: int = 7
+) -> dict:
+    r"""The verify cost :math:`v(k)` for **every** ``k`` and the draft's cost ratio :math:`c`, in one interleaved run.
+
+    At batch 1 after ``context`` cached tokens: ``v[k]`` = the target's (k+1)-token pass /
+    its 1-token step (a different call for each k: it is not k + 1, and not 1 either);
+    ``c`` = a draft step / a target step — a model's 1-token step, or for a
+    :class:`PromptLookup` one ``propose`` over ``context`` tokens — and ``c_flops`` the
+    same ratio in FLOPs (0 for a lookup). ``draft=None`` measures ``v`` only (``c`` nan).
+    Returns ``{"v": {k: v(k)}, "c", "c_flops", "target_step_s"}``.
+    """
+    ks = sorted({check_int("k", k, min=1) for k in ks})
+    if not ks:
+        raise ValueError("ks must name at least one draft length k >= 1")
+    if draft is not None:
+        _check_pair(target, draft)
+    check_int("context", context, min=1, max=target.config.max_seq_len - max(ks) - 1)
+    gen = torch.Generator().manual_seed(0)
+    dev = target.embed.weight.device
+    prompt = torch.randint(0, target.config.vocab_size, (1, context), generator=gen).to(dev)
+    step = torch.randint(0, target.config.vocab_size, (1, max(ks) + 1), generator=gen).to(dev)
+
+    def variant(model, n):
+        @torch.no_grad()
+        def setup():
+            cache = model.new_cache(1, context + n)
+            model(prompt, cache=cache)
+            return cache
+
+        @torch.no_grad()
+        def run(cache):
+            model(step[:, :n], cache=cache)
+
+        return setup, run
+
+    variants = {"step": variant(target, 1), **{f"verify {k}": variant(target, k + 1) for k in ks}}
+    if isinstance(draft, PromptLookup):
+        toks = prompt[0].tolist()
+        variants["draft"] = lambda: draft.propose(toks, max(ks))
+    elif draft is not None:
+        variants["draft"] = variant(draft, 1)
+    t = measure.interleaved(variants, warmup=warmup, repeats=repeats)
+    base = t["step"].median
+    if draft is None:
+        c_flops = float("nan")
+    elif isinstance(draft, PromptLookup):
+        c_flops = 0.0
+    else:
+        c_flops = draft.flops_per_token(context + 1)["total"] / target.flops_per_token(context + 1)["total"]
+    return {
+        "v": {k: t[f"verify {k}"].median / base for k in ks},
+        "c": t["draft"].median / base if draft is not None else float("nan"),
+        "c_flops": c_flops,
+        "target_step_s": base,
+    }
+
+
+def break_even_alpha(k: int, cost_ratio: float, verify_cost: float) -> float:
+    r"""The smallest acceptance :math:`\alpha` at which :func:`expected_speedup` reaches 1.
+
+    Speculative decoding pays only when :math:`\frac{1-\alpha^{k+1}}{1-\alpha} > kc + v`;
+    the left side grows with :math:`\alpha` from 1 to :math:`k + 1`, so the break-even is
+    found by bisection; ``nan`` when even :math:`\alpha = 1` cannot pay (:math:`kc + v \ge k + 1`).
+    """
+    k = check_int("k", k, min=1)
+    cost = check_float("cost_ratio", cost_ratio, min=0) * k + check_float(
+        "verify_cost", verify_cost, min=0, min_inclusive=False
+    )
+    if cost >= k + 1:
+        return float("nan")
+    if cost <= 1:
+        return 0.0
+    lo, hi = 0.0, 1.0
+    for _ in range(60):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if expected_tokens_per_round(mid, k) < cost else (lo, mid)
+    return hi
+
+
+def expected_tokens_from_positions(acceptance_by_position: Sequence[float]) -> float:
+    r"""Tokens per round predicted from the per-position acceptance :math:`a_0, \dots, a_{k-1}`:
+    :math:`1 + \sum_{j=1}^{k} \prod_{i<j} a_i` (a round reaches position j only if all
+    before it were accepted). With every :math:`a_i = \alpha` this is
+    :func:`expected_tokens_per_round`; unlike it, this stays right when acceptance drifts
+    with the position (:attr:`SpeculativeStats.acceptance_by_position`)."""
+    total, reach = 1.0, 1.0
+    for i, a in enumerate(acceptance_by_position):
+        if isinstance(a, float) and math.isnan(a):  # no round reached this position
+            break
+        a = check_float(f"acceptance_by_position[{i}]", a, min=0, max=1)
+        reach *= a
+        total += reach
+    return total
+
+
 def speculative_benchmark(
     target,
     draft,
@@ -390,27 +608,51 @@ def speculative_benchmark(
     new_tokens: int = 48,
     warmup: int = 1,
     repeats: int = 3,
-) -> list[dict]:
+    return_stats: bool = False,
+):
     """Greedy speculative decoding against ``target.generate``, side by side.
 
-    For each draft length ``k``: the acceptance rate and tokens per target pass over all
-    ``prompts`` (each (1, T)), whether every output equals the target's own greedy output,
+    For each draft length ``k``: the acceptance rate (accepted / drafted), the i.i.d.
+    model's α estimated properly (:attr:`SpeculativeStats.alpha`), the tokens per
+    pass predicted from the per-position acceptance and the measured tokens per target pass
+    over all ``prompts`` (each (1, T)), whether every output equals the target's own greedy output,
     and the speed-up, timed interleaved (each timed call decodes every prompt).
-    Returns one row per variant, the plain target first.
+    Returns one row per variant, the plain target first (and, with ``return_stats``, also
+    ``{k: SpeculativeStats}`` pooling every prompt's rounds).
     """
     if not prompts:
         raise ValueError("prompts must not be empty")
     reference = [target.generate(p, new_tokens) for p in prompts]
-    rows = [{"variant": "target alone", "k": 0, "acceptance": float("nan"), "tokens_per_pass": 1.0, "identical": True}]
+    pooled_by_k = {}
+    rows = [
+        {
+            "variant": "target alone",
+            "k": 0,
+            "acceptance": float("nan"),
+            "alpha": float("nan"),
+            "tokens/pass from per-position acceptance": 1.0,
+            "tokens_per_pass": 1.0,
+            "identical": True,
+        }
+    ]
     for k in ks:
         outs = [speculative_generate(target, draft, p, new_tokens, k=k) for p in prompts]
-        acc = sum(s.accepted for _, s in outs) / sum(s.drafted for _, s in outs)
-        rounds = sum(s.rounds for _, s in outs)
+        pooled = SpeculativeStats(k)  # every prompt's rounds together
+        for _, st in outs:
+            pooled.drafted_per_round += st.drafted_per_round
+            pooled.accepted_per_round += st.accepted_per_round
+        pooled_by_k[k] = pooled
+        acc = pooled.acceptance_rate
+        rounds = pooled.rounds
         rows.append(
             {
                 "variant": f"speculative k={k}",
                 "k": k,
                 "acceptance": acc,
+                "alpha": pooled.alpha,
+                "tokens/pass from per-position acceptance": expected_tokens_from_positions(
+                    pooled.acceptance_by_position
+                ),
                 "tokens_per_pass": len(prompts) * new_tokens / rounds,
                 "identical": all(torch.equal(o, r) for (o, _), r in zip(outs, reference)),
             }
@@ -425,4 +667,77 @@ def speculative_benchmark(
     for r in rows:
         r["tokens_per_s"] = n_tokens / t[r["variant"]].median
         r["speedup"] = t["target alone"].median / t[r["variant"]].median
+    return (rows, pooled_by_k) if return_stats else rows
+
+
+def rag_copy_prompts(encode, n: int = 6, *, first: int = 100, words: int = 3) -> list:
+    """The RAG-copy task: chapter 08's reader prompts, each followed by the start of a quote of its passage.
+
+    For ``n`` articles from ``first`` on: ``reader_prompt(description, [passage])`` (the
+    passage is the article's opening, :func:`course_lib.rag.passage_of`) then ``"\\n[1] "``
+    and the passage's first ``words`` words — an answer that restates its source, the case
+    prompt lookup is made for *if* the model copies. ``encode`` maps text to a (1, T)
+    tensor (a zoo patient's ``encode``). Returns the list of prompts.
+    """
+    from course_lib import data, rag
+
+    check_int("n", n, min=1)
+    check_int("first", first, min=0)
+    check_int("words", words, min=1)
+    arts = data.load_articles()[first : first + n]
+    out = []
+    for a in arts:
+        passage = rag.passage_of(a.text)
+        out.append(encode(rag.reader_prompt(a.description, [passage]) + "\n[1] " + " ".join(passage.split()[:words])))
+    return out
+
+
+def break_even_table(
+    target, draft, prompts: Sequence, *, ks: Sequence[int] = (1, 2, 4, 8), new_tokens: int = 48, repeats: int = 3
+) -> list[dict]:
+    r"""Measured speed-up next to the break-even rule, per ``k``: :func:`speculative_benchmark`
+    (tokens/s, acceptance, identical output) with :func:`cost_curve`'s :math:`c` and
+    :math:`v(k)` measured at the prompts' length, the predicted speed-up
+    :math:`\frac{1-\alpha^{k+1}}{(1-\alpha)(kc + v(k))}` from the properly pooled
+    :math:`\alpha`, the prediction from the measured tokens per pass, and the break-even
+    :math:`\alpha` (:func:`break_even_alpha`), and the prediction from the rounds as they ran
+    (``predicted (rounds as drafted)``: each round costs its drafts and :math:`v` of the number
+    it drafted — what matters for a lookup, which often drafts fewer than k, or none).
+    ``target`` is a model or its fast twin; ``draft`` a model or a :class:`PromptLookup`.
+    """
+    if not prompts:
+        raise ValueError("prompts must not be empty")
+    context = max(1, round(sum(p.shape[1] for p in prompts) / len(prompts)))
+    context = min(context, target.config.max_seq_len - max(ks) - 1)
+    # a lookup drafts 0..k tokens per round, so its rounds need v at every length up to k
+    v_ks = range(1, max(ks) + 1) if isinstance(draft, PromptLookup) else ks
+    cc = cost_curve(target, draft, ks=v_ks, context=context, warmup=1, repeats=repeats + 4)
+    rows, pooled = speculative_benchmark(
+        target, draft, prompts, ks=ks, new_tokens=new_tokens, repeats=repeats, return_stats=True
+    )
+    v = {0: 1.0, **cc["v"]}  # a round that drafted nothing is one plain step
+    for r in rows:
+        k = r["k"]
+        r["c"] = cc["c"]
+        r["c_flops"] = cc["c_flops"]
+        r["v(k)"] = v[k] if k else 1.0
+        if k:
+            st = pooled[k]
+            r["drafted/round"] = st.drafted / st.rounds
+            # every round as it ran: its drafts (a lookup pays c once per round) and v of what it drafted
+            lookup = isinstance(draft, PromptLookup)
+            cost = sum((cc["c"] if lookup else d * cc["c"]) + v[d] for d in st.drafted_per_round)
+            r["predicted (rounds as drafted)"] = st.emitted / cost
+            cost = k * cc["c"] + cc["v"][k]
+            a = r["alpha"]
+            r["predicted (α, c, v(k))"] = (
+                float("nan") if math.isnan(a) else expected_speedup(a, k, cc["c"], verify_cost=cc["v"][k])
+            )
+            r["predicted (tokens/pass, c, v(k))"] = r["tokens_per_pass"] / cost
+            r["break-even α"] = break_even_alpha(k, cc["c"], cc["v"][k])
+        else:
+            r["predicted (α, c, v(k))"] = r["predicted (tokens/pass, c, v(k))"] = 1.0
+            r["predicted (rounds as drafted)"] = 1.0
+            r["drafted/round"] = 0.0
+            r["break-even α"] = float("nan")
     return rows

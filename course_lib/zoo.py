@@ -72,7 +72,12 @@ class Patient:
 
     def complete(self, prompt: str, max_new_tokens: int = 40, **kw) -> str:
         """The prompt continued by ``max_new_tokens`` tokens (greedy unless a temperature is given)."""
-        out = self.model.generate(self.encode(prompt), max_new_tokens, **kw)
+        if not isinstance(prompt, str):
+            raise TypeError(f"prompt must be a str, got {type(prompt).__name__}")
+        idx = self.encode(prompt)
+        if idx.shape[1] == 0:
+            raise ValueError(f"prompt must encode to at least one token, got {prompt!r}")
+        out = self.model.generate(idx, max_new_tokens, **kw)
         return self.decode(out)
 
 

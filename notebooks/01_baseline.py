@@ -632,6 +632,33 @@ assert card.ratio("small", "weight_mb") == card.ratio("small", "params")  # fp32
 assert all(c["peak_mem_mb"] is None or c["peak_mem_mb"] > 0 for c in card.cards.values())
 
 # %% [markdown]
+# The decode rows above are the **readable** model: one module per idea, written to be
+# read. The same weights decoded on the course's fast path (`course_lib.fastdecode.FastLM`,
+# chapter 11 explains what it changes) give the same tokens; its decode speed belongs on the
+# card too, measured side by side with the readable path:
+
+# %% tags=["nbval-ignore-output"]
+from course_lib import fastdecode
+
+fast_card = fastdecode.readable_vs_fast({"tiny": tiny.model, "small": small.model}, repeats=5)
+assert all(r["identical"] for r in fast_card)
+viz.Table(
+    [
+        {
+            "variant": r["model"],
+            "decode path": r["path"],
+            "decode tokens/s": f"{r['tokens_per_s']:,.0f}",
+            "decode ms / token": f"{r['ms_per_token']:.3f}",
+            "× readable": f"×{r['speedup']:.2f}",
+        }
+        for r in fast_card
+    ],
+    caption="Report card, decode on the fast path (prompt 64 tokens, decode 32 tokens, batch 1; "
+    + fast_card[0]["note"]
+    + ")",
+)
+
+# %% [markdown]
 # ## 8 · Latency versus context, and what the KV cache buys
 #
 # Generating token $t$ needs the keys and values of tokens $1..t-1$ in every layer.

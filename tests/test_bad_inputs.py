@@ -258,6 +258,46 @@ case("cascade", "grid", lambda: cascade.sweep(*_toy_cascade(), LABELS, []), "swe
 
 # =========================================================================== prune
 
+# chapter 04, width half (course_lib.conditional)
+from course_lib import conditional  # noqa: E402
+
+CMLP = conditional.ConditionalMLP(d_model=16, d_ff=24)
+family("conditional", "sparsity", SPARSITY, lambda v: conditional.fit_thresholds(LM, IDS, sparsity=v), "fit_thresholds")
+family("conditional", "sparsity", SPARSITY, lambda v: conditional.kernel_variants(CMLP, v), "kernel_variants")
+family("conditional", "tau", NONNEG_FLOAT, lambda v: conditional.activation_stats(LM, IDS, tau=v), "activation_stats")
+family("conditional", "input_relu", BOOL, lambda v: conditional.relufy(LM, input_relu=v), "relufy")
+family("conditional", "activation", CHOICE, lambda v: conditional.ConditionalMLP(d_model=8, d_ff=8, activation=v))
+family("conditional", "threshold", NONNEG_FLOAT, lambda v: conditional.ConditionalMLP(d_model=8, d_ff=8, threshold=v))
+family(
+    "conditional",
+    "idx",
+    (torch.tensor([24]), torch.tensor([-1]), torch.tensor([0.5]), [0]),
+    lambda v: conditional.SparseDecodeMLP(CMLP)(torch.randn(16), v),
+    "SparseDecodeMLP.idx",
+)
+family(
+    "conditional",
+    "x",
+    (torch.randn(2, 16), torch.randn(8), [0.0] * 16),
+    lambda v: conditional.SparseDecodeMLP(CMLP)(v, torch.tensor([0])),
+    "SparseDecodeMLP.x",
+)
+family("conditional", "rank", POS_INT, lambda v: conditional.SparsityPredictor(16, 24, v), "SparsityPredictor.rank")
+family(
+    "conditional",
+    "budget",
+    (0.0, 1.5, NAN, "0.5"),
+    lambda v: conditional.SparsityPredictor(16, 24).predict(torch.randn(16), budget=v),
+    "predict.budget",
+)
+family(
+    "conditional",
+    "ids",
+    (torch.zeros(4, dtype=torch.long), torch.zeros(1, 4)),
+    lambda v: conditional.capture_activations(LM, v),
+    "capture.ids",
+)
+
 family("prune", "sparsity", SPARSITY, lambda v: prune.magnitude_mask(W, v), "magnitude_mask")
 family("prune", "weight", NOT_A_TENSOR, lambda v: prune.magnitude_mask(v, 0.5), "magnitude_mask.weight")
 family("prune", "sparsity", SPARSITY, lambda v: prune.random_mask(W, v), "random_mask")
@@ -597,6 +637,10 @@ family(
 )
 family("speculative", "alpha", PROB, lambda v: speculative.expected_tokens_per_round(v, 4), "expected_tokens.alpha")
 family("speculative", "k", POS_INT, lambda v: speculative.expected_tokens_per_round(0.5, v), "expected_tokens.k")
+family("speculative", "k", POS_INT, lambda v: speculative.prompt_lookup([1, 2, 1], v), "prompt_lookup.k")
+family("speculative", "max_ngram", POS_INT, lambda v: speculative.PromptLookup(max_ngram=v), "PromptLookup.max_ngram")
+family("speculative", "k", POS_INT, lambda v: speculative.break_even_alpha(v, 0.1, 1.2), "break_even_alpha.k")
+family("speculative", "cost_ratio", NONNEG_FLOAT, lambda v: speculative.break_even_alpha(2, v, 1.2), "break_even.c")
 family(
     "speculative",
     "cost_ratio",
@@ -790,6 +834,35 @@ family(
 family("attention", "preset", CHOICE, lambda v: attention.preset_figure(v), "preset_figure")
 
 
+# chapter 04, the depth half: early exit and Mixture-of-Depths
+def _depth():
+    from course_lib import depth
+
+    return depth
+
+
+_EE = model.TinyLM(model.ModelConfig(vocab_size=50, d_model=16, n_layers=3, n_heads=2, max_seq_len=16)).eval()
+_EE_IDS = torch.zeros(1, 4, dtype=torch.long)
+family("depth", "threshold", PROB, lambda v: _depth().early_exit_forward(_EE, _EE_IDS, threshold=v))
+family("depth", "threshold", PROB, lambda v: _depth().early_exit_generate(_EE, _EE_IDS, 2, threshold=v), "generate")
+family("depth", "rule", CHOICE, lambda v: _depth().early_exit_forward(_EE, _EE_IDS, threshold=0.5, rule=v))
+family(
+    "depth",
+    "min_layer",
+    (-1, 3, 2.5, "1", True),
+    lambda v: _depth().early_exit_forward(_EE, _EE_IDS, threshold=0.5, min_layer=v),
+)
+family("depth", "layer", (-1, 3, 2.5, "1", True, None), lambda v: _depth().exit_logits(_EE, torch.randn(1, 16), v))
+family(
+    "depth",
+    "capacity",
+    (0, -0.5, 1.5, NAN, INF, "0.5", True, None),
+    lambda v: _depth().MoDBlock(_EE.blocks[0], capacity=v),
+)
+family("depth", "layers", (-1, 3, 2.5, "1"), lambda v: _depth().mod_model(_EE, layers=[v], capacity=0.5))
+family("depth", "seq_len", POS_INT, lambda v: _depth().mod_tokens(v, 0.5))
+
+
 @pytest.mark.parametrize("arg, call", CASES)
 def test_bad_input_names_the_argument(arg, call):
     with pytest.raises((ValueError, TypeError)) as info:
@@ -803,3 +876,249 @@ def test_table_is_broad():
     assert {"rag", "cascade", "prune", "quant", "quant_primitives", "speculative"} <= modules
     assert {"model", "data", "train", "measure", "moe", "attention"} <= modules
     assert len(CASES) >= 500 and not math.isnan(len(CASES))
+
+
+# =========================================================================== issue 15 item 3, named cases (audit)
+# Token ids outside the vocabulary, an empty prompt and a non-bool or wrong-size attention mask
+# reached F.embedding, a reshape or masked_fill and failed there (IndexError / RuntimeError).
+_OUT_OF_VOCAB = (torch.tensor([[3, 300]]), torch.tensor([[-1, 2]]))
+family("model", "vocab_size", _OUT_OF_VOCAB, lambda v: LM(v), "TinyLM.idx.out-of-vocab")
+case("model", "idx", lambda: LM(torch.zeros(1, 0, dtype=torch.long)), "TinyLM.idx.empty")
+case(
+    "train",
+    "vocab_size",
+    lambda: train.train(
+        model.TinyLM(TINY),
+        torch.full((400,), 300),
+        None,
+        train.TrainConfig(steps=1, batch_size=2, seq_len=8),
+        progress=False,
+    ),
+    "train.out-of-vocab",
+)
+case(
+    "train",
+    "vocab_size",
+    lambda: train.evaluate(LM, torch.full((400,), 300), seq_len=8, batch_size=2),
+    "evaluate.vocab",
+)
+_Q = torch.randn(1, 2, 8, 4)
+family(
+    "attention",
+    "mask",
+    (torch.ones(8, 8), torch.ones(8, 8, dtype=torch.long), torch.ones(4, 4, dtype=torch.bool), [[True]]),
+    lambda v: attention.dense_attention(_Q, _Q, _Q, v),
+    "dense_attention.mask",
+)
+
+
+def _patient():
+    from course_lib import zoo
+
+    return zoo.Patient("audit", LM, data.get_tokenizer(), {})
+
+
+family("zoo", "prompt", ("", 3, None), lambda v: _patient().complete(v), "Patient.complete")
+
+
+# =========================================================================== chapter 09: tools and the sandbox
+from course_lib import sandbox, tools  # noqa: E402
+
+_CALC = tools.Registry([tools.calculator_tool()])
+_NOOP = lambda text, n: "done"  # noqa: E731
+
+
+def _call(body: str) -> str:
+    return tools.CALL_OPEN + body + tools.CALL_CLOSE
+
+
+family("tools", "expression", (None, 3, b"1+1", ["1"]), lambda v: tools.calculate(v), "calculate.type")
+case("tools", "exponent", lambda: tools.calculate("9**9**9"), "calculate.huge-power")
+case("tools", "digits", lambda: tools.calculate("10**999*10"), "calculate.huge-product")
+case("tools", "digits", lambda: tools.calculate("9**1048"), "calculate.huge-result")
+case("tools", "nested", lambda: tools.calculate("-" * 40 + "1"), "calculate.deep")
+case("tools", "expression", lambda: tools.calculate("1" * 300), "calculate.long")
+family("tools", "value", (True, "1", None, NAN, INF), lambda v: tools.format_number(v), "format_number")
+family("tools", "text", (None, 3, b"<call>"), lambda v: tools.parse_call(v, _CALC), "parse_call.text")
+family(
+    "tools",
+    "registry",
+    ([], "calculator", None),
+    lambda v: tools.parse_call("<call>{}</call>", v),
+    "parse_call.registry",
+)
+case("tools", "JSON", lambda: tools.parse_call(_call("{name: 1}"), _CALC), "parse_call.non-json")
+case("tools", "JSON", lambda: tools.parse_call(_call('{"name": "calculator", "arguments": NaN}'), _CALC), "nan")
+case("tools", "tool", lambda: tools.parse_call(_call('{"name": "calc", "arguments": {}}'), _CALC), "unknown-tool")
+case(
+    "tools", "expression", lambda: tools.parse_call(_call('{"name": "calculator", "arguments": {}}'), _CALC), "missing"
+)
+case(
+    "tools",
+    "expression",
+    lambda: tools.parse_call(_call('{"name": "calculator", "arguments": {"expression": 17}}'), _CALC),
+    "parse_call.wrong-type",
+)
+case(
+    "tools",
+    "nested",
+    lambda: tools.parse_call(_call('{"name": "calculator", "arguments": {"x": ' + "[" * 50 + "]" * 50 + "}}"), _CALC),
+    "parse_call.deep",
+)
+case(
+    "tools",
+    "digits",
+    lambda: tools.parse_call(_call('{"name": "calculator", "arguments": {"expression": ' + "9" * 5000 + "}}"), _CALC),
+    "parse_call.huge-number",
+)
+family(
+    "tools", "parameters", ("x", None, {"type": "string"}), lambda v: tools.Tool("t", "d", v, print), "Tool.parameters"
+)
+family("tools", "name", (3, None, "two words"), lambda v: tools.Tool(v, "d", {"type": "object"}, print), "Tool.name")
+family("tools", "max_steps", POS_INT, lambda v: tools.run_agent(_NOOP, "Q", _CALC, max_steps=v), "run_agent.max_steps")
+family("tools", "max_new_tokens", POS_INT, lambda v: tools.run_agent(_NOOP, "Q", _CALC, max_new_tokens=v))
+family("tools", "token_budget", POS_INT, lambda v: tools.run_agent(_NOOP, "Q", _CALC, token_budget=v))
+family("tools", "generate", (None, "model", 3), lambda v: tools.run_agent(v, "Q", _CALC), "run_agent.generate")
+family("tools", "prompt", (None, 3, b"Q"), lambda v: tools.run_agent(_NOOP, v, _CALC), "run_agent.prompt")
+family("sandbox", "code", (None, 3, b"print(1)"), lambda v: sandbox.run(v), "run.code")
+family("sandbox", "timeout", (0, -1.0, NAN, INF, "1", True, None, 601), lambda v: sandbox.run("pass", timeout=v))
+family("sandbox", "memory_mb", POS_INT, lambda v: sandbox.run("pass", memory_mb=v))
+family("sandbox", "max_output", POS_INT, lambda v: sandbox.run("pass", max_output=v))
+family("sandbox", "processes", POS_INT, lambda v: sandbox.run("pass", processes=v))
+family("sandbox", "open_files", POS_INT, lambda v: sandbox.run("pass", open_files=v))
+family("sandbox", "audit_hook", BOOL, lambda v: sandbox.run("pass", audit_hook=v))
+family("sandbox", "seccomp", BOOL, lambda v: sandbox.run("pass", seccomp=v))
+
+from course_lib.experiments import tools as tool_runs  # noqa: E402
+
+family("experiments.tools", "n", (-1, 2.5, "4", None), lambda v: tool_runs.arithmetic_questions(v), "questions.n")
+family("experiments.tools", "op", CHOICE, lambda v: tool_runs.arithmetic_question(1, v, 2), "arithmetic_question.op")
+family("experiments.tools", "split", CHOICE, lambda v: tool_runs.retrieval_questions(v), "retrieval_questions.split")
+family("experiments.tools", "kind", CHOICE, lambda v: tool_runs.shots_for(v), "shots_for.kind")
+family("experiments.tools", "answer", (None, 3, b"1"), lambda v: tool_runs.normalize(v), "normalize")
+
+
+# =========================================================================== chapter 07: data-centric (data side)
+from course_lib import datacentric as dcn  # noqa: E402
+
+_BAD_TEXTS = ("a text", None, 3, [], ["ok", 3], [b"bytes"])
+family("datacentric", "text", (None, 3, b"x"), lambda v: dcn.normalize(v), "normalize")
+family("datacentric", "k", POS_INT, lambda v: dcn.shingles("a b c d", k=v), "shingles.k")
+family("datacentric", "text", ("", "!!", None), lambda v: dcn.shingles(v), "shingles.text")
+family("datacentric", "k", POS_INT, lambda v: dcn.shingle_sets(["a b c"], k=v), "shingle_sets.k")
+family("datacentric", "texts", (*_BAD_TEXTS, [""], ["ok", "!!"]), lambda v: dcn.shingle_sets(v), "shingle_sets")
+family("datacentric", "texts", _BAD_TEXTS, lambda v: dcn.exact_dedup(v), "exact_dedup")
+family("datacentric", "normalized", BOOL, lambda v: dcn.exact_dedup(["a"], normalized=v), "exact_dedup.normalized")
+family("datacentric", "num_perm", (*POS_INT, 5000), lambda v: dcn.MinHasher(v), "MinHasher.num_perm")
+family("datacentric", "seed", (-1, 2.5, "1", None, True), lambda v: dcn.MinHasher(8, seed=v), "MinHasher.seed")
+family(
+    "datacentric",
+    "sets",
+    ("x", np.zeros((2, 3)), [], [np.array([1]), np.array([], np.uint32)]),
+    lambda v: dcn.MinHasher(8).signatures_from_sets(v),
+    "signatures_from_sets",
+)
+family("datacentric", "threshold", PROB, lambda v: dcn.near_dedup(["a b"], threshold=v), "near_dedup.threshold")
+family("datacentric", "bands", POS_INT, lambda v: dcn.near_dedup(["a b"], bands=v), "near_dedup.bands")
+family("datacentric", "rows", POS_INT, lambda v: dcn.near_dedup(["a b"], rows=v), "near_dedup.rows")
+family("datacentric", "bands", ((16, 4), (32, 3), (128, 2)), lambda v: dcn.near_dedup(["a b"], bands=v[0], rows=v[1]))
+family("datacentric", "verify", CHOICE, lambda v: dcn.near_dedup(["a b"], verify=v), "near_dedup.verify")
+family("datacentric", "texts", _BAD_TEXTS, lambda v: dcn.near_dedup(v), "near_dedup.texts")
+family("datacentric", "bands", POS_INT, lambda v: dcn.candidate_probability(0.5, v, 4), "candidate_probability")
+family("datacentric", "rows", POS_INT, lambda v: dcn.candidate_probability(0.5, 4, v), "candidate_probability")
+family("datacentric", "s", (-0.1, 1.5, NAN, INF), lambda v: dcn.candidate_probability(v, 4, 4), "candidate_probability")
+family("datacentric", "bands", POS_INT, lambda v: dcn.lsh_threshold(v, 4), "lsh_threshold")
+family("datacentric", "threshold", PROB, lambda v: dcn.choose_bands(16, v), "choose_bands")
+family("datacentric", "fn_weight", PROB, lambda v: dcn.choose_bands(16, 0.5, fn_weight=v), "choose_bands")
+family("datacentric", "bands", POS_INT, lambda v: dcn.LSHIndex(v, 4), "LSHIndex")
+family("datacentric", "rows", POS_INT, lambda v: dcn.LSHIndex(4, v), "LSHIndex")
+family(
+    "datacentric",
+    "signatures",
+    (np.zeros((2, 7), np.uint32), np.zeros((2, 8)), [[1.5]], np.zeros((2, 2, 8), np.uint32)),
+    lambda v: dcn.LSHIndex(2, 4).add(v),
+    "LSHIndex.add",
+)
+family("datacentric", "signatures", (np.zeros(7, np.uint32),), lambda v: dcn.LSHIndex(2, 4).query(v), "query")
+family("datacentric", "sig_a", (np.zeros((2, 3)), np.zeros(0)), lambda v: dcn.estimate_jaccard(v, np.zeros(3)))
+case("datacentric", "a and b", lambda: dcn.jaccard(set(), []), "jaccard.empty")
+family("datacentric", "dup_fraction", PROB, lambda v: dcn.CrawlConfig(dup_fraction=v))
+family("datacentric", "zipf_a", (1, 0.5, NAN, INF, "2", True, None), lambda v: dcn.CrawlConfig(zipf_a=v))
+family("datacentric", "max_copies", POS_INT, lambda v: dcn.CrawlConfig(max_copies=v))
+family("datacentric", "near_dup_fraction", PROB, lambda v: dcn.CrawlConfig(near_dup_fraction=v))
+family("datacentric", "low_quality_per_kind", NONNEG_INT, lambda v: dcn.CrawlConfig(low_quality_per_kind=v))
+family("datacentric", "edit_rate", (0, 0.6, NAN, "0.1", None, True), lambda v: dcn.CrawlConfig(edit_rate=v))
+family("datacentric", "sampler", CHOICE, lambda v: dcn.CrawlConfig(sampler=v))
+family("datacentric", "sample_temperature", POS_FLOAT, lambda v: dcn.CrawlConfig(sample_temperature=v))
+family("datacentric", "sample_tokens", (*POS_INT, 201), lambda v: dcn.CrawlConfig(sample_tokens=v))
+family("datacentric", "seed", NONNEG_INT, lambda v: dcn.CrawlConfig(seed=v), "CrawlConfig.seed")
+family("datacentric", "config", ("cfg", 3, {}), lambda v: dcn.build_crawl(v), "build_crawl.config")
+family("datacentric", "articles", ([], [3]), lambda v: dcn.build_crawl(articles=v), "build_crawl.articles")
+family("datacentric", "min_words", NONNEG_INT, lambda v: dcn.HeuristicRules(min_words=v))
+family(
+    "datacentric",
+    "max_top_ngram_frac",
+    ((0.1,), (0.1, 0.2, 1.5), "x", None),
+    lambda v: dcn.HeuristicRules(max_top_ngram_frac=v),
+)
+family("datacentric", "require_terminal_punct", BOOL, lambda v: dcn.HeuristicRules(require_terminal_punct=v))
+family("datacentric", "rules", ("r", 3, {}), lambda v: dcn.heuristic_flags(["a b"], v), "heuristic_flags.rules")
+family("datacentric", "texts", _BAD_TEXTS, lambda v: dcn.heuristic_flags(v), "heuristic_flags.texts")
+family("datacentric", "texts", _BAD_TEXTS, lambda v: dcn.perplexity_scores(v), "perplexity_scores.texts")
+family("datacentric", "max_tokens", (0, 256, 2.5, "8", None), lambda v: dcn.perplexity_scores(["a"], max_tokens=v))
+family("datacentric", "batch_size", POS_INT, lambda v: dcn.perplexity_scores(["a"], batch_size=v))
+family("datacentric", "quantile", PROB, lambda v: dcn.perplexity_threshold(quantile=v))
+family(
+    "datacentric",
+    "is_noise",
+    (np.array([1, 0]), np.array([True, True]), [True]),
+    lambda v: dcn.train_quality_classifier(["a b", "c d"], v),
+)
+family(
+    "datacentric",
+    "flagged",
+    (np.array([1, 0]), np.array([[True, False]])),
+    lambda v: dcn.precision_recall(v, np.array(["clean", "clean"])),
+)
+family(
+    "datacentric",
+    "labels",
+    (np.array(["clean"]), np.array(["clean"] * 3)),
+    lambda v: dcn.precision_recall(np.array([True, False]), v),
+)
+family(
+    "datacentric",
+    "positive",
+    ("clean", []),
+    lambda v: dcn.precision_recall(np.array([True]), np.array(["clean"]), positive=v),
+)
+family(
+    "datacentric",
+    "mask",
+    (np.array([1]), np.array([True, False])),
+    lambda v: dcn.precision_recall(np.array([True]), np.array(["clean"]), mask=v),
+)
+family("datacentric", "kinds", (np.array(["a", "b"]),), lambda v: dcn.flagged_by_kind(np.array([True]), v))
+family("datacentric", "n", POS_INT, lambda v: dcn.synthetic_topic_examples(n=v), "synthetic.n")
+family("datacentric", "seed", NONNEG_INT, lambda v: dcn.synthetic_topic_examples(seed=v), "synthetic.seed")
+family("datacentric", "scores", ([], [[1.0]], [NAN], [1.0, INF]), lambda v: dcn.difficulty_order(v))
+family("datacentric", "reverse", BOOL, lambda v: dcn.difficulty_order([1.0], reverse=v))
+family(
+    "datacentric",
+    "temperature",
+    POS_FLOAT,
+    lambda v: dcn.distillation_loss(torch.zeros(2, 3), torch.zeros(2, 3), temperature=v),
+)
+family("datacentric", "student_logits", NOT_A_TENSOR, lambda v: dcn.distillation_loss(v, torch.zeros(2, 3)))
+family(
+    "datacentric",
+    "teacher_logits",
+    (torch.zeros(2, 4), torch.zeros(2, 3, dtype=torch.long), None),
+    lambda v: dcn.distillation_loss(torch.zeros(2, 3), v),
+)
+family("datacentric", "prefix_tokens", (*POS_INT, 201), lambda v: dcn.regurgitation_rate(["a"], prefix_tokens=v))
+family("datacentric", "suffix_tokens", (*POS_INT, 56), lambda v: dcn.regurgitation_rate(["a"], suffix_tokens=v))
+family("datacentric", "texts", _BAD_TEXTS, lambda v: dcn.regurgitation_rate(v), "regurgitation_rate.texts")
+family("datacentric", "field", CHOICE, lambda v: dcn.natural_near_duplicates(field=v), "natural.field")
+family("datacentric", "threshold", PROB, lambda v: dcn.natural_near_duplicates(threshold=v), "natural.threshold")
+case("datacentric", "bands", lambda: dcn.natural_near_duplicates(bands=4), "natural.bands-without-rows")

@@ -302,6 +302,7 @@ def test_config_step_bytes():
     "call, match",
     [
         (lambda: hardware.matmul_cost(0, 3, 4), "m must be"),
+        (lambda: hardware.gemv_cost(4, 4, batch=0), "batch must be"),
         (lambda: hardware.matmul_cost(2, 3, 4, dtype="fp8"), "dtype must be"),
         (lambda: hardware.attention_cost(batch=1, heads=6, q_len=1, kv_len=4, head_dim=8, kv_heads=4), "kv_heads"),
         (lambda: hardware.attention_cost(batch=1, heads=4, q_len=5, kv_len=4, head_dim=8), "q_len"),

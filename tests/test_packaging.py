@@ -89,3 +89,42 @@ def test_every_notebook_bootstrap_installs_the_pinned_release():
         f"notebooks whose bootstrap does not install v{course_lib.__version__} (pinned version or None = default "
         f"branch): {unpinned}; run  python scripts/pin_bootstrap.py && make sync"
     )
+
+
+def _floors_script():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("test_floors", ROOT / "scripts" / "test_floors.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_every_dependency_has_a_floor_that_make_test_floors_installs():
+    """scripts/test_floors.py pins each pyproject requirement at its floor; torch's floor is the Makefile's pin."""
+    floors = _floors_script()
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    reqs = project["dependencies"] + project["optional-dependencies"]["dev"]
+    assert floors.requirements() == reqs
+    pins = floors.floor_pins(reqs)
+    assert set(pins) == {floors.normalise(_split(r)[0]) for r in reqs}
+    for req in reqs:
+        name, spec = _split(req)
+        low = re.search(r"(?:>=|==)([0-9][0-9.]*)", spec)
+        assert low, f"{req} has no floor (>=X): make test-floors cannot test it"
+        if name != "torch":
+            assert pins[floors.normalise(name)] == low.group(1), req
+    torch_pin = re.search(r"^TORCH_PIN := torch==([0-9.]+)$", (ROOT / "Makefile").read_text(), re.M).group(1)
+    assert floors.torch_pin() == torch_pin == pins["torch"]
+    torch_floor = re.search(r">=([0-9.]+)", dict(map(_split, reqs))["torch"]).group(1)
+    assert floors.same_release(torch_floor, torch_pin), f"pyproject torch>={torch_floor} but TORCH_PIN is {torch_pin}"
+    assert floors.floor_of("jupyter-book>=1.0,<2") == ("jupyter-book", "1.0")
+    assert floors.floor_of("rank_bm25>=0.2.2") == ("rank-bm25", "0.2.2")
+    for bad in ("numpy", "numpy<3", "numpy>2.0", "numpy>=2.0,>=2.1"):
+        with pytest.raises(ValueError, match="req"):
+            floors.floor_of(bad)
+    with pytest.raises(ValueError, match="torch floor"):
+        floors.floor_pins(["torch>=2.6", "numpy>=2.0"], torch="2.13.0")
+    with pytest.raises(ValueError, match="--pin"):
+        floors.floor_pins(reqs, overrides={"not-a-dependency": "1.0"})
+    assert floors.floor_pins(reqs, overrides={"NumPy": "2.1.0"})["numpy"] == "2.1.0"

@@ -392,3 +392,125 @@ def test_step_costs_and_benchmark_on_toy_models():
     assert [r["k"] for r in rows] == [0, 1, 3] and all(r["identical"] for r in rows)
     assert rows[0]["speedup"] == 1.0 and all(r["tokens_per_s"] > 0 for r in rows)
     assert all(1 <= r["tokens_per_pass"] <= r["k"] + 1 for r in rows[1:])
+
+
+# --------------------------------------------------------------------------- prompt lookup, α done right, break-even
+
+
+def test_prompt_lookup_copies_what_followed_the_latest_longest_match():
+    toks = [5, 1, 2, 3, 9, 9, 7, 1, 2, 3, 8, 6, 4, 2, 3]
+    # suffix (2, 3): occurs at 2..3 (then 9 9 7 ...) and at 8..9 (then 8 6 4 ...); with max_ngram 3 the
+    # suffix (4, 2, 3) never occurred before, so the longest match is 2 long and the latest one wins
+    assert sd.prompt_lookup(toks, 3) == [8, 6, 4]
+    # a 3-gram match beats a later 2-gram one
+    toks3 = [7, 2, 3, 40, 41, 0, 2, 3, 50, 7, 2, 3]
+    assert sd.prompt_lookup(toks3, 2) == [40, 41]
+    assert sd.prompt_lookup(toks3, 2, max_ngram=2) == [50, 7]
+    assert sd.prompt_lookup([1, 2, 3], 4) == [] and sd.prompt_lookup([4], 2) == []
+    assert sd.prompt_lookup([1, 2, 1], 4) == [2, 1]  # the copy may run into the suffix itself
+    assert sd.prompt_lookup([1, 2, 9, 2], 3, min_ngram=2) == []  # only a 1-gram match
+    assert sd.prompt_lookup(torch.tensor([3, 4, 3]), 1) == [4]
+    for bad in (dict(k=0), dict(k=2, max_ngram=0), dict(k=2, max_ngram=2, min_ngram=3)):
+        with pytest.raises(ValueError, match="k|ngram"):
+            sd.prompt_lookup([1, 2, 1], **bad)
+
+
+@pytest.mark.parametrize("k", [1, 3, 8])
+def test_prompt_lookup_speculative_equals_target_greedy_and_accepts_copies(k):
+    target, _ = _toy_pair()
+    prompt = torch.randint(0, 97, (1, 5), generator=torch.Generator().manual_seed(k))
+    ref = target.generate(prompt, 24)
+    out, stats = sd.speculative_generate(target, sd.PromptLookup(), prompt, 24, k=k)
+    assert torch.equal(out, ref) and stats.emitted == 24
+    # a prompt that already holds the target's own continuation: the lookup drafts it and the target keeps it
+    echo = torch.cat([ref, prompt], dim=1)
+    out2, s2 = sd.speculative_generate(target, sd.PromptLookup(), echo, 20, k=k)
+    assert torch.equal(out2, target.generate(echo, 20))
+    assert s2.alpha > 0.8 and s2.tokens_per_round > 1.5
+
+
+def test_prompt_lookup_sampling_preserves_the_target_distribution():
+    """A lookup draft's q is one-hot: speculative sampling still emits exactly the target's p."""
+    from scipy import stats as st
+
+    target, _ = _toy_pair(vocab=11, scale=2.0)
+    prompt = torch.tensor([[1, 2, 3, 1, 2]])  # the lookup proposes 3 after ... 1 2
+    with torch.no_grad():
+        p = token_probs(target(prompt)[0, -1], temperature=1.0).double().numpy()
+    assert 0.02 < p[3] < 0.98  # the drafted token is sometimes accepted, sometimes not
+    g = torch.Generator().manual_seed(0)
+    counts, drafted = np.zeros(11), 0
+    for _ in range(600):  # two new tokens: the first round drafts one token (3) and verifies it
+        out, s = sd.speculative_generate(target, sd.PromptLookup(), prompt, 2, k=1, temperature=1.0, generator=g)
+        counts[int(out[0, 5])] += 1
+        drafted += s.drafted_per_round[0]
+    assert drafted == 600
+    keep = p * 600 > 5
+    expected = p[keep] * 600
+    assert st.chisquare(counts[keep], expected * counts[keep].sum() / expected.sum()).pvalue > 1e-3
+
+
+def test_alpha_counts_only_the_positions_a_round_reached():
+    s = sd.SpeculativeStats(4)
+    for drafted, accepted in [(4, 0), (4, 4), (4, 1), (2, 2)]:
+        s.record(drafted, accepted)
+    # trials: round 1 one (rejected), round 2 four (kept), round 3 two (1 kept, 1 rejected), round 4 two kept
+    assert math.isclose(s.alpha, 7 / (7 + 2))
+    assert math.isclose(s.acceptance_rate, 7 / 14)  # counts positions never tried as failures
+    # i.i.d. simulation: alpha recovers the true rate, accepted/drafted underestimates it
+    rng = np.random.default_rng(0)
+    sim = sd.SpeculativeStats(6)
+    for _ in range(4000):
+        n = 0
+        while n < 6 and rng.random() < 0.7:
+            n += 1
+        sim.record(6, n)
+    assert abs(sim.alpha - 0.7) < 0.02 and sim.acceptance_rate < 0.6
+    predicted = sd.expected_tokens_per_round(sim.alpha, 6)
+    assert abs(predicted - sim.tokens_per_round) < 0.05
+    assert abs(sd.expected_tokens_from_positions(sim.acceptance_by_position) - sim.tokens_per_round) < 1e-9
+    assert math.isnan(sd.SpeculativeStats(2).alpha)
+
+
+def test_expected_tokens_from_positions_and_break_even():
+    assert sd.expected_tokens_from_positions([0.5, 0.5, 0.5]) == pytest.approx(sd.expected_tokens_per_round(0.5, 3))
+    assert sd.expected_tokens_from_positions([1.0, 0.5, float("nan")]) == pytest.approx(1 + 1 + 0.5)
+    assert sd.expected_tokens_from_positions([]) == 1.0
+    with pytest.raises(ValueError, match=r"acceptance_by_position\[1\]"):
+        sd.expected_tokens_from_positions([0.5, 1.5])
+    for k, c, v in [(1, 0.0, 1.3), (4, 0.1, 1.5), (8, 0.05, 2.0)]:
+        a = sd.break_even_alpha(k, c, v)
+        assert 0 < a < 1 and sd.expected_speedup(a, k, c, verify_cost=v) == pytest.approx(1.0, abs=1e-9)
+        assert sd.expected_speedup(min(a + 0.05, 1), k, c, verify_cost=v) > 1
+    assert sd.break_even_alpha(2, 0.0, 1.0) == 0.0  # a free draft and a free verify always pay
+    assert math.isnan(sd.break_even_alpha(2, 1.0, 1.0))  # 2c + v = 3 = k + 1: cannot pay even at alpha = 1
+    with pytest.raises(ValueError, match="verify_cost"):
+        sd.break_even_alpha(2, 0.1, 0.0)
+
+
+def test_cost_curve_measures_v_for_every_k():
+    target, draft = _toy_pair()
+    cc = sd.cost_curve(target, draft, ks=(1, 3), context=8, warmup=1, repeats=3)
+    assert sorted(cc["v"]) == [1, 3] and all(v > 0 for v in cc["v"].values())
+    assert cc["c"] > 0 and 0 < cc["c_flops"] < 1 and cc["target_step_s"] > 0
+    lk = sd.cost_curve(target, sd.PromptLookup(), ks=(2,), context=8, warmup=1, repeats=3)
+    assert lk["c_flops"] == 0.0 and lk["c"] > 0
+    alone = sd.cost_curve(target, ks=(2,), context=8, warmup=0, repeats=1)
+    assert math.isnan(alone["c"])
+    with pytest.raises(ValueError, match="ks"):
+        sd.cost_curve(target, ks=())
+    with pytest.raises(ValueError, match="context"):
+        sd.cost_curve(target, ks=(4,), context=60)
+
+
+def test_break_even_table_predicts_from_the_rounds_as_drafted():
+    target, draft = _toy_pair()
+    prompts = [torch.tensor([[1, 2, 3, 1, 2]]), torch.tensor([[7, 8, 9]])]
+    for d in (draft, sd.PromptLookup()):
+        rows = sd.break_even_table(target, d, prompts, ks=(1, 3), new_tokens=10, repeats=1)
+        assert [r["k"] for r in rows] == [0, 1, 3] and all(r["identical"] for r in rows)
+        for r in rows[1:]:
+            assert 0 <= r["drafted/round"] <= r["k"] and r["predicted (rounds as drafted)"] > 0
+            assert r["v(k)"] > 0 and r["c"] > 0
+    with pytest.raises(ValueError, match="prompts"):
+        sd.break_even_table(target, draft, [])

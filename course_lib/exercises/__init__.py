@@ -9,9 +9,11 @@ from course_lib.exercises.ch00 import check_decode_latency, check_inference_awar
 from course_lib.exercises.ch01 import check_batched_decode_prediction, check_kv_cache_bytes, check_top_p
 from course_lib.exercises.ch02 import check_expert_choice, check_moe_scaling_prediction
 from course_lib.exercises.ch03 import check_dilated_cache, check_reach, check_window_time_prediction
+from course_lib.exercises.ch04 import check_sparse_speedup_prediction, check_topk_mlp
 from course_lib.exercises.ch05 import check_int4_slowdown_prediction, check_quantized_bytes, check_rtn_groupwise
 from course_lib.exercises.ch06 import check_structured_speedup_prediction, check_taylor_head_scores
 from course_lib.exercises.ch08 import check_maxp_rerank, check_rrf
+from course_lib.exercises.ch09 import check_answer_time_prediction, check_convert_tool
 from course_lib.exercises.ch10 import check_expected_calibration_error, check_margin_cascade
 from course_lib.exercises.ch11 import (
     check_decode_attention_intensity,
@@ -52,4 +54,8 @@ __all__ = [
     "check_p_all_experts",
     "check_speedup_ceiling",
     "check_matvec_time_prediction",
+    "check_topk_mlp",
+    "check_sparse_speedup_prediction",
+    "check_convert_tool",
+    "check_answer_time_prediction",
 ]

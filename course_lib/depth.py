@@ -1,0 +1,705 @@
+r"""Depth-adaptive computation: layers a token can skip (chapter 04, the depth half).
+
+Two ways to spend fewer *layers* on a token, both on the course's patient (:class:`TinyLM`):
+
+**Early exit** (in the spirit of CALM, Schuster et al. 2022). After block :math:`\ell` an
+*exit head* turns the residual stream :math:`h_\ell` into next-token logits with the model's
+own final norm and (tied) LM head, optionally after a small trained adapter
+:math:`h \mapsto h + A_\ell h` (:class:`ExitHeads`, zero-initialised, so untrained it *is*
+the "logit lens"). A confidence rule scores those logits,
+
+* ``"max_prob"``: :math:`c = \max_v p_v`,
+* ``"top2_gap"``: :math:`c = p_{(1)} - p_{(2)}` (the gap between the two most likely tokens),
+* ``"classifier"``: :math:`c = \sigma(u_\ell^\top \mathrm{norm}(h_\ell))`, a linear probe per
+  exit trained to predict "this exit's top token is the full model's" (CALM's early-exit
+  classifier). The two softmax rules need the exit head's logits at *every* layer checked,
+  and on a small model with a 4096-token vocabulary one LM-head product costs about two
+  blocks; the probe costs :math:`2d` FLOPs, so the head runs once, at the exit.
+
+and the token stops at the first layer where :math:`c > \lambda` (the threshold; strictly
+greater, so :math:`\lambda = 1` never exits and is the full model, bit for bit).
+
+*The KV entries the skipped layers would have written.* A later token attends to this
+token in every layer, so each layer's cache needs an entry for it. We do what CALM does
+(*state propagation*): the exited token's hidden state :math:`h_e` is **copied** to every
+skipped layer, which writes :math:`K_\ell = W_K^{(\ell)} \mathrm{norm}_\ell(h_e)`,
+:math:`V_\ell = W_V^{(\ell)} \mathrm{norm}_\ell(h_e)` (RoPE applied) into its cache. That
+costs the key/value projections of the skipped layers (about 6 % of a block for the small
+patient) but not their attention or MLP. The tests check those cache entries.
+
+**Mixture-of-Depths** (Raposo et al. 2024). A block gets a router :math:`r_i = w^\top x_i`;
+of a sequence of :math:`T` tokens only the top :math:`k = \lceil cT \rceil` by score
+(capacity :math:`c`) go through the block, the rest skip it on the residual stream. It is
+*expert-choice* routing (chapter 02) with two experts, the block and the identity: the
+block chooses its tokens, so the compute per sequence is fixed and known in advance. The
+router learns through a gate on the block's update that is exactly 1 in the forward pass
+(:class:`MoDBlock`), so at capacity 1 the block is the plain block, bit for bit.
+
+The expensive runs (exit-adapter training, MoD fine-tuning) live in
+:mod:`course_lib.experiments.depth`: ``python -m course_lib.build depth``.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from course_lib.checks import (
+    check_choice,
+    check_float,
+    check_int,
+    check_probability,
+    check_tensor,
+    check_type,
+)
+from course_lib.model import Attention, Block, TinyLM
+
+#: the confidence rules of :func:`confidence`
+CONFIDENCE_RULES = ("max_prob", "top2_gap", "classifier")
+#: the rules computed from the exit logits (the others need no logits to decide)
+SOFTMAX_RULES = ("max_prob", "top2_gap")
+
+# --------------------------------------------------------------------------- exit heads
+
+
+class ExitHeads(nn.Module):
+    r"""One zero-initialised residual adapter per exit, :math:`h \mapsto h + B_\ell A_\ell h`.
+
+    Exit :math:`\ell` sits after block :math:`\ell` (:math:`0 \le \ell < L - 1`; the last
+    block's exit is the model's own head). ``rank=None`` makes each adapter a full
+    :math:`d \times d` matrix; a rank :math:`r` makes it :math:`B_\ell A_\ell` with
+    :math:`2dr` weights. Both start at zero: an untrained head is the logit lens. The model's
+    final norm and LM head are shared, not copied (CALM shares the output layer too).
+    """
+
+    def __init__(self, d_model: int, n_exits: int, *, rank: int | None = None):
+        super().__init__()
+        d_model = check_int("d_model", d_model, min=1)
+        n_exits = check_int("n_exits", n_exits, min=1)
+        self.rank = check_int("rank", rank, min=1, max=d_model, allow_none=True)
+        if rank is None:
+            self.adapters = nn.ModuleList(nn.Linear(d_model, d_model, bias=False) for _ in range(n_exits))
+            for a in self.adapters:
+                nn.init.zeros_(a.weight)
+        else:
+            self.adapters = nn.ModuleList(
+                nn.Sequential(nn.Linear(d_model, rank, bias=False), nn.Linear(rank, d_model, bias=False))
+                for _ in range(n_exits)
+            )
+            for a in self.adapters:
+                nn.init.normal_(a[0].weight, std=d_model**-0.5)
+                nn.init.zeros_(a[1].weight)
+        # the "classifier" rule's probes; zero-initialised (sigmoid 0.5 everywhere until trained)
+        self.probes = nn.ModuleList(nn.Linear(d_model, 1) for _ in range(n_exits))
+        for pr in self.probes:
+            nn.init.zeros_(pr.weight)
+            nn.init.zeros_(pr.bias)
+
+    @property
+    def n_exits(self) -> int:
+        return len(self.adapters)
+
+    def adapt(self, h, layer: int):
+        """h (..., C) after block ``layer`` -> the adapted state (..., C)."""
+        return h + self.adapters[layer](h)
+
+    def probe(self, hn, layer: int):
+        """P(this exit agrees with the full model) from the normalised state hn (..., C) -> (...)."""
+        return torch.sigmoid(self.probes[layer](hn).squeeze(-1).float())
+
+    def flops_per_exit(self) -> int:
+        """FLOPs (2 x multiply-adds) of one adapter on one token."""
+        return 2 * sum(m.in_features * m.out_features for m in self.adapters[0].modules() if isinstance(m, nn.Linear))
+
+    def flops_per_probe(self) -> int:
+        return 2 * self.probes[0].in_features
+
+
+def _check_model(model) -> TinyLM:
+    model = check_type("model", model, TinyLM)
+    if any(not isinstance(b, Block) or not isinstance(b.attn, Attention) for b in model.blocks):
+        raise TypeError("model must be a TinyLM of plain blocks (model.Block with a model.Attention)")
+    return model
+
+
+def _check_heads(model: TinyLM, heads) -> ExitHeads | None:
+    if heads is None:
+        return None
+    heads = check_type("heads", heads, ExitHeads)
+    if heads.n_exits != model.config.n_layers - 1:
+        raise ValueError(f"heads must have n_layers - 1 = {model.config.n_layers - 1} exits, got {heads.n_exits}")
+    return heads
+
+
+def exit_logits(model: TinyLM, h, layer: int, *, heads: ExitHeads | None = None):
+    r"""Next-token logits (..., V) read from the residual stream ``h`` (..., C) after block ``layer``.
+
+    :math:`\mathrm{LMHead}(\mathrm{norm}(h + A_\ell h))`; the last layer (``n_layers - 1``)
+    is the model's own output, with no adapter.
+    """
+    model = _check_model(model)
+    layer = check_int("layer", layer, min=0, max=model.config.n_layers - 1)
+    heads = _check_heads(model, heads)
+    h = check_tensor("h", h, floating=True)
+    if heads is not None and layer < model.config.n_layers - 1:
+        h = heads.adapt(h, layer)
+    return model.lm_head(model.norm(h))
+
+
+def confidence(logits, rule: str = "max_prob"):
+    """Confidence in [0, 1] of each row of ``logits`` (..., V): max probability or top-2 gap."""
+    logits = check_tensor("logits", logits, floating=True)
+    rule = check_choice("rule", rule, SOFTMAX_RULES)
+    if logits.shape[-1] < 2:
+        raise ValueError(f"logits must have at least 2 entries in the last dimension, got {logits.shape[-1]}")
+    p = F.softmax(logits.float(), dim=-1)
+    if rule == "max_prob":
+        return p.max(-1).values
+    top = p.topk(2, dim=-1).values
+    return top[..., 0] - top[..., 1]
+
+
+@torch.no_grad()
+def hidden_states(model: TinyLM, idx) -> list:
+    """The residual stream after every block, for a whole sequence: ``n_layers`` tensors (B, T, C)."""
+    model = _check_model(model)
+    check_tensor("idx", idx, dims=("batch", "seq_len"), floating=False)
+    t = idx.shape[1]
+    if t > model.config.max_seq_len:
+        raise ValueError(f"idx has {t} positions; max_seq_len is {model.config.max_seq_len}")
+    cos, sin = model.rope_cos[:t], model.rope_sin[:t]
+    x, out = model.embed(idx), []
+    for block in model.blocks:
+        x = block(x, cos, sin)
+        out.append(x)
+    return out
+
+
+def train_exit_heads(
+    model: TinyLM,
+    idx,
+    *,
+    rank: int | None = None,
+    steps: int = 300,
+    batch_tokens: int = 512,
+    lr: float = 2e-3,
+    seed: int = 0,
+) -> tuple[ExitHeads, list[float]]:
+    r"""Train one adapter per exit to imitate the full model, the patient frozen.
+
+    The loss is the distillation loss summed over exits,
+    :math:`\sum_\ell \mathrm{KL}(p_{L} \,\|\, p_\ell)`, where :math:`p_L` is the full model's
+    next-token distribution: an exit head should predict what the *model* would say (the
+    agreement early exit is judged by), not the data. Alongside, each exit's probe (the
+    ``"classifier"`` rule) learns by binary cross-entropy whether the exit's top token is
+    the full model's. Hidden states of ``idx`` (B, T) are computed once; each step samples
+    ``batch_tokens`` positions. Cheap: only the adapters and probes learn. Returns the heads
+    and the mean distillation loss per exit at every step.
+    """
+    model = _check_model(model)
+    steps = check_int("steps", steps, min=1)
+    batch_tokens = check_int("batch_tokens", batch_tokens, min=1)
+    lr = check_float("lr", lr, min=0, min_inclusive=False)
+    n_layers = model.config.n_layers
+    if n_layers < 2:
+        raise ValueError(f"model needs at least 2 layers to have an exit before the last, got {n_layers}")
+    hs = hidden_states(model, idx)
+    with torch.no_grad():
+        target = F.softmax(model.lm_head(model.norm(hs[-1])).flatten(0, 1).float(), -1)  # (N, V)
+        top = target.argmax(-1)  # (N,)
+        states = [h.flatten(0, 1) for h in hs[:-1]]  # (N, C) each
+        normed = [model.norm(h) for h in states]
+    with torch.random.fork_rng(devices=[]):  # seeded, without moving the caller's random state
+        torch.manual_seed(seed)
+        heads = ExitHeads(model.config.d_model, n_layers - 1, rank=rank).to(states[0].device)
+    frozen = [p.requires_grad for p in model.parameters()]
+    for p in model.parameters():
+        p.requires_grad_(False)
+    opt = torch.optim.Adam(heads.parameters(), lr=lr)
+    gen = torch.Generator().manual_seed(seed)
+    n, history = target.shape[0], []
+    try:
+        for _ in range(steps):
+            pick = torch.randint(0, n, (batch_tokens,), generator=gen)
+            loss = 0.0
+            distill = 0.0
+            for layer, h in enumerate(states):
+                logp = F.log_softmax(model.lm_head(model.norm(heads.adapt(h[pick], layer))).float(), -1)
+                distill = distill + F.kl_div(logp, target[pick], reduction="batchmean")
+                agree = (logp.detach().argmax(-1) == top[pick]).float()  # (batch,)
+                logit = heads.probes[layer](normed[layer][pick]).squeeze(-1)
+                loss = loss + F.binary_cross_entropy_with_logits(logit, agree)
+            opt.zero_grad(set_to_none=True)
+            (distill + loss).backward()
+            opt.step()
+            history.append(distill.item() / len(states))
+    finally:
+        for p, g in zip(model.parameters(), frozen):
+            p.requires_grad_(g)
+    return heads.eval(), history
+
+
+# --------------------------------------------------------------------------- early-exit decoding
+
+
+@dataclass
+class ExitResult:
+    """What :func:`early_exit_forward` returns.
+
+    ``logits`` (B, T, V): the next-token logits each position exited with; ``exit_layer``
+    (B, T): the block after which it exited (``n_layers - 1`` = ran every block);
+    ``confidence`` (B, T): the confidence it exited with (at the last layer: of the final
+    logits); ``cache``: the per-layer KV caches, with the copied entries of exited tokens.
+    """
+
+    logits: torch.Tensor
+    exit_layer: torch.Tensor
+    confidence: torch.Tensor
+    cache: list
+    n_layers: int
+
+    @property
+    def layers_used(self) -> torch.Tensor:
+        """Blocks run per position (B, T): ``exit_layer + 1``."""
+        return self.exit_layer + 1
+
+    @property
+    def layer_fraction(self) -> float:
+        """Mean blocks run per position / n_layers."""
+        return float(self.layers_used.float().mean()) / self.n_layers
+
+
+def _check_threshold(threshold) -> float:
+    return float(check_probability("threshold", threshold))
+
+
+@torch.no_grad()
+def early_exit_forward(
+    model: TinyLM,
+    idx,
+    *,
+    threshold: float,
+    rule: str = "max_prob",
+    heads: ExitHeads | None = None,
+    min_layer: int = 0,
+    cache: list | None = None,
+) -> ExitResult:
+    r"""Run ``idx`` (B, T) one position at a time, each token leaving at its first confident layer.
+
+    Position by position (as a decoder meets them; teacher-forced on ``idx``), block by
+    block: after block :math:`\ell \ge` ``min_layer`` the exit head's confidence is compared
+    with ``threshold`` and a row that clears it stops. An exited row keeps its state
+    :math:`h_e`; the later blocks still write its K and V, computed from :math:`h_e` (CALM's
+    state copying; see the module docstring), and its output is discarded. When every row of
+    the batch has exited, the later blocks compute *only* those K and V projections, so a
+    batch of one really saves the attention and MLP work. ``threshold = 1`` never exits
+    (confidence is at most 1 and the rule is strict) and returns the full model's logits
+    bit for bit. Pass ``cache`` (from ``model.new_cache``) to continue a sequence.
+    """
+    model = _check_model(model)
+    check_tensor("idx", idx, dims=("batch", "seq_len"), floating=False)
+    threshold = _check_threshold(threshold)
+    rule = check_choice("rule", rule, CONFIDENCE_RULES)
+    heads = _check_heads(model, heads)
+    if rule == "classifier" and heads is None:
+        raise ValueError("rule='classifier' needs heads (trained ExitHeads with their probes)")
+    min_layer = check_int("min_layer", min_layer, min=0, max=model.config.n_layers - 1)
+    return _early_exit(model, idx, threshold, rule, heads, min_layer, cache)
+
+
+@torch.no_grad()
+def _early_exit(model, idx, threshold, rule, heads, min_layer, cache) -> ExitResult:
+    """:func:`early_exit_forward` after the checks; ``threshold`` a float or one per row (B,)."""
+    n_layers = model.config.n_layers
+    final_rule = rule if rule in SOFTMAX_RULES else "max_prob"
+    b, t = idx.shape
+    if cache is None:
+        cache = model.new_cache(b, t)
+    start = cache[0].pos
+    if start + t > min(model.config.max_seq_len, cache[0].max_len):
+        raise ValueError(f"idx of {t} positions after {start} cached ones does not fit the cache / max_seq_len")
+    logits_out, layer_out, conf_out = [], [], []
+    for j in range(t):
+        pos = start + j
+        cos, sin = model.rope_cos[pos : pos + 1], model.rope_sin[pos : pos + 1]
+        x = model.embed(idx[:, j : j + 1])  # (B, 1, C)
+        done = torch.zeros(b, dtype=torch.bool, device=idx.device)
+        exit_at = torch.full((b,), n_layers - 1, dtype=torch.long, device=idx.device)
+        logits = None
+        conf = None
+        for layer, block in enumerate(model.blocks):
+            if bool(done.all()):  # only the copied K, V of the skipped layer
+                _, k, v = block.attn.project(block.attn_norm(x), cos, sin)
+                cache[layer].update(k, v)
+                continue
+            out = block(x, cos, sin, cache[layer])  # writes K, V of every row (exited: from h_e)
+            x = torch.where(done[:, None, None], x, out)
+            if layer == n_layers - 1:
+                final = model.lm_head(model.norm(x))[:, 0]  # (B, V)
+                keep = ~done
+                logits = torch.where(keep[:, None], final, logits) if logits is not None else final
+                c_final = confidence(final, final_rule)
+                conf = torch.where(keep, c_final, conf) if conf is not None else c_final
+            elif layer >= min_layer:
+                if rule == "classifier":  # a 2d-FLOP probe decides; the head runs only to exit
+                    c = heads.probe(model.norm(x), layer)[:, 0]  # (B,)
+                    new = ~done & (c > threshold)
+                    lg = exit_logits(model, x, layer, heads=heads)[:, 0] if bool(new.any()) else None
+                else:
+                    lg = exit_logits(model, x, layer, heads=heads)[:, 0]  # (B, V)
+                    c = confidence(lg, rule)
+                    new = ~done & (c > threshold)
+                if bool(new.any()):
+                    logits = torch.where(new[:, None], lg, logits) if logits is not None else lg
+                    conf = torch.where(new, c, conf) if conf is not None else c
+                    exit_at = torch.where(new, torch.full_like(exit_at, layer), exit_at)
+                    done = done | new
+        logits_out.append(logits)
+        layer_out.append(exit_at)
+        conf_out.append(conf)
+    return ExitResult(
+        logits=torch.stack(logits_out, 1),
+        exit_layer=torch.stack(layer_out, 1),
+        confidence=torch.stack(conf_out, 1),
+        cache=cache,
+        n_layers=n_layers,
+    )
+
+
+@torch.no_grad()
+def early_exit_generate(
+    model: TinyLM,
+    prompt,
+    max_new_tokens: int,
+    *,
+    threshold: float,
+    rule: str = "max_prob",
+    heads: ExitHeads | None = None,
+    min_layer: int = 0,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Greedy decoding with early exit: (new tokens (B, n), their exit layers (B, n)).
+
+    The prompt is prefilled by the full model (one forward, as ``TinyLM.generate`` does);
+    each new token then runs :func:`early_exit_forward` on its own position. With
+    ``threshold = 1`` the tokens are exactly ``model.generate``'s.
+    """
+    model = _check_model(model)
+    check_tensor("prompt", prompt, dims=("batch", "seq_len"), floating=False)
+    n = check_int("max_new_tokens", max_new_tokens, min=1)
+    threshold = _check_threshold(threshold)
+    total = prompt.shape[1] + n
+    if total > model.config.max_seq_len:
+        raise ValueError(f"prompt + max_new_tokens = {total} exceeds max_seq_len = {model.config.max_seq_len}")
+    cache = model.new_cache(prompt.shape[0], total)
+    nxt = model(prompt, cache=cache)[:, -1].argmax(-1, keepdim=True)  # (B, 1)
+    tokens, layers = [nxt], [torch.full_like(nxt, model.config.n_layers - 1)]
+    for _ in range(n - 1):
+        r = early_exit_forward(
+            model, nxt, threshold=threshold, rule=rule, heads=heads, min_layer=min_layer, cache=cache
+        )
+        nxt = r.logits[:, -1].argmax(-1, keepdim=True)
+        tokens.append(nxt)
+        layers.append(r.exit_layer)
+    return torch.cat(tokens, 1), torch.cat(layers, 1)
+
+
+# --------------------------------------------------------------------------- accounting
+
+
+def block_flops(block: Block, seq_len: int) -> dict:
+    r"""Forward FLOPs of one block for one token: ``{"kv": ..., "rest": ..., "total": ...}``.
+
+    ``kv`` is what a skipped layer still pays under state copying (the K and V projections);
+    ``rest`` the query/output projections, the attention reads (:math:`4 \bar c H d`) and the MLP.
+    """
+    block = check_type("block", block, Block)
+    seq_len = check_int("seq_len", seq_len, min=1)
+    lin = lambda m: 2 * m.in_features * m.out_features  # noqa: E731
+    kv = lin(block.attn.k_proj) + lin(block.attn.v_proj)
+    linear = sum(lin(m) for m in block.modules() if isinstance(m, nn.Linear))
+    attn = 4 * block.attn.mean_context(seq_len) * block.attn.n_heads * block.attn.head_dim
+    return {"kv": kv, "rest": linear - kv + attn, "total": linear + attn}
+
+
+def early_exit_flops(
+    model: TinyLM,
+    exit_layer,
+    *,
+    heads: ExitHeads | None = None,
+    rule: str = "max_prob",
+    min_layer: int = 0,
+    seq_len: int | None = None,
+) -> dict:
+    r"""Mean forward FLOPs per token of early exit against the full model, from the exit layers.
+
+    A token that exits after block :math:`e` pays :math:`e + 1` blocks, the K/V projections
+    of the :math:`L - 1 - e` skipped ones, and one check per layer from ``min_layer`` to
+    :math:`e`. With a softmax rule a check is the exit head (adapter + the :math:`d \times V`
+    LM head; on a small vocabulary-heavy model that is not free: the small patient's LM head
+    costs about two blocks); with ``"classifier"`` it is the :math:`2d`-FLOP probe, plus
+    one exit head at the exit. Returns ``{"full", "early_exit", "fraction", "layer_fraction",
+    "head_fraction"}`` (the last: the share of the early-exit FLOPs spent on checks).
+    """
+    model = _check_model(model)
+    heads = _check_heads(model, heads)
+    rule = check_choice("rule", rule, CONFIDENCE_RULES)
+    if rule == "classifier" and heads is None:
+        raise ValueError("rule='classifier' needs heads (trained ExitHeads with their probes)")
+    n_layers = model.config.n_layers
+    exit_layer = check_tensor("exit_layer", exit_layer, floating=False)
+    if exit_layer.numel() == 0 or int(exit_layer.min()) < 0 or int(exit_layer.max()) > n_layers - 1:
+        raise ValueError(f"exit_layer must be a non-empty tensor of layers in [0, {n_layers - 1}]")
+    min_layer = check_int("min_layer", min_layer, min=0, max=n_layers - 1)
+    seq_len = check_int("seq_len", model.config.max_seq_len if seq_len is None else seq_len, min=1)
+    per = [block_flops(b, seq_len) for b in model.blocks]
+    head = 2 * model.lm_head.in_features * model.lm_head.out_features
+    exit_head = head + (heads.flops_per_exit() if heads is not None else 0)
+    check = heads.flops_per_probe() if rule == "classifier" else exit_head
+    full = sum(p["total"] for p in per) + head
+    counts = torch.bincount(exit_layer.flatten().cpu(), minlength=n_layers).double()
+    total = checks_total = 0.0
+    for e in range(n_layers):
+        run = sum(p["total"] for p in per[: e + 1]) + sum(p["kv"] for p in per[e + 1 :])
+        n_checks = max(0, min(e, n_layers - 2) - min_layer + 1)
+        cost_checks = n_checks * check
+        if rule == "classifier" and e < n_layers - 1:
+            cost_checks += exit_head  # the head runs once, where the probe said stop
+        last = head if e == n_layers - 1 else 0.0
+        total += float(counts[e]) * (run + cost_checks + last)
+        checks_total += float(counts[e]) * cost_checks
+    n = float(counts.sum())
+    mean = total / n
+    return {
+        "full": float(full),
+        "early_exit": mean,
+        "fraction": mean / full,
+        "layer_fraction": float(((exit_layer.double() + 1).mean()) / n_layers),
+        "head_fraction": checks_total / total,
+    }
+
+
+def exit_sweep(
+    model: TinyLM,
+    idx,
+    thresholds,
+    *,
+    rule: str = "max_prob",
+    heads: ExitHeads | None = None,
+    min_layer: int = 0,
+) -> list[dict]:
+    """Quality against compute for each threshold, on ``idx`` (B, T) teacher-forced.
+
+    Per threshold: ``layer_fraction`` (mean blocks run / L), ``flops_fraction`` (from
+    :func:`early_exit_flops`), ``agreement`` (share of positions whose exit argmax equals the
+    full model's), ``loss`` and ``ppl`` on the next tokens of ``idx``.
+    """
+    model = _check_model(model)
+    check_tensor("idx", idx, dims=("batch", "seq_len"), floating=False)
+    if idx.shape[1] < 2:
+        raise ValueError(f"idx needs at least 2 positions (a next token to score), got {idx.shape[1]}")
+    thresholds = [_check_threshold(v) for v in thresholds]
+    if not thresholds:
+        raise ValueError("thresholds must be a non-empty list of numbers in [0, 1]")
+    rule = check_choice("rule", rule, CONFIDENCE_RULES)
+    heads = _check_heads(model, heads)
+    if rule == "classifier" and heads is None:
+        raise ValueError("rule='classifier' needs heads (trained ExitHeads with their probes)")
+    min_layer = check_int("min_layer", min_layer, min=0, max=model.config.n_layers - 1)
+    with torch.no_grad():
+        full = model(idx)  # (B, T, V)
+    want, targets = full.argmax(-1)[:, :-1], idx[:, 1:]
+    # every threshold in one batched pass: rows are independent, so this is len(thresholds)
+    # separate runs at the per-position cost of one (the loop over positions dominates)
+    b, n = idx.shape[0], len(thresholds)
+    per_row = torch.tensor(thresholds, device=idx.device).repeat_interleave(b)  # (n * B,)
+    big = _early_exit(model, idx.repeat(n, 1), per_row, rule, heads, min_layer, None)
+    rows = []
+    for i, thr in enumerate(thresholds):
+        part = slice(i * b, (i + 1) * b)
+        r = ExitResult(big.logits[part], big.exit_layer[part], big.confidence[part], [], big.n_layers)
+        lg = r.logits[:, :-1]
+        loss = float(F.cross_entropy(lg.reshape(-1, lg.shape[-1]).float(), targets.reshape(-1)))
+        fl = early_exit_flops(
+            model, r.exit_layer[:, :-1], heads=heads, rule=rule, min_layer=min_layer, seq_len=idx.shape[1]
+        )
+        rows.append(
+            {
+                "threshold": thr,
+                "layer_fraction": fl["layer_fraction"],
+                "flops_fraction": fl["fraction"],
+                "agreement": float((lg.argmax(-1) == want).float().mean()),
+                "loss": loss,
+                "ppl": math.exp(loss),
+                "exit_counts": torch.bincount(r.exit_layer[:, :-1].flatten(), minlength=model.config.n_layers).tolist(),
+            }
+        )
+    return rows
+
+
+# --------------------------------------------------------------------------- which tokens exit
+
+#: short English function words (articles, prepositions, conjunctions, auxiliaries, pronouns)
+FUNCTION_WORDS = frozenset(
+    "a an the of in on at to for from by with as and or but nor if that which who whom whose this these those "
+    "it its is was are were be been being has have had do does did not no so than then there their they he she "
+    "his her him we our you your i my me into over under about after before during between through".split()
+)
+TOKEN_KINDS = ("word piece", "punctuation", "function word", "capitalised word", "other word")
+
+
+def token_kind(piece: str, *, first: bool = False) -> str:
+    """The kind of a decoded token: a word piece (continues a word), punctuation, a function
+    word, a capitalised word (names, sentence starts) or another word."""
+    if not isinstance(piece, str):
+        raise TypeError(f"piece must be a str, got {type(piece).__name__}")
+    word = piece.strip()
+    if not word:
+        return "punctuation"
+    if not word[0].isalnum():
+        return "punctuation"
+    if not piece.startswith(" ") and not first:
+        return "word piece"
+    if word.lower() in FUNCTION_WORDS:
+        return "function word"
+    if word[0].isupper():
+        return "capitalised word"
+    return "other word"
+
+
+def exits_by_kind(pieces: list[str], layers_used, *, n_layers: int | None = None) -> dict[str, dict]:
+    """Blocks used per token kind: ``{kind: {"count", "mean_layers"[, "early_share"]}}``.
+
+    ``pieces`` are decoded tokens from running text (none is taken as a text's first word);
+    with ``n_layers``, ``early_share`` is the share of the kind's tokens that ran fewer
+    blocks than that. Kinds that do not occur are left out.
+    """
+    layers_used = check_tensor("layers_used", layers_used, rank=1, floating=False)
+    n_layers = check_int("n_layers", n_layers, min=1, allow_none=True)
+    if not isinstance(pieces, (list, tuple)) or len(pieces) != layers_used.numel():
+        raise ValueError(f"pieces must be a list of {layers_used.numel()} decoded tokens (one per layers_used entry)")
+    acc: dict[str, list] = {}
+    for p, n in zip(pieces, layers_used.tolist()):
+        acc.setdefault(token_kind(p), []).append(n)
+    out = {}
+    for k in TOKEN_KINDS:
+        if k in acc:
+            out[k] = {"count": len(acc[k]), "mean_layers": sum(acc[k]) / len(acc[k])}
+            if n_layers is not None:
+                out[k]["early_share"] = sum(n < n_layers for n in acc[k]) / len(acc[k])
+    return out
+
+
+# --------------------------------------------------------------------------- Mixture-of-Depths
+
+
+def _check_capacity(capacity) -> float:
+    return float(check_float("capacity", capacity, min=0, max=1, min_inclusive=False))
+
+
+def mod_tokens(seq_len: int, capacity: float) -> int:
+    r"""Tokens a MoD block processes in a sequence of ``seq_len``: :math:`\max(1, \lceil cT \rceil)`."""
+    seq_len = check_int("seq_len", seq_len, min=1)
+    capacity = _check_capacity(capacity)
+    return max(1, min(seq_len, math.ceil(capacity * seq_len - 1e-9)))
+
+
+class MoDBlock(nn.Module):
+    r"""A transformer block that processes only the top-capacity tokens of each sequence.
+
+    ``router`` scores every token, :math:`r_i = w^\top x_i`; the :math:`k` best of the
+    sequence (:func:`mod_tokens`) are gathered *in their original order* with their own
+    rotary positions, run through ``block`` (causal attention among themselves, the MLP),
+    and scattered back; the others pass unchanged (the residual). The router learns from a
+    gate on the block's update :math:`y - x`,
+
+    .. math:: \tilde y = y + (g - 1)(y - x), \qquad g = \sigma(r) / \mathrm{sg}[\sigma(r)],
+
+    which is exactly 1 in the forward pass (so capacity 1 *is* the plain block) and has the
+    gradient :math:`(1 - \sigma(r))\,\langle \partial L/\partial \tilde y, y - x\rangle`
+    with respect to :math:`r`: a token whose update lowers the loss gets a higher score.
+
+    Top-k over the sequence looks at future tokens, so it is for training and scoring whole
+    sequences; decoding with a KV cache is refused (Raposo et al. train a small causal
+    predictor of the router's choice for sampling).
+    """
+
+    def __init__(self, block: Block, *, capacity: float):
+        super().__init__()
+        self.block = check_type("block", block, Block)
+        self.capacity = _check_capacity(capacity)
+        d = block.attn_norm.weight.shape[0]
+        self.router = nn.Linear(d, 1, bias=False)
+        nn.init.normal_(self.router.weight, std=d**-0.5)
+        self.last_selected = None  # (B, k) positions routed through the block in the last forward
+
+    # the model reads these from its blocks (caches, FLOP counting)
+    @property
+    def attn(self):
+        return self.block.attn
+
+    def forward(self, x, cos, sin, cache=None):  # x (B, T, C)
+        if cache is not None:
+            raise ValueError("a MoD block routes over the whole sequence: decode with cache=None (use_cache=False)")
+        b, t, c = x.shape
+        k = mod_tokens(t, self.capacity)
+        scores = self.router(x).squeeze(-1)  # (B, T)
+        pick = scores.topk(k, dim=-1).indices.sort(dim=-1).values  # (B, k), in sequence order
+        self.last_selected = pick.detach()
+        x_sel = x.gather(1, pick[..., None].expand(b, k, c))  # (B, k, C)
+        cos_sel, sin_sel = cos[pick][:, None], sin[pick][:, None]  # (B, 1, k, d)
+        y = self.block(x_sel, cos_sel, sin_sel)  # (B, k, C)
+        s = torch.sigmoid(scores.gather(1, pick))[..., None]  # (B, k, 1)
+        y = y + (s / s.detach() - 1) * (y - x_sel)  # = y in value; routes gradient to the router
+        return x.scatter(1, pick[..., None].expand(b, k, c), y)
+
+    def flops_per_token(self, seq_len: int) -> float:
+        r"""Mean FLOPs per token of the sequence: :math:`c \cdot` (the block's linear layers)
+        + attention over :math:`k` tokens + the router; capacity enters attention squared."""
+        seq_len = check_int("seq_len", seq_len, min=1)
+        k = mod_tokens(seq_len, self.capacity)
+        f = block_flops(self.block, k)  # the block on a sequence of k tokens
+        return (k / seq_len) * f["total"] + 2 * self.router.in_features
+
+
+def mod_model(model: TinyLM, *, layers, capacity: float, seed: int = 0) -> TinyLM:
+    """A copy of ``model`` whose blocks ``layers`` are :class:`MoDBlock` s of ``capacity``
+    (Raposo et al. route every other block). The original model is not changed."""
+    model = _check_model(model)
+    capacity = _check_capacity(capacity)
+    n = model.config.n_layers
+    if isinstance(layers, int) or not isinstance(layers, (list, tuple)) or not layers:
+        raise TypeError(f"layers must be a non-empty list of block indices in [0, {n - 1}], got {layers!r}")
+    layers = [check_int("layers", i, min=0, max=n - 1) for i in layers]
+    if len(set(layers)) != len(layers):
+        raise ValueError(f"layers must not repeat a block, got {layers}")
+    out = copy.deepcopy(model)
+    with torch.random.fork_rng(devices=[]):  # seeded routers, the caller's random state untouched
+        torch.manual_seed(seed)
+        for i in layers:
+            out.blocks[i] = MoDBlock(out.blocks[i], capacity=capacity)
+    return out
+
+
+def mod_flops_per_token(model: TinyLM, seq_len: int) -> dict:
+    """Mean forward FLOPs per token of a model with MoD blocks: ``{"total", "dense", "fraction",
+    "block_fraction"}`` (``dense``: every block processing every token, no routers;
+    ``block_fraction``: the same ratio without the LM head, which MoD does not touch)."""
+    model = check_type("model", model, TinyLM)
+    seq_len = check_int("seq_len", seq_len, min=1)
+    head = 2 * model.lm_head.in_features * model.lm_head.out_features
+    blocks = dense_blocks = 0.0
+    for b in model.blocks:
+        plain = b.block if isinstance(b, MoDBlock) else b
+        dense_blocks += block_flops(plain, seq_len)["total"]
+        blocks += b.flops_per_token(seq_len) if isinstance(b, MoDBlock) else block_flops(b, seq_len)["total"]
+    return {
+        "total": float(blocks + head),
+        "dense": float(dense_blocks + head),
+        "fraction": float((blocks + head) / (dense_blocks + head)),
+        "block_fraction": float(blocks / dense_blocks),
+    }

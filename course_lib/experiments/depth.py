@@ -1,0 +1,413 @@
+"""Chapter 04's depth runs: trained exit heads and the early-exit sweep on the small patient, Mixture-of-Depths fine-tunes of the tiny one.
+
+The algorithms are :mod:`course_lib.depth`; this module *runs* them.
+
+* **Early exit** (small patient, 6 blocks): :func:`course_lib.depth.train_exit_heads`
+  fits one rank-:data:`EXIT_RANK` adapter per exit to the frozen patient on
+  :data:`EXIT_TRAIN` training tokens (stored in fp16, ~120 KB); then
+  :func:`course_lib.depth.exit_sweep` measures layers used, FLOPs, next-token agreement
+  with the full model and perplexity on :data:`SWEEP_SEQS` validation windows for each
+  threshold, both rules, with and without the trained adapters.
+* **Mixture-of-Depths** (tiny patient, 4 blocks): blocks :data:`MOD_LAYERS` (every other,
+  as Raposo et al.) become MoD blocks at each of :data:`MOD_CAPACITIES` and the model is
+  fine-tuned :data:`MOD_TRAIN` steps; capacity 1 is the control (the same fine-tune with
+  every token routed), ``"drop"`` removes the two blocks (the capacity-0 limit).
+
+Commands (deterministic; about 15 CPU-minutes in all: 40 minutes wall on a busy 2-core machine)::
+
+    python -m course_lib.build depth                 # -> zoo_data/depth_runs.json, depth_exit_heads.safetensors
+    python -m course_lib.build depth --part exit     # only the exit heads and the sweep
+    python -m course_lib.build depth --part mod      # only the MoD fine-tunes (the two parts can run at once)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import torch
+from safetensors.torch import load
+
+from course_lib import data, depth, fingerprint, zoo
+from course_lib.paths import ZOO_DIR, atomic_write_bytes, record_artefact, safetensors_bytes, zoo_file
+from course_lib.train import TrainConfig, evaluate, train
+
+#: what ``python -m course_lib.build depth`` writes into course_lib/zoo_data/
+OUTPUTS = ("depth_runs.json", "depth_exit_heads.safetensors")
+RUNS_FILE, HEADS_FILE = OUTPUTS
+COMMAND = "python -m course_lib.build depth"
+
+EXIT_PATIENT = "small"
+EXIT_RANK = 32
+#: training windows of the exit adapters: (sequences, length), the train split from the start
+EXIT_DATA = (96, 128)
+EXIT_TRAIN = dict(steps=200, batch_tokens=512, lr=2e-3, seed=0)
+#: validation windows of the sweep: (sequences, length) from the start of the val split
+SWEEP_SEQS = (16, 128)
+THRESHOLDS = (1.0, 0.95, 0.9, 0.85, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.2, 0.1)
+#: the swept (rule, heads) pairs: the logit lens (untrained exits) as the baseline, then trained exits
+SWEEPS = (("max_prob", "lens"), ("max_prob", "trained"), ("top2_gap", "trained"), ("classifier", "trained"))
+#: the agreement early exit must keep (the issue's target) and the layer share it may use
+TARGET_AGREEMENT, TARGET_LAYERS = 0.95, 0.70
+
+MOD_PATIENT = "tiny"
+MOD_LAYERS = (1, 3)
+MOD_CAPACITIES = (1.0, 0.5, 0.25, 0.125)
+MOD_TRAIN = dict(steps=100, batch_size=16, seq_len=128, lr=1e-3, warmup_steps=10, eval_every=0, eval_batches=8, seed=0)
+MOD_EVAL_BATCHES = 8
+
+
+def windows(split: str, n: int, length: int) -> torch.Tensor:
+    """The first ``n * length`` tokens of a split as (n, length) windows."""
+    ids = data.encode_split(split)
+    if n * length > len(ids):
+        raise ValueError(f"split {split!r} has {len(ids)} tokens, fewer than {n} x {length}")
+    return torch.from_numpy(ids[: n * length].astype("int64")).view(n, length)
+
+
+def sweep_ids() -> torch.Tensor:
+    return windows("val", *SWEEP_SEQS)
+
+
+def _round(row: dict, digits: int = 4) -> dict:
+    return {k: round(v, digits) if isinstance(v, float) else v for k, v in row.items()}
+
+
+def best_point(rows: list[dict], *, agreement: float = TARGET_AGREEMENT) -> dict | None:
+    """The sweep row with the fewest layers among those keeping ``agreement`` (None if none does)."""
+    ok = [r for r in rows if r["agreement"] >= agreement]
+    return min(ok, key=lambda r: (r["layer_fraction"], -r["agreement"])) if ok else None
+
+
+def build_exit(progress: bool = True) -> tuple[dict, depth.ExitHeads]:
+    """Train the exit adapters and sweep thresholds; returns (record, heads)."""
+    p = zoo.load(EXIT_PATIENT)
+    model = p.model.eval()
+    t0 = time.perf_counter()
+    heads, hist = depth.train_exit_heads(model, windows("train", *EXIT_DATA), rank=EXIT_RANK, **EXIT_TRAIN)
+    heads = heads.half().float()  # what is stored is what is measured
+    train_s = time.perf_counter() - t0
+    ids = sweep_ids()
+    sweeps = {}
+    for rule, name in SWEEPS:
+        rows = depth.exit_sweep(model, ids, THRESHOLDS, rule=rule, heads=heads if name == "trained" else None)
+        sweeps[f"{rule}/{name}"] = [_round(r) for r in rows]
+        if progress:
+            best = best_point(rows)
+            print(f"  {rule}/{name}: best at >= {TARGET_AGREEMENT}: {best and _round(best)}", flush=True)
+    record = {
+        "patient": EXIT_PATIENT,
+        "rank": EXIT_RANK,
+        "data": list(EXIT_DATA),
+        "train": EXIT_TRAIN,
+        "train_loss": [round(v, 4) for v in hist[:: max(1, len(hist) // 60)]] + [round(hist[-1], 4)],
+        "train_seconds": round(train_s, 1),
+        "sweep_seqs": list(SWEEP_SEQS),
+        "thresholds": list(THRESHOLDS),
+        "sweeps": sweeps,
+    }
+    return record, heads
+
+
+class _Skip(torch.nn.Module):
+    """A block removed: the residual stream passes unchanged (MoD's capacity-0 limit)."""
+
+    def __init__(self, block):
+        super().__init__()
+        self.attn = block.attn  # the model reads attention shapes from its blocks
+
+    def forward(self, x, cos, sin, cache=None):
+        return x
+
+
+def mod_run(capacity: float | str, *, progress: bool = True) -> dict:
+    """Fine-tune the tiny patient with :data:`MOD_LAYERS` routed at ``capacity`` (or dropped)."""
+    p = zoo.load(MOD_PATIENT)
+    cfg = TrainConfig(**MOD_TRAIN)
+    train_ids, val_ids = data.encode_split("train"), data.encode_split("val")
+    if capacity == "drop":
+        model = depth.mod_model(p.model, layers=list(MOD_LAYERS), capacity=1.0)
+        for i in MOD_LAYERS:
+            model.blocks[i] = _Skip(model.blocks[i].block)
+        flops = depth.mod_flops_per_token(p.model, cfg.seq_len)
+        dropped = sum(depth.block_flops(p.model.blocks[i], cfg.seq_len)["total"] for i in MOD_LAYERS)
+        blocks = flops["dense"] - 2 * p.model.lm_head.in_features * p.model.lm_head.out_features
+        flops["total"] -= dropped
+        flops["fraction"] = flops["total"] / flops["dense"]
+        flops["block_fraction"] = (blocks - dropped) / blocks
+    else:
+        model = depth.mod_model(p.model, layers=list(MOD_LAYERS), capacity=capacity, seed=cfg.seed)
+        flops = depth.mod_flops_per_token(model, cfg.seq_len)
+    torch.manual_seed(cfg.seed)
+    before = evaluate(model, val_ids, seq_len=cfg.seq_len, batch_size=16, max_batches=MOD_EVAL_BATCHES)
+    hist = train(model, train_ids, None, cfg, progress=progress, desc=f"mod:{capacity}")
+    after = evaluate(model, val_ids, seq_len=cfg.seq_len, batch_size=16, max_batches=MOD_EVAL_BATCHES)
+    out = {
+        "capacity": capacity,
+        "flops_fraction": round(flops["fraction"], 4),
+        "block_flops_fraction": round(flops["block_fraction"], 4),
+        "flops_per_token": round(flops["total"]),
+        "dense_flops_per_token": round(flops["dense"]),
+        "val_loss_before": round(before, 4),
+        "val_loss": round(after, 4),
+        "loss": [round(v, 4) for v in hist.loss],
+        "train_seconds": round(hist.seconds, 1),
+    }
+    if capacity != "drop":  # which tokens the first routed block picks on a validation passage
+        ids = windows("val", 1, 48)
+        with torch.no_grad():
+            model(ids)
+        out["sample_ids"] = ids[0].tolist()
+        out["sample_selected"] = model.blocks[MOD_LAYERS[0]].last_selected[0].tolist()
+    return out
+
+
+PARTS = ("exit", "mod")
+
+
+def build(*, parts=PARTS, progress: bool = True, threads: int = 1, path: Path | None = None) -> dict:
+    """Run ``parts`` ("exit": adapters + sweep; "mod": the MoD fine-tunes) and write
+    ``depth_runs.json`` (and, for "exit", ``depth_exit_heads.safetensors``) atomically.
+
+    A part rewrites its own section of the JSON and keeps the other's, so the two parts can
+    run in separate processes (``--part exit`` / ``--part mod``).
+    """
+    parts = list(parts)
+    for part in parts:
+        if part not in PARTS:
+            raise ValueError(f"parts must be chosen from {list(PARTS)}, got {part!r}")
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    path = Path(path) if path is not None else ZOO_DIR / RUNS_FILE
+    heads_path = path.parent / HEADS_FILE
+    sections = {}
+    try:
+        if "exit" in parts:
+            sections["early_exit"], heads = build_exit(progress)
+            state = {k: v.detach().half().contiguous() for k, v in heads.state_dict().items()}
+            atomic_write_bytes(heads_path, safetensors_bytes(state, {"command": COMMAND, "rank": str(EXIT_RANK)}))
+        if "mod" in parts:
+            mod = []
+            for c in (*MOD_CAPACITIES, "drop"):
+                mod.append(mod_run(c, progress=progress))
+                if progress:
+                    print(f"  MoD capacity {c}: val loss {mod[-1]['val_loss']}, FLOPs x{mod[-1]['flops_fraction']}")
+            sections["mod"] = {"patient": MOD_PATIENT, "layers": list(MOD_LAYERS), "train": MOD_TRAIN, "runs": mod}
+    finally:
+        torch.set_num_threads(previous)
+    for section in sections.values():  # the parts may be built apart, with different thread counts
+        section["threads"] = threads
+    old = json.loads(path.read_text()) if path.is_file() else {}  # re-read: the other part may have written
+    result = {
+        "command": COMMAND,
+        "machine": fingerprint.machine(),
+        "built_with": {"torch": torch.__version__, "threads": threads},
+        "early_exit": old.get("early_exit"),
+        "mod": old.get("mod"),
+        "targets": {"agreement": TARGET_AGREEMENT, "layers": TARGET_LAYERS},
+        **sections,
+    }
+    atomic_write_bytes(path, (json.dumps(result, separators=(",", ":")) + "\n").encode())
+    if path.resolve().parent == ZOO_DIR.resolve():
+        if "exit" in parts:
+            record_artefact(heads_path, rebuild=COMMAND)
+        record_artefact(path, rebuild=COMMAND)
+    return result
+
+
+def load_runs(path: Path | None = None) -> dict:
+    """The stored depth runs (``python -m course_lib.build depth`` writes them)."""
+    path = Path(path) if path is not None else zoo_file(RUNS_FILE)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing; build it with:  {COMMAND}")
+    return json.loads(path.read_text())
+
+
+def load_exit_heads(path: Path | None = None) -> depth.ExitHeads:
+    """The trained exit adapters of the small patient (fp16 on disk, float32 here)."""
+    path = Path(path) if path is not None else zoo_file(HEADS_FILE)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing; build it with:  {COMMAND}")
+    state = {k: v.float() for k, v in load(path.read_bytes()).items()}
+    cfg = zoo.RECIPES[EXIT_PATIENT][0]
+    heads = depth.ExitHeads(cfg.d_model, cfg.n_layers - 1, rank=EXIT_RANK)
+    heads.load_state_dict(state)
+    return heads.eval()
+
+
+# --------------------------------------------------------------------------- figures (pure builders)
+
+#: legend names of the stored sweeps
+SWEEP_NAMES = {
+    "max_prob/lens": "max prob, logit lens",
+    "max_prob/trained": "max prob, trained exits",
+    "top2_gap/trained": "top-2 gap, trained exits",
+    "classifier/trained": "probe, trained exits",
+}
+
+
+def sweep_figure(stored: dict):
+    """Agreement with the full model against the share of layers (left) and of FLOPs (right)
+    used, one line per stored sweep; the dashed lines are the issue's targets."""
+    from plotly.subplots import make_subplots
+
+    from course_lib.viz import PALETTE, use_style
+
+    use_style()
+    sweeps, targets = stored["early_exit"]["sweeps"], stored["targets"]
+    fig = make_subplots(rows=1, cols=2, shared_yaxes=True, subplot_titles=("blocks run", "FLOPs, exit checks included"))
+    for (key, label), colour in zip(SWEEP_NAMES.items(), PALETTE):
+        rows = sweeps[key]
+        for col, field in ((1, "layer_fraction"), (2, "flops_fraction")):
+            fig.add_scatter(
+                x=[r[field] for r in rows],
+                y=[r["agreement"] for r in rows],
+                mode="lines+markers",
+                name=label,
+                legendgroup=key,
+                showlegend=col == 1,
+                line=dict(color=colour),
+                customdata=[r["threshold"] for r in rows],
+                hovertemplate="threshold %{customdata}<br>share %{x:.2f}<br>agreement %{y:.3f}<extra>"
+                + label
+                + "</extra>",
+                row=1,
+                col=col,
+            )
+            fig.add_vline(x=targets["layers"], line=dict(color="grey", dash="dash"), row=1, col=col)
+            fig.add_hline(y=targets["agreement"], line=dict(color="grey", dash="dash"), row=1, col=col)
+    fig.update_xaxes(title_text="share of the full model")
+    fig.update_yaxes(title_text="agreement with the full model", row=1, col=1)
+    fig.update_layout(title="Early exit on the small patient: quality against compute", height=440)
+    return fig
+
+
+def mod_figure(stored: dict):
+    """Validation loss after the short fine-tune against the FLOPs share, per capacity."""
+    from course_lib.viz import PALETTE, figure
+
+    runs = stored["mod"]["runs"]
+    fig = figure(
+        title="Mixture-of-Depths on the tiny patient: loss against compute",
+        xaxis_title="FLOPs per token, share of the dense model",
+        yaxis_title="validation loss (nats)",
+        height=400,
+    )
+    routed = [r for r in runs if r["capacity"] != "drop"]
+    fig.add_scatter(  # the curve; each run is its own legend entry (no point labels to collide)
+        x=[r["flops_fraction"] for r in routed],
+        y=[r["val_loss"] for r in routed],
+        mode="lines",
+        line=dict(color="grey", width=1),
+        showlegend=False,
+        hoverinfo="skip",
+    )
+    for r, colour in zip(routed, PALETTE):
+        fig.add_scatter(
+            x=[r["flops_fraction"]],
+            y=[r["val_loss"]],
+            mode="markers",
+            name=f"capacity {r['capacity']:g}",
+            marker=dict(color=colour, size=10),
+        )
+    for r in runs:
+        if r["capacity"] == "drop":
+            fig.add_scatter(
+                x=[r["flops_fraction"]],
+                y=[r["val_loss"]],
+                mode="markers",
+                name="two blocks removed",
+                marker=dict(color=PALETTE[7], size=11, symbol="x"),
+            )
+    return fig
+
+
+# --------------------------------------------------------------------------- the widget's data and figure
+
+
+def exit_widget_data(model, heads, ids, pieces: list[str], thresholds, *, rule: str = "max_prob", tau: float = 0.1):
+    """Everything the threshold widget draws, precomputed for one sentence ``ids`` (1, T).
+
+    Per threshold: each token's exit layer, the FLOPs share and the agreement with the full
+    model; once: the share of MLP neurons that *fire* (:math:`|a| > \\tau`) per layer and
+    token, from :func:`course_lib.conditional.capture_activations` on the full model (the
+    layers an exited token skips are never computed, so the figure blanks them).
+    """
+    from course_lib import conditional
+
+    with torch.no_grad():
+        full = model(ids)[0].argmax(-1)  # (T,)
+    acts = conditional.capture_activations(model, ids)  # L x (1, T, d_ff)
+    firing = torch.stack([(a[0].abs() > tau).float().mean(-1) for a in acts])  # (L, T)
+    per = {}
+    for thr in thresholds:
+        r = depth.early_exit_forward(model, ids, threshold=thr, rule=rule, heads=heads)
+        fl = depth.early_exit_flops(model, r.exit_layer, heads=heads, rule=rule, seq_len=ids.shape[1])
+        per[float(thr)] = {
+            "exit_layer": r.exit_layer[0].tolist(),
+            "flops_fraction": fl["fraction"],
+            "layer_fraction": fl["layer_fraction"],
+            "agreement": float((r.logits[0].argmax(-1) == full).float().mean()),
+        }
+    return {"pieces": list(pieces), "firing": firing.tolist(), "tau": tau, "rule": rule, "per": per}
+
+
+def exit_widget_figure(wd: dict, *, threshold: float):
+    """Heatmap: layers (rows) x tokens (columns), colour = share of MLP neurons firing; the
+    layers a token skips after its exit are blank. The title gives FLOPs and agreement."""
+    import plotly.graph_objects as go
+
+    from course_lib.viz import HEATMAP_SCALE, figure
+
+    key = min(wd["per"], key=lambda t: abs(float(t) - threshold))
+    point = wd["per"][key]
+    firing = wd["firing"]
+    n_layers, t = len(firing), len(wd["pieces"])
+    z = [[firing[layer][j] if layer <= point["exit_layer"][j] else None for j in range(t)] for layer in range(n_layers)]
+    shown = [p.strip() or ("↵" if "\n" in p else "␣") for p in wd["pieces"]]  # newlines and spaces made visible
+    labels = [f"{j}:{p}" for j, p in enumerate(shown)]
+    fig = figure(
+        title=(
+            f"threshold {float(key):g}: {point['layer_fraction']:.0%} of the layers, "
+            f"{point['flops_fraction']:.0%} of the FLOPs, {point['agreement']:.0%} agreement"
+        ),
+        xaxis_title="token",
+        yaxis_title="block",
+        height=360,
+    )
+    fig.add_trace(
+        go.Heatmap(
+            z=z,
+            x=labels,
+            y=[str(i + 1) for i in range(n_layers)],
+            colorscale=HEATMAP_SCALE,
+            zmin=0,
+            zmax=1,
+            colorbar=dict(title=f"firing<br>|a|>{wd['tau']:g}"),
+            hovertemplate="token %{x}<br>block %{y}<br>firing %{z:.0%}<extra></extra>",
+            hoverongaps=False,
+        )
+    )
+    fig.update_xaxes(tickangle=-60)
+    return fig
+
+
+# --------------------------------------------------------------------------- CLI
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog=COMMAND, description=__doc__.split("\n")[0])
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (1: numbers independent of cores)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    parser.add_argument("--part", choices=PARTS, action="append", help="run only this part (repeatable; default all)")
+    args = parser.parse_args(argv)
+    t0 = time.perf_counter()
+    build(parts=args.part or PARTS, progress=not args.quiet, threads=args.threads)
+    print(f"wrote {RUNS_FILE} and {HEADS_FILE} in {time.perf_counter() - t0:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,380 @@
+"""Early exit and Mixture-of-Depths (course_lib.depth): exactness at the limits, the KV copy, bad input."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from course_lib import depth
+from course_lib.experiments import depth as depth_runs
+from course_lib.model import ModelConfig, TinyLM, apply_rope
+
+CFG = ModelConfig(vocab_size=97, d_model=32, n_layers=4, n_heads=4, n_kv_heads=2, max_seq_len=64)
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+@pytest.fixture(scope="module")
+def lm():
+    torch.manual_seed(0)
+    m = TinyLM(CFG).eval()
+    m.reset_parameters(std=0.2)  # larger weights: peaked distributions, so some tokens do exit
+    return m
+
+
+def ids(b=3, t=20, seed=1):
+    return torch.randint(0, CFG.vocab_size, (b, t), generator=torch.Generator().manual_seed(seed))
+
+
+def reference_decode(model, idx):
+    """The full model, one position at a time with a KV cache (the same path a decoder takes)."""
+    cache = model.new_cache(idx.shape[0], idx.shape[1])
+    with torch.no_grad():
+        return torch.cat([model(idx[:, j : j + 1], cache=cache) for j in range(idx.shape[1])], 1)
+
+
+# --------------------------------------------------------------------------- confidence and heads
+
+
+def test_confidence_rules_by_hand():
+    logits = torch.log(torch.tensor([[0.5, 0.3, 0.2], [0.1, 0.1, 0.8]]))
+    assert torch.allclose(depth.confidence(logits, "max_prob"), torch.tensor([0.5, 0.8]))
+    assert torch.allclose(depth.confidence(logits, "top2_gap"), torch.tensor([0.2, 0.7]))
+
+
+def test_untrained_heads_are_the_logit_lens(lm):
+    h = torch.randn(2, 5, CFG.d_model)
+    heads = depth.ExitHeads(CFG.d_model, CFG.n_layers - 1)
+    lens = lm.lm_head(lm.norm(h))
+    assert torch.equal(depth.exit_logits(lm, h, 1, heads=heads), lens)
+    low = depth.ExitHeads(CFG.d_model, CFG.n_layers - 1, rank=4)
+    assert torch.equal(depth.exit_logits(lm, h, 0, heads=low), lens)
+    # the last layer's exit is the model's own head, adapter or not
+    assert torch.equal(depth.exit_logits(lm, h, CFG.n_layers - 1, heads=heads), lens)
+
+
+def test_hidden_states_end_in_the_model_output(lm):
+    x = ids()
+    hs = depth.hidden_states(lm, x)
+    assert len(hs) == CFG.n_layers and hs[0].shape == (3, 20, CFG.d_model)
+    assert torch.allclose(lm.lm_head(lm.norm(hs[-1])), lm(x), atol=1e-6)
+
+
+def test_training_exit_heads_brings_exits_closer_to_the_model(lm):
+    x = ids(4, 32, seed=2)
+    heads, hist = depth.train_exit_heads(lm, x, steps=60, batch_tokens=64, lr=1e-2)
+    assert len(hist) == 60 and hist[-1] < 0.8 * hist[0]
+    assert all(p.requires_grad for p in lm.parameters())  # the patient is handed back as it was
+    hs = depth.hidden_states(lm, x)
+    target = F.softmax(lm(x), -1)
+    kl = lambda lg: F.kl_div(F.log_softmax(lg, -1), target, reduction="batchmean")  # noqa: E731
+    with torch.no_grad():
+        assert kl(depth.exit_logits(lm, hs[1], 1, heads=heads)) < kl(depth.exit_logits(lm, hs[1], 1))
+
+
+# --------------------------------------------------------------------------- early exit
+
+
+def test_threshold_one_is_the_full_model_exactly(lm):
+    x = ids()
+    heads = depth.ExitHeads(CFG.d_model, CFG.n_layers - 1, rank=4)
+    for rule in depth.CONFIDENCE_RULES:
+        r = depth.early_exit_forward(lm, x, threshold=1.0, rule=rule, heads=heads)
+        assert torch.equal(r.logits, reference_decode(lm, x))  # bit for bit, same decode path
+        assert (r.exit_layer == CFG.n_layers - 1).all() and r.layer_fraction == 1.0
+    with torch.no_grad():
+        full = lm(x)  # one parallel forward: equal up to float rounding, same tokens
+    assert torch.allclose(r.logits, full, atol=1e-5) and torch.equal(r.logits.argmax(-1), full.argmax(-1))
+
+
+def test_threshold_one_generates_the_full_models_tokens(lm):
+    prompt = ids(2, 6, seed=3)
+    tokens, layers = depth.early_exit_generate(lm, prompt, 10, threshold=1.0)
+    assert torch.equal(torch.cat([prompt, tokens], 1), lm.generate(prompt, 10))
+    assert (layers == CFG.n_layers - 1).all()
+
+
+def test_low_threshold_exits_early_and_costs_less(lm):
+    x = ids()
+    r = depth.early_exit_forward(lm, x, threshold=0.0)
+    assert (r.exit_layer == 0).all()  # every confidence is > 0
+    r2 = depth.early_exit_forward(lm, x, threshold=0.2, min_layer=1)
+    assert (r2.exit_layer >= 1).all()
+    assert 0 < r2.layer_fraction < 1  # the random model is confident on some tokens only
+    ff = depth.early_exit_flops(lm, r2.exit_layer, min_layer=1, seq_len=20)
+    assert 0 < ff["fraction"] and ff["layer_fraction"] == pytest.approx(r2.layer_fraction)
+    # per exited token the logits are the exit head's on the state it exited with
+    assert (r2.confidence[r2.exit_layer < CFG.n_layers - 1] > 0.2).all()
+
+
+def test_exited_tokens_write_copied_kv_in_skipped_layers(lm):
+    """CALM's state copying: a skipped layer's cache holds K, V computed from the exit state."""
+    x = ids(1, 12, seed=4)
+    r = depth.early_exit_forward(lm, x, threshold=0.15, min_layer=1)
+    exits = r.exit_layer[0]
+    assert (exits < CFG.n_layers - 1).any() and (exits == CFG.n_layers - 1).any()
+    # rebuild each exited token's exit state by running its blocks on the early-exit cache
+    for j in torch.nonzero(exits < CFG.n_layers - 1).flatten().tolist()[:3]:
+        e = int(exits[j])
+        cache = lm.new_cache(1, 12)
+        r0 = depth.early_exit_forward(lm, x[:, :j], threshold=0.15, min_layer=1, cache=cache)
+        assert torch.equal(r0.exit_layer[0], exits[:j])
+        cos, sin = lm.rope_cos[j : j + 1], lm.rope_sin[j : j + 1]
+        h = lm.embed(x[:, j : j + 1])
+        with torch.no_grad():
+            for layer in range(e + 1):
+                h = lm.blocks[layer](h, cos, sin, cache[layer])
+            for layer in range(e + 1, CFG.n_layers):
+                attn = lm.blocks[layer].attn
+                hn = lm.blocks[layer].attn_norm(h)
+                k = attn.k_proj(hn).view(1, 1, attn.n_kv_heads, attn.head_dim).transpose(1, 2)
+                v = attn.v_proj(hn).view(1, 1, attn.n_kv_heads, attn.head_dim).transpose(1, 2)
+                k = apply_rope(k, cos, sin)
+                assert torch.allclose(r.cache[layer].k[:, :, j : j + 1], k, atol=1e-6)
+                assert torch.allclose(r.cache[layer].v[:, :, j : j + 1], v, atol=1e-6)
+        assert torch.allclose(r.logits[0, j], depth.exit_logits(lm, h, e)[0, 0], atol=1e-5)
+
+
+def test_batch_rows_are_independent(lm):
+    """A row's exits do not depend on the other rows (the masked batch = one row at a time)."""
+    x = ids(3, 16, seed=5)
+    r = depth.early_exit_forward(lm, x, threshold=0.15, min_layer=1)
+    for i in range(3):
+        ri = depth.early_exit_forward(lm, x[i : i + 1], threshold=0.15, min_layer=1)
+        assert torch.equal(ri.exit_layer[0], r.exit_layer[i])
+        assert torch.allclose(ri.logits[0], r.logits[i], atol=1e-5)
+
+
+def test_flops_accounting_by_hand(lm):
+    per = [depth.block_flops(b, 10) for b in lm.blocks]
+    head = 2 * CFG.d_model * CFG.vocab_size
+    full_layers = torch.full((5,), CFG.n_layers - 1)
+    ff = depth.early_exit_flops(lm, full_layers, min_layer=CFG.n_layers - 1, seq_len=10)
+    assert ff["early_exit"] == pytest.approx(ff["full"]) and ff["fraction"] == pytest.approx(1.0)
+    first = depth.early_exit_flops(lm, torch.zeros(4, dtype=torch.long), seq_len=10)
+    want = per[0]["total"] + sum(p["kv"] for p in per[1:]) + head  # one block, copied K/V, one check
+    assert first["early_exit"] == pytest.approx(want) and first["layer_fraction"] == pytest.approx(1 / CFG.n_layers)
+    assert first["head_fraction"] == pytest.approx(head / want)
+    assert per[0]["kv"] == 2 * 2 * CFG.d_model * CFG.n_kv_heads * CFG.head_dim
+
+
+def test_exit_sweep_is_monotone_at_the_ends(lm):
+    rows = depth.exit_sweep(lm, ids(2, 16), [1.0, 0.0])
+    assert rows[0]["agreement"] == 1.0 and rows[0]["layer_fraction"] == 1.0
+    assert rows[1]["layer_fraction"] == 1 / CFG.n_layers and rows[1]["flops_fraction"] < 1
+    assert sum(rows[0]["exit_counts"]) == 2 * 15 and math.isfinite(rows[1]["ppl"])
+
+
+def test_token_kinds():
+    pieces = ["The", " river", " Th", "ames", ",", " and", " London", " 1879"]
+    kinds = [depth.token_kind(p, first=i == 0) for i, p in enumerate(pieces)]
+    assert kinds == [
+        "function word",
+        "other word",
+        "capitalised word",
+        "word piece",
+        "punctuation",
+        "function word",
+        "capitalised word",
+        "other word",
+    ]
+    table = depth.exits_by_kind(pieces[1:], torch.tensor([2, 3, 4, 1, 1, 6, 2]), n_layers=6)
+    assert table["function word"] == {"count": 1, "mean_layers": 1.0, "early_share": 1.0}
+    assert table["capitalised word"] == {"count": 2, "mean_layers": 4.5, "early_share": 0.5}
+    assert list(table) == ["word piece", "punctuation", "function word", "capitalised word", "other word"]
+
+
+# --------------------------------------------------------------------------- Mixture-of-Depths
+
+
+def test_mod_capacity_one_is_the_plain_block_exactly(lm):
+    x = lm.embed(ids(2, 24))
+    cos, sin = lm.rope_cos[:24], lm.rope_sin[:24]
+    block = lm.blocks[1]
+    mod = depth.MoDBlock(block, capacity=1.0)
+    with torch.no_grad():
+        assert torch.equal(mod(x, cos, sin), block(x, cos, sin))
+    m2 = depth.mod_model(lm, layers=[1, 3], capacity=1.0)
+    with torch.no_grad():
+        assert torch.equal(m2(ids()), lm(ids()))
+    assert isinstance(lm.blocks[1], type(block))  # the original is untouched
+
+
+def test_mod_routes_only_the_top_tokens(lm):
+    torch.manual_seed(0)
+    x = lm.embed(ids(2, 16))
+    cos, sin = lm.rope_cos[:16], lm.rope_sin[:16]
+    block = lm.blocks[0]
+    mod = depth.MoDBlock(block, capacity=0.25)
+    with torch.no_grad():
+        y = mod(x, cos, sin)
+        pick = mod.last_selected  # (2, 4)
+        assert pick.shape == (2, 4) and torch.equal(pick, pick.sort(-1).values)
+        scores = mod.router(x).squeeze(-1)
+        for i in range(2):
+            assert set(pick[i].tolist()) == set(scores[i].topk(4).indices.tolist())
+            skipped = [j for j in range(16) if j not in pick[i].tolist()]
+            assert torch.equal(y[i, skipped], x[i, skipped])  # the rest ride the residual
+            # the chosen tokens: the block on the short sequence, each at its own position
+            want = block(x[i : i + 1, pick[i]], cos[pick[i]], sin[pick[i]])
+            assert torch.allclose(y[i, pick[i]], want[0], atol=1e-5)
+
+
+def test_mod_router_learns_through_the_gate(lm):
+    m = depth.mod_model(lm, layers=[1], capacity=0.5)
+    x = ids(2, 16)
+    loss = m.loss(x[:, :-1], x[:, 1:])
+    loss.backward()
+    g = m.blocks[1].router.weight.grad
+    assert g is not None and g.abs().sum() > 0
+    with pytest.raises(ValueError, match="cache"):
+        m.generate(x[:, :4], 2)
+
+
+def test_mod_flops(lm):
+    for c, k in ((1.0, 16), (0.5, 8), (0.125, 2), (0.01, 1)):
+        assert depth.mod_tokens(16, c) == k
+    m = depth.mod_model(lm, layers=[0, 2], capacity=0.5)
+    f = depth.mod_flops_per_token(m, 16)
+    per = depth.block_flops(lm.blocks[0], 16)["total"]
+    half = 0.5 * depth.block_flops(lm.blocks[0], 8)["total"] + 2 * CFG.d_model
+    assert f["dense"] - f["total"] == pytest.approx(2 * (per - half))
+    assert depth.mod_flops_per_token(depth.mod_model(lm, layers=[0], capacity=1.0), 16)["fraction"] > 1  # router
+
+
+# --------------------------------------------------------------------------- bad input
+
+
+@pytest.mark.parametrize("cap", [0, -0.5, 1.5, float("nan"), "0.5", None])
+def test_capacity_refused(lm, cap):
+    with pytest.raises((ValueError, TypeError), match="capacity"):
+        depth.MoDBlock(lm.blocks[0], capacity=cap)
+    with pytest.raises((ValueError, TypeError), match="capacity"):
+        depth.mod_model(lm, layers=[0], capacity=cap)
+
+
+@pytest.mark.parametrize("thr", [float("nan"), -0.1, 1.1, float("inf"), "0.9", None])
+def test_threshold_refused(lm, thr):
+    with pytest.raises((ValueError, TypeError), match="threshold"):
+        depth.early_exit_forward(lm, ids(1, 4), threshold=thr)
+    with pytest.raises((ValueError, TypeError), match="threshold"):
+        depth.exit_sweep(lm, ids(1, 4), [0.5, thr])
+
+
+@pytest.mark.parametrize("layer", [-1, CFG.n_layers, 2.5, "1"])
+def test_exit_layer_refused(lm, layer):
+    with pytest.raises((ValueError, TypeError), match="layer"):
+        depth.exit_logits(lm, torch.randn(1, CFG.d_model), layer)
+    with pytest.raises((ValueError, TypeError), match="min_layer"):
+        depth.early_exit_forward(lm, ids(1, 4), threshold=0.5, min_layer=layer)
+    with pytest.raises((ValueError, TypeError), match="layers"):
+        depth.mod_model(lm, layers=[layer], capacity=0.5)
+
+
+def test_other_bad_input(lm):
+    with pytest.raises(ValueError, match="rule"):
+        depth.confidence(torch.randn(2, 5), "entropy")
+    with pytest.raises(ValueError, match="heads"):
+        depth.early_exit_forward(lm, ids(1, 4), threshold=0.5, heads=depth.ExitHeads(CFG.d_model, 2))
+    with pytest.raises(TypeError, match="model"):
+        depth.early_exit_forward("small", ids(1, 4), threshold=0.5)
+    with pytest.raises(ValueError, match="exit_layer"):
+        depth.early_exit_flops(lm, torch.tensor([CFG.n_layers]))
+    with pytest.raises(TypeError, match="layers"):
+        depth.mod_model(lm, layers=1, capacity=0.5)
+    with pytest.raises(ValueError, match="max_new_tokens"):
+        depth.early_exit_generate(lm, ids(1, 4), 0, threshold=0.5)
+
+
+def test_classifier_rule_uses_the_probes(lm):
+    x = ids(2, 16, seed=6)
+    heads, _ = depth.train_exit_heads(lm, ids(4, 32, seed=2), rank=4, steps=20, batch_tokens=64, lr=1e-2)
+    r1 = depth.early_exit_forward(lm, x, threshold=1.0, rule="classifier", heads=heads)
+    assert torch.equal(r1.logits, reference_decode(lm, x))
+    with torch.no_grad():  # force the layer-1 probe to say "stop": every token exits there
+        heads.probes[1].bias.fill_(50.0)
+        heads.probes[0].bias.fill_(-50.0)
+    r = depth.early_exit_forward(lm, x, threshold=0.5, rule="classifier", heads=heads)
+    assert (r.exit_layer == 1).all()
+    hs = depth.hidden_states(lm, x[:, :1])  # position 0 has no context: its state is the same in any run
+    assert torch.allclose(r.logits[:, 0], depth.exit_logits(lm, hs[1], 1, heads=heads)[:, 0], atol=1e-5)
+    # FLOPs: two probe checks and one exit head, against two full head checks under a softmax rule
+    f_cls = depth.early_exit_flops(lm, r.exit_layer, heads=heads, rule="classifier", seq_len=16)
+    f_max = depth.early_exit_flops(lm, r.exit_layer, heads=heads, rule="max_prob", seq_len=16)
+    head = 2 * CFG.d_model * CFG.vocab_size + heads.flops_per_exit()
+    assert f_max["early_exit"] - f_cls["early_exit"] == pytest.approx(2 * head - (head + 2 * heads.flops_per_probe()))
+    with pytest.raises(ValueError, match="heads"):
+        depth.early_exit_forward(lm, x, threshold=0.5, rule="classifier")
+
+
+# --------------------------------------------------------------------------- the runs module (figures, widget, stored files)
+
+
+def _fake_stored():
+    row = lambda t, lf, ff, ag: {"threshold": t, "layer_fraction": lf, "flops_fraction": ff, "agreement": ag}  # noqa: E731
+    sweep = [row(1.0, 1.0, 1.0, 1.0), row(0.8, 0.9, 1.4, 0.97), row(0.5, 0.6, 1.1, 0.9)]
+    mod = [
+        {"capacity": c, "flops_fraction": f, "val_loss": v}
+        for c, f, v in ((1.0, 1.0, 4.5), (0.5, 0.8, 4.6), (0.25, 0.7, 4.7), ("drop", 0.6, 5.0))
+    ]
+    return {
+        "early_exit": {"sweeps": {k: sweep for k in depth_runs.SWEEP_NAMES}},
+        "mod": {"runs": mod},
+        "targets": {"agreement": 0.95, "layers": 0.7},
+    }
+
+
+def test_best_point_keeps_the_agreement():
+    rows = _fake_stored()["early_exit"]["sweeps"]["max_prob/lens"]
+    assert depth_runs.best_point(rows)["threshold"] == 0.8
+    assert depth_runs.best_point(rows, agreement=0.5)["threshold"] == 0.5
+    assert depth_runs.best_point(rows, agreement=1.01) is None
+
+
+def test_figures_draw_the_stored_runs():
+    st = _fake_stored()
+    fig = depth_runs.sweep_figure(st)
+    assert len(fig.data) == 2 * len(depth_runs.SWEEP_NAMES)
+    assert list(fig.data[1].x) == [1.0, 1.4, 1.1]  # the FLOPs panel
+    fig = depth_runs.mod_figure(st)
+    assert list(fig.data[0].x) == [1.0, 0.8, 0.7] and list(fig.data[-1].y) == [5.0]
+    assert [tr.name for tr in fig.data[1:]] == ["capacity 1", "capacity 0.5", "capacity 0.25", "two blocks removed"]
+
+
+def test_widget_blanks_the_skipped_layers(lm):
+    x = ids(1, 10, seed=7)
+    pieces = [f" t{i}" for i in range(10)]
+    wd = depth_runs.exit_widget_data(lm, None, x, pieces, [1.0, 0.15], rule="max_prob")
+    assert wd["per"][1.0]["exit_layer"] == [CFG.n_layers - 1] * 10 and wd["per"][1.0]["agreement"] == 1.0
+    fig = depth_runs.exit_widget_figure(wd, threshold=0.15)
+    z = fig.data[0].z
+    exits = wd["per"][0.15]["exit_layer"]
+    for j, e in enumerate(exits):
+        assert all(z[layer][j] is None for layer in range(e + 1, CFG.n_layers))
+        assert all(0 <= z[layer][j] <= 1 for layer in range(e + 1))
+    assert "threshold 0.15" in fig.layout.title.text
+    want = depth.early_exit_flops(lm, torch.tensor(exits), seq_len=10)["fraction"]
+    assert wd["per"][0.15]["flops_fraction"] == pytest.approx(want)
+
+
+def test_build_refuses_unknown_parts():
+    with pytest.raises(ValueError, match="parts"):
+        depth_runs.build(parts=["exits"])
+
+
+def test_sweep_batches_thresholds_like_separate_runs(lm):
+    x = ids(2, 12, seed=8)
+    rows = depth.exit_sweep(lm, x, [0.3, 0.15, 1.0], min_layer=1)
+    for row in rows:
+        r = depth.early_exit_forward(lm, x, threshold=row["threshold"], min_layer=1)
+        counts = torch.bincount(r.exit_layer[:, :-1].flatten(), minlength=CFG.n_layers).tolist()
+        assert counts == row["exit_counts"]

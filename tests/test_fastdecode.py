@@ -1,0 +1,141 @@
+"""The fast decode path (issue 24): same tokens as the readable model, the kinds it refuses, its cache.
+
+Cross-checks: ``TinyLM.generate`` (greedy tokens identical, tiny and small zoo patients and toy
+models with and without GQA), the readable model's logits (prefill, decode, a multi-token
+pass in mid-sequence), and speculative decoding on the fast path against the readable target.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from course_lib import fastdecode
+from course_lib import speculative as sd
+from course_lib.attention import sparse_config
+from course_lib.fastdecode import FastLM, StaticKVCache, fast_decode_fn
+from course_lib.model import ModelConfig, TinyLM, replace_linears
+
+PROMPTS = ("The Moon is", "Albert Einstein was a", "Python is a programming", "The French Revolution")
+
+
+def _toy(n_kv_heads=2, seed=0, **kw):
+    torch.manual_seed(seed)
+    cfg = dict(vocab_size=97, d_model=48, n_layers=3, n_heads=4, n_kv_heads=n_kv_heads, max_seq_len=64)
+    return TinyLM(ModelConfig(**{**cfg, **kw})).eval()
+
+
+@pytest.mark.parametrize("name", ["tiny", "small"])
+def test_fast_greedy_tokens_equal_the_readable_path_on_the_patients(name):
+    from course_lib import zoo
+
+    patient = zoo.load(name)
+    fast = FastLM(patient.model)
+    for text in PROMPTS:
+        idx = patient.encode(text)
+        assert torch.equal(fast.generate(idx, 48), patient.model.generate(idx, 48)), text
+
+
+@pytest.mark.parametrize("n_kv_heads", [1, 2, 4])
+def test_fast_logits_match_readable_prefill_decode_and_verify(n_kv_heads):
+    model = _toy(n_kv_heads)
+    fast = FastLM(model)
+    x = torch.randint(0, 97, (2, 20), generator=torch.Generator().manual_seed(1))
+    ref = model(x)  # uncached, the teaching version
+    cache = fast.new_cache(2, 20)
+    pieces = [fast(x[:, :9], cache=cache), fast(x[:, 9:10], cache=cache), fast(x[:, 10:], cache=cache)]
+    got = torch.cat(pieces, dim=1)  # prefill, one decode step, a 10-token pass mid-sequence
+    assert cache.pos == 20
+    torch.testing.assert_close(got, ref, atol=1e-5, rtol=1e-4)
+    # and greedy decoding token for token, batch 2
+    assert torch.equal(fast.generate(x[:, :5], 30), model.generate(x[:, :5], 30))
+
+
+def test_fast_truncate_then_continue_equals_a_fresh_cache():
+    model = _toy()
+    fast = FastLM(model)
+    x = torch.randint(0, 97, (1, 16), generator=torch.Generator().manual_seed(2))
+    cache = fast.new_cache(1, 24)
+    fast(x[:, :10], cache=cache)
+    fast(torch.randint(0, 97, (1, 5)), cache=cache)  # five tokens later rejected
+    sd.rollback(cache, 10)
+    assert cache.pos == 10 and sd.cache_length(cache) == 10
+    cont = fast(x[:, 10:], cache=cache)
+    fresh = fast.new_cache(1, 24)
+    torch.testing.assert_close(cont, fast(x, cache=fresh)[:, 10:], atol=1e-6, rtol=1e-5)
+    with pytest.raises(ValueError, match="length"):
+        cache.truncate(17)  # cannot go forward
+
+
+@pytest.mark.parametrize("k", [1, 3, 6])
+def test_speculative_on_the_fast_path_equals_the_readable_target(k):
+    target, draft = _toy(), _toy(seed=1, d_model=16, n_layers=1, n_heads=2, n_kv_heads=1)
+    prompt = torch.randint(0, 97, (1, 7), generator=torch.Generator().manual_seed(k))
+    ref = target.generate(prompt, 30)
+    out, _ = sd.speculative_generate(FastLM(target), FastLM(draft), prompt, 30, k=k)
+    assert torch.equal(out, ref)
+    out, stats = sd.speculative_generate(FastLM(target), sd.PromptLookup(), prompt, 30, k=k)
+    assert torch.equal(out, ref) and stats.emitted == 30
+
+
+def test_fast_path_refuses_kinds_it_does_not_implement():
+    base = dict(vocab_size=97, d_model=32, n_layers=2, n_heads=4, n_kv_heads=2, max_seq_len=64)
+    sparse = TinyLM(sparse_config(ModelConfig(**base), pattern="sliding_window", window=8))
+    with pytest.raises(ValueError, match="attention='sparse'"):
+        FastLM(sparse)
+    moe = TinyLM(ModelConfig(**base, mlp="moe", mlp_options={"n_experts": 4, "top_k": 2}))
+    with pytest.raises(ValueError, match="mlp='moe'"):
+        FastLM(moe)
+    pruned = _toy()
+    replace_linears(pruned, lambda name, lin: torch.nn.Sequential(lin), where=lambda n, m: n.endswith("up_proj"))
+    with pytest.raises(ValueError, match="up_proj"):
+        FastLM(pruned)
+    with pytest.raises(TypeError, match="model"):
+        FastLM("small")
+
+
+def test_fast_bad_input():
+    fast = FastLM(_toy())
+    cache = fast.new_cache(1, 8)
+    with pytest.raises(ValueError, match="cannot add"):
+        fast(torch.zeros(1, 9, dtype=torch.long), cache=cache)
+    with pytest.raises(TypeError, match="cache"):
+        fast(torch.zeros(1, 2, dtype=torch.long), cache=[cache])
+    with pytest.raises(ValueError, match="max_len"):
+        fast.new_cache(1, 65)
+    with pytest.raises(ValueError, match="max_seq_len"):
+        fast.generate(torch.zeros(1, 60, dtype=torch.long), 5)
+    with pytest.raises(ValueError, match="max_new_tokens"):
+        fast.generate(torch.zeros(1, 3, dtype=torch.long), -1)
+    with pytest.raises(ValueError, match="new_tokens"):
+        fast_decode_fn(fast, prompt_len=60, new_tokens=5)
+
+
+def test_static_cache_and_decode_fn_run():
+    fast = FastLM(_toy())
+    cache = fast.new_cache(2, 16)
+    assert isinstance(cache, StaticKVCache) and cache.max_len == 16
+    assert cache.nbytes() == 3 * 2 * 2 * 2 * 16 * 12 * 4  # layers, k/v, batch, kv heads, positions, head_dim, fp32
+    setup, run = fast_decode_fn(fast, prompt_len=8, new_tokens=4)
+    c = setup()
+    assert c.pos == 8
+    run(c)
+    assert c.pos == 12
+
+
+def test_readable_vs_fast_rows_and_bound():
+    rows = fastdecode.readable_vs_fast({"toy": _toy()}, prompt_len=8, new_tokens=4, bandwidth=1e10, warmup=0, repeats=1)
+    assert [(r["model"], r["path"]) for r in rows] == [("toy", "readable"), ("toy", "fast")]
+    assert rows[0]["speedup"] == 1.0 and all(r["identical"] and r["tokens_per_s"] > 0 for r in rows)
+    bound = rows[0]["bound_tokens_per_s"]
+    assert bound == pytest.approx(1e10 / (rows[0]["step_MB"] * 1e6), rel=1e-9)
+    assert rows[1]["fraction_of_bound"] == pytest.approx(rows[1]["tokens_per_s"] / bound)
+    assert math.isnan(
+        fastdecode.readable_vs_fast({"t": _toy()}, prompt_len=4, new_tokens=2, repeats=1)[0]["bound_tokens_per_s"]
+    )
+    with pytest.raises(ValueError, match="models"):
+        fastdecode.readable_vs_fast({})
+    with pytest.raises(TypeError, match="models"):
+        fastdecode.readable_vs_fast({"x": "small"})
