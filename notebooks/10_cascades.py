@@ -1093,23 +1093,24 @@ import plotly.graph_objects as go
 alphas = np.linspace(0, 1, 101)
 fig = go.Figure()
 ref = lookup["free text"]
+k_colour = {r["k"]: viz.PALETTE[i % len(viz.PALETTE)] for i, r in enumerate(ref[1:])}  # a k's rule and points share it
 for r in ref[1:]:
     fig.add_scatter(
         x=alphas,
         y=[sd.expected_speedup(a, r["k"], r["c"], verify_cost=r["v(k)"]) for a in alphas],
         mode="lines",
+        line=dict(color=k_colour[r["k"]]),
         name=f"rule, k = {r['k']} (v = {r['v(k)']:.2f})",
     )
 for task, symbol in (("free text", "circle"), ("RAG-copy", "diamond")):
     rows = lookup[task][1:]
-    fig.add_scatter(
+    fig.add_scatter(  # measured points sit close together: colour says k (no text labels to collide)
         x=[r["alpha"] for r in rows],
         y=[r["speedup"] for r in rows],
-        mode="markers+text",
-        text=[f"k={r['k']}" for r in rows],
-        textposition="top center",
-        marker=dict(size=10, symbol=symbol),
-        name=f"measured, {task}",
+        mode="markers",
+        hovertext=[f"k = {r['k']}" for r in rows],
+        marker=dict(size=11, symbol=symbol, color=[k_colour.get(r["k"], "#444") for r in rows], line=dict(width=1)),
+        name=f"measured, {task} (colour = k)",
     )
 fig.add_hline(y=1, line_color="#444")
 fig.update_layout(
