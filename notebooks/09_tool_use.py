@@ -679,7 +679,14 @@ def step_figure(question: str, step: int):
     return fig
 
 
-viz.interactive(step_figure, question=list(demo_questions), step=(0, 3, 1))
+import ipywidgets as widgets
+
+# a selection slider, not a dropdown: the dropdown's caret is an icon font the static site does not ship
+viz.interactive(
+    step_figure,
+    question=widgets.SelectionSlider(options=list(demo_questions), description="question"),
+    step=(0, 3, 1),
+)
 
 # %%
 viz.static_twin(step_figure, {"question": list(demo_questions)[:2], "step": [0, 1, 2, 3]})
