@@ -290,7 +290,7 @@ display(
 # Stored neuron-major — row $j$ holds neuron $j$'s gate row, up row and down column — one
 # gather fetches the $3kC$ numbers. From scratch, then against the dense MLP with the other
 # activations zeroed. (`conditional.SparseDecodeMLP` keeps two tables, gate-and-up and
-# down, so that each product reads contiguous memory: measurably faster on this CPU.)
+# down, so that each of its two products reads one contiguous block of memory.)
 
 # %%
 W_all = torch.stack([mlp0.gate_proj.weight, mlp0.up_proj.weight, mlp0.down_proj.weight.T], 1).detach()  # (d_ff, 3, C)
