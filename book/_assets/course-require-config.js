@@ -1,13 +1,18 @@
 // Loaded after require.js and before the ipywidgets HTML manager (book/_config.yml).
-// The manager finds its fonts next to its own AMD module URL, which require.js resolves
-// against the page's folder (notebooks/@jupyter-widgets/...: 404). Point that module id
-// at the copy vendored under _static, wherever the page sits.
+// Each widget module bundled in embed-amd.js finds its fonts (the dropdown caret, the
+// icon font) next to its own AMD module URL, which require.js resolves against the page's
+// folder (notebooks/@jupyter-widgets/...: 404). Point every module id the bundle defines
+// at the copy vendored under _static, wherever the page sits. The modules are defined
+// inline by the bundle, so require.js never fetches these URLs: it only names them.
 (function () {
   var here = document.currentScript && document.currentScript.src;
   if (!here || typeof require === "undefined" || !require.config) return;
-  require.config({
-    paths: { "@jupyter-widgets/html-manager/dist": new URL("vendor/html-manager", here).href },
+  var vendor = new URL("vendor/html-manager/", here).href;
+  var paths = { "@jupyter-widgets/html-manager/dist": vendor.slice(0, -1) };
+  ["base", "base7", "controls", "controls7", "html-manager"].forEach(function (m) {
+    paths["@jupyter-widgets/" + m] = vendor + m;
   });
+  require.config({ paths: paths });
 })();
 
 // ipywidgets labels typeset with MathJax 2's API (MathJax.Hub.Queue); the site runs
