@@ -24,7 +24,17 @@ computes the same function with fewer, larger ops — gpt-fast's recipe, without
   weights: the rotated copies are extra weight bytes read per step, traded for fewer operators per
   layer), and gate/up is one matmul; weights are concatenated once, at build time;
 * **fewer ops**: ``F.rms_norm``, residual adds fused into ``addmm``, the whole step in one
-  function with no module calls and no argument checks inside the loop.
+  function with no module calls and no argument checks inside the loop;
+* **opt-in, compiled** (``FastLM(model, compile=True)``): the one-token step written with
+  static shapes — the key/value written at a position *tensor* with ``index_copy_``, the
+  attention over the whole static cache with the causal mask's row at that position — and
+  compiled once by ``torch.compile`` (inductor, C++ wrapper, ``fullgraph``, no dynamic
+  shapes), so a step is one call into generated C++ instead of dozens of PyTorch ops. It
+  costs a compile (``compile_seconds``, measured: minutes on a busy two-core machine) and
+  its attention reads all ``max_seq_len`` positions, so it can pay only over many tokens,
+  if at all: :func:`readable_vs_fast` with ``compile=True`` (``benchmarks decode``) measures
+  the step side by side and the tokens after which the compile is won back. The notebooks
+  stay eager.
 
 Greedy tokens are identical to ``TinyLM.generate`` (tests check, over several prompts, for
 the tiny and small patients); the logits agree to float rounding, not bit for bit, because
@@ -35,6 +45,8 @@ naming it, rather than a silently different model.
 """
 
 from __future__ import annotations
+
+import time
 
 import torch
 import torch.nn.functional as F
@@ -87,10 +99,20 @@ class FastLM:
     :class:`StaticKVCache` and :meth:`generate` decodes. It has ``config``,
     ``flops_per_token`` and ``embed`` of the readable model, so the speculative decoder and
     the benchmarks take either.
+
+    ``compile=True`` also compiles the one-token step (:meth:`_decode_static`, see the module
+    docstring) and runs it once at batch 1, so the compile happens here and its wall time is
+    ``compile_seconds`` (shorter when inductor's on-disk cache already holds this graph from
+    an earlier process: measured cold, it is the full price); one-token steps on a cache of ``max_seq_len`` positions (what
+    :meth:`generate` and :meth:`new_cache` allocate when compiled) then take the compiled
+    step; multi-token passes (prefill, a speculative verify) stay eager. Another batch size
+    compiles again on its first step.
     """
 
-    def __init__(self, model: TinyLM):
+    def __init__(self, model: TinyLM, *, compile: bool = False):
         check_type("model", model, TinyLM)
+        if not isinstance(compile, bool):
+            raise TypeError(f"compile must be a bool, got {type(compile).__name__}")
         c = model.config
         for what, kind in (("attention", c.attention), ("mlp", c.mlp)):
             if kind not in SUPPORTED[what]:
@@ -141,6 +163,16 @@ class FastLM:
             self.causal = torch.ones(n, n, dtype=torch.bool, device=self.cos.device).tril()
         self.qk = (self.h + self.hkv) * self.d  # width of the q|k block (and of its rotated image)
         self.dff = c.d_ff
+        self.compiled, self.compile_seconds = None, 0.0
+        if compile:
+            self.compiled = torch.compile(
+                self._decode_static, fullgraph=True, dynamic=False, options={"cpp_wrapper": True}
+            )
+            start = time.perf_counter()
+            cache = self.new_cache(1)
+            with torch.inference_mode():
+                self.compiled(torch.zeros((1, 1), dtype=torch.long), torch.zeros(1, dtype=torch.long), cache.kv)
+            self.compile_seconds = time.perf_counter() - start
 
     # -- the API the decoders use -------------------------------------------------------
 
@@ -148,10 +180,13 @@ class FastLM:
         return self.model.flops_per_token(seq_len)
 
     def new_cache(self, batch_size: int, max_len: int | None = None) -> StaticKVCache:
-        """A :class:`StaticKVCache` for ``batch_size`` sequences of at most ``max_len`` positions."""
+        """A :class:`StaticKVCache` for ``batch_size`` sequences of at most ``max_len`` positions
+        (``max_seq_len`` when None, and always when compiled: the compiled step's shapes are static)."""
         max_len = self.config.max_seq_len if max_len is None else max_len
         check_int("batch_size", batch_size, min=1)
         check_int("max_len", max_len, min=1, max=self.config.max_seq_len)
+        if self.compiled is not None:
+            max_len = self.config.max_seq_len
         w = self.embed_w
         return StaticKVCache(self.n_layers, batch_size, self.hkv, max_len, self.d, dtype=w.dtype, device=w.device)
 
@@ -178,6 +213,10 @@ class FastLM:
         b, t = idx.shape
         start = cache.pos
         end = start + t
+        if t == 1 and self.compiled is not None and cache.max_len == self.config.max_seq_len:
+            out = self.compiled(idx, torch.tensor([start], device=idx.device), cache.kv)  # (B, V)
+            cache.pos = end
+            return out.view(b, 1, -1) if all_logits else out
         h, hkv, d, rep, qk, eps = self.h, self.hkv, self.d, self.rep, self.qk, self.eps
         cos, sin = self.cos[start:end], self.sin[start:end]  # (T, d)
         x = self.embed_w[idx.reshape(-1)]  # (B·T, C)
@@ -211,6 +250,30 @@ class FastLM:
             x = x.view(b, t, -1)[:, -1]
         out = F.rms_norm(x, self.norm_w.shape, self.norm_w, eps) @ self.head_t
         return out.view(b, t, -1) if all_logits else out  # (B, T, V) or (B, V)
+
+    def _decode_static(self, tok, pos, kv_all):
+        """One token per sequence with static shapes, for ``torch.compile``: tok (B, 1) at
+        position ``pos`` (a (1,) tensor, not a Python int, so one graph serves every position),
+        ``kv_all`` the whole :class:`StaticKVCache` tensor. Same arithmetic as :meth:`_step`,
+        but the new key/value go in with ``index_copy_`` and each query attends to all
+        ``max_len`` cached positions through the causal mask's row ``pos`` (positions not yet
+        written get weight exactly 0). Returns logits (B, V); the caller moves ``cache.pos``."""
+        b = tok.shape[0]
+        h, hkv, d, rep, qk, eps = self.h, self.hkv, self.d, self.rep, self.qk, self.eps
+        cos, sin = self.cos[pos], self.sin[pos]  # (1, d)
+        mask = self.causal[pos, : kv_all.shape[4]]  # (1, L): True up to and including pos
+        x = self.embed_w[tok.reshape(-1)]  # (B, C)
+        for i, (n1, wqkv, wo, n2, wgu, wd) in enumerate(self.layers):
+            z = F.rms_norm(x, n1.shape, n1, eps) @ wqkv
+            qkr = z[:, :qk].view(b, h + hkv, d) * cos + z[:, qk + hkv * d :].view(b, h + hkv, d) * sin
+            kv = kv_all[i]  # (2, B, H_kv, L, d)
+            kv[0].index_copy_(2, pos, qkr[:, h:].unsqueeze(2))
+            kv[1].index_copy_(2, pos, z[:, qk : qk + hkv * d].view(b, hkv, 1, d))
+            y = F.scaled_dot_product_attention(qkr[:, :h].view(b, hkv, rep, d), kv[0], kv[1], attn_mask=mask)
+            x = torch.addmm(x, y.reshape(b, h * d), wo)
+            g = F.rms_norm(x, n2.shape, n2, eps) @ wgu
+            x = torch.addmm(x, F.silu(g[:, : self.dff]) * g[:, self.dff :], wd)
+        return F.rms_norm(x, self.norm_w.shape, self.norm_w, eps) @ self.head_t
 
     # -- decoding ------------------------------------------------------------------------
 
@@ -255,7 +318,7 @@ def fast_decode_fn(fast: FastLM, *, prompt_len: int, new_tokens: int, batch: int
     steps = torch.randint(0, fast.config.vocab_size, (batch, new_tokens), generator=gen)
 
     def setup():
-        cache = fast.new_cache(batch, prompt_len + new_tokens)
+        cache = fast.new_cache(batch, prompt_len + new_tokens)  # max_seq_len when compiled
         with torch.inference_mode():
             fast._step(x, cache, all_logits=False)
         return cache
@@ -274,6 +337,7 @@ def readable_vs_fast(
     prompt_len: int = 64,
     new_tokens: int = 32,
     bandwidth: float | None = None,
+    compile: bool = False,
     warmup: int = 2,
     repeats: int = 7,
 ) -> list[dict]:
@@ -283,8 +347,11 @@ def readable_vs_fast(
     so the speed-ups are ratios measured side by side. With ``bandwidth`` (bytes/s, e.g.
     :func:`course_lib.hardware.memory_bandwidth`) each row also gets the decode bound
     (:func:`course_lib.hardware.decode_bound` of the weights + KV cache a step reads at the
-    mid-decode context) and the fraction of it reached. Greedy tokens of the two paths are
-    checked equal on a prompt first (``identical``).
+    mid-decode context) and the fraction of it reached. Greedy tokens of each path are
+    checked equal to the readable path's on a prompt (``identical``). With ``compile`` a
+    third path, ``FastLM(model, compile=True)``, is timed beside them; its row has
+    ``compile_s`` and ``pays_after_tokens`` — the tokens after which the compile time is
+    won back against the eager fast path (inf when the compiled step is not faster).
     """
     from course_lib import hardware, measure
 
@@ -294,33 +361,45 @@ def readable_vs_fast(
     check_int("new_tokens", new_tokens, min=1)
     if bandwidth is not None:
         check_float("bandwidth", bandwidth, min=0, min_inclusive=False)
-    fasts = {name: FastLM(check_type(f"models[{name!r}]", m, TinyLM).eval()) for name, m in models.items()}
+    if not isinstance(compile, bool):
+        raise TypeError(f"compile must be a bool, got {type(compile).__name__}")
+    paths = {"fast": False, "compiled": True} if compile else {"fast": False}
+    twins = {
+        (name, path): FastLM(check_type(f"models[{name!r}]", m, TinyLM).eval(), compile=c)
+        for name, m in models.items()
+        for path, c in paths.items()
+    }
     variants = {}
     for name, m in models.items():
         variants[f"{name} readable"] = measure.decode_fn(m, prompt_len=prompt_len, new_tokens=new_tokens)
-        variants[f"{name} fast"] = fast_decode_fn(fasts[name], prompt_len=prompt_len, new_tokens=new_tokens)
+        for path in paths:
+            variants[f"{name} {path}"] = fast_decode_fn(twins[name, path], prompt_len=prompt_len, new_tokens=new_tokens)
     t = measure.interleaved(variants, warmup=warmup, repeats=repeats)
     rows = []
     for name, m in models.items():
         gen = torch.Generator().manual_seed(0)
         probe = torch.randint(0, m.config.vocab_size, (1, 8), generator=gen)
-        identical = torch.equal(fasts[name].generate(probe, new_tokens), m.generate(probe, new_tokens))
+        reference = m.generate(probe, new_tokens)
         step_bytes = hardware.patient_step_bytes(m, context=prompt_len + new_tokens // 2)
         bound = hardware.decode_bound(step_bytes, bandwidth) if bandwidth is not None else float("nan")
-        for path in ("readable", "fast"):
+        for path in ("readable", *paths):
             tok_s = new_tokens / t[f"{name} {path}"].median
-            rows.append(
-                {
-                    "model": name,
-                    "path": path,
-                    "tokens_per_s": tok_s,
-                    "ms_per_token": 1e3 / tok_s,
-                    "speedup": t[f"{name} readable"].median / t[f"{name} {path}"].median,
-                    "step_MB": step_bytes / 1e6,
-                    "bound_tokens_per_s": bound,
-                    "fraction_of_bound": tok_s / bound,
-                    "identical": identical,
-                }
-            )
+            row = {
+                "model": name,
+                "path": path,
+                "tokens_per_s": tok_s,
+                "ms_per_token": 1e3 / tok_s,
+                "speedup": t[f"{name} readable"].median / t[f"{name} {path}"].median,
+                "step_MB": step_bytes / 1e6,
+                "bound_tokens_per_s": bound,
+                "fraction_of_bound": tok_s / bound,
+                "identical": path == "readable"
+                or torch.equal(twins[name, path].generate(probe, new_tokens), reference),
+            }
+            if path == "compiled":
+                saved = (t[f"{name} fast"].median - t[f"{name} compiled"].median) / new_tokens  # s per token
+                row["compile_s"] = twins[name, path].compile_seconds
+                row["pays_after_tokens"] = row["compile_s"] / saved if saved > 0 else float("inf")
+            rows.append(row)
     rows[0]["note"] = t.note()
     return rows

@@ -467,40 +467,34 @@ def acceptance_probability(p, q) -> float:
 def step_costs(target, draft, *, context: int = 32, k: int = 4, warmup: int = 2, repeats: int = 7) -> dict:
     """Measured ingredients of :func:`expected_speedup`, interleaved, batch 1, after ``context``
     cached tokens: ``c`` = draft 1-token step / target 1-token step, ``v`` = target
-    (k+1)-token verify pass / target 1-token step, and ``c_flops``, the same ratio counted in FLOPs."""
-    _check_pair(target, draft)
-    gen = torch.Generator().manual_seed(0)
-    dev = target.embed.weight.device
-    prompt = torch.randint(0, target.config.vocab_size, (1, context), generator=gen).to(dev)
-    step = torch.randint(0, target.config.vocab_size, (1, k + 1), generator=gen).to(dev)
+    (k+1)-token verify pass / target 1-token step, and ``c_flops``, the same ratio counted in FLOPs.
 
-    def variant(model, n):
-        @torch.no_grad()
-        def setup():
-            cache = model.new_cache(1, context + k + 1)
-            model(prompt, cache=cache)
-            return cache
-
-        @torch.no_grad()
-        def run(cache):
-            model(step[:, :n], cache=cache)
-
-        return setup, run
-
-    t = measure.interleaved(
-        {"target": variant(target, 1), "draft": variant(draft, 1), "verify": variant(target, k + 1)},
-        warmup=warmup,
-        repeats=repeats,
-    )
-    base = t["target"].median
-    flops = draft.flops_per_token(context + 1)["total"] / target.flops_per_token(context + 1)["total"]
+    :func:`cost_curve` at the one draft length ``k`` (the same timed calls), with ``v`` a number."""
+    cc = cost_curve(target, draft, ks=(check_int("k", k, min=1),), context=context, warmup=warmup, repeats=repeats)
     return {
-        "c": t["draft"].median / base,
-        "v": t["verify"].median / base,
-        "c_flops": flops,
-        "target_step_s": base,
-        "draft_step_s": t["draft"].median,
+        "c": cc["c"],
+        "v": cc["v"][k],
+        "c_flops": cc["c_flops"],
+        "target_step_s": cc["target_step_s"],
+        "draft_step_s": cc["draft_step_s"],
     }
+
+
+def _forward_timer(model, prompt, step, n: int):
+    """A (setup, run) pair for :func:`course_lib.measure.interleaved`: setup fills a fresh
+    cache with ``prompt`` (untimed), run times one ``n``-token forward (``step[:, :n]``) after it."""
+
+    @torch.no_grad()
+    def setup():
+        cache = model.new_cache(1, prompt.shape[1] + n)
+        model(prompt, cache=cache)
+        return cache
+
+    @torch.no_grad()
+    def run(cache):
+        model(step[:, :n], cache=cache)
+
+    return setup, run
 
 
 def cost_curve(
@@ -513,7 +507,7 @@ def cost_curve(
     ``c`` = a draft step / a target step — a model's 1-token step, or for a
     :class:`PromptLookup` one ``propose`` over ``context`` tokens — and ``c_flops`` the
     same ratio in FLOPs (0 for a lookup). ``draft=None`` measures ``v`` only (``c`` nan).
-    Returns ``{"v": {k: v(k)}, "c", "c_flops", "target_step_s"}``.
+    Returns ``{"v": {k: v(k)}, "c", "c_flops", "target_step_s", "draft_step_s"}``.
     """
     ks = sorted({check_int("k", k, min=1) for k in ks})
     if not ks:
@@ -525,26 +519,15 @@ def cost_curve(
     dev = target.embed.weight.device
     prompt = torch.randint(0, target.config.vocab_size, (1, context), generator=gen).to(dev)
     step = torch.randint(0, target.config.vocab_size, (1, max(ks) + 1), generator=gen).to(dev)
-
-    def variant(model, n):
-        @torch.no_grad()
-        def setup():
-            cache = model.new_cache(1, context + n)
-            model(prompt, cache=cache)
-            return cache
-
-        @torch.no_grad()
-        def run(cache):
-            model(step[:, :n], cache=cache)
-
-        return setup, run
-
-    variants = {"step": variant(target, 1), **{f"verify {k}": variant(target, k + 1) for k in ks}}
+    variants = {
+        "step": _forward_timer(target, prompt, step, 1),
+        **{f"verify {k}": _forward_timer(target, prompt, step, k + 1) for k in ks},
+    }
     if isinstance(draft, PromptLookup):
         toks = prompt[0].tolist()
         variants["draft"] = lambda: draft.propose(toks, max(ks))
     elif draft is not None:
-        variants["draft"] = variant(draft, 1)
+        variants["draft"] = _forward_timer(draft, prompt, step, 1)
     t = measure.interleaved(variants, warmup=warmup, repeats=repeats)
     base = t["step"].median
     if draft is None:
@@ -558,6 +541,7 @@ def cost_curve(
         "c": t["draft"].median / base if draft is not None else float("nan"),
         "c_flops": c_flops,
         "target_step_s": base,
+        "draft_step_s": t["draft"].median if draft is not None else float("nan"),
     }
 
 
@@ -692,6 +676,42 @@ def rag_copy_prompts(encode, n: int = 6, *, first: int = 100, words: int = 3) ->
     return out
 
 
+def reader_copy_prompts(reader, n: int = 6, *, split: str = "test", first: int = 0, copied_only: bool = False) -> list:
+    """The RAG-copy task with a target trained to copy: chapter 08's reader on its own prompts.
+
+    For ``n`` articles of ``split`` from ``first`` on: the reader's prompt
+    (:func:`course_lib.rag.reader_prompt` with the article's passage,
+    :func:`course_lib.rag.passage_of`), encoded by ``reader.encode`` — the answer is the
+    article's title, which is how its passage begins, so a reader that reads copies the
+    opening words of ``[1]``. With ``copied_only`` only articles whose greedy answer *is*
+    the title (then end-of-text) are kept (:meth:`course_lib.rag.Reader.exact_match`): the
+    answers that copy the passage, the case prompt lookup is for. ``reader`` is a
+    :class:`course_lib.rag.Reader` (:func:`course_lib.experiments.rag.load_reader`).
+    Returns the (1, T) prompts.
+    """
+    from course_lib import data, rag
+
+    if not (callable(getattr(reader, "encode", None)) and callable(getattr(reader, "exact_match", None))):
+        raise TypeError(f"reader must be a course_lib.rag.Reader (encode, exact_match), got {type(reader).__name__}")
+    pool = data.articles(split)
+    check_int("first", first, min=0, max=len(pool) - 1)
+    check_int("n", n, min=1, max=len(pool) - first)
+    if not isinstance(copied_only, bool):
+        raise TypeError(f"copied_only must be a bool, got {type(copied_only).__name__}")
+    device = reader.model.embed.weight.device
+    out = []
+    for s in range(first, len(pool), 64 if copied_only else n):
+        arts = pool[s : s + (64 if copied_only else n)]
+        texts = [rag.reader_prompt(a.description, [rag.passage_of(a.text)]) for a in arts]
+        keep = reader.exact_match(texts, [a.title for a in arts]) if copied_only else [True] * len(arts)
+        out += [torch.tensor([reader.encode(t)[0]], device=device) for t, k in zip(texts, keep) if k]
+        if len(out) >= n:
+            return out[:n]
+    raise ValueError(
+        f"only {len(out)} of {split!r}'s articles from {first} on are answered by copying; n must be <= that"
+    )
+
+
 def break_even_table(
     target, draft, prompts: Sequence, *, ks: Sequence[int] = (1, 2, 4, 8), new_tokens: int = 48, repeats: int = 3
 ) -> list[dict]:
@@ -724,6 +744,7 @@ def break_even_table(
         if k:
             st = pooled[k]
             r["drafted/round"] = st.drafted / st.rounds
+            r["acceptance by position"] = [round(a, 3) for a in st.acceptance_by_position]
             # every round as it ran: its drafts (a lookup pays c once per round) and v of what it drafted
             lookup = isinstance(draft, PromptLookup)
             cost = sum((cc["c"] if lookup else d * cc["c"]) + v[d] for d in st.drafted_per_round)
@@ -739,5 +760,6 @@ def break_even_table(
             r["predicted (α, c, v(k))"] = r["predicted (tokens/pass, c, v(k))"] = 1.0
             r["predicted (rounds as drafted)"] = 1.0
             r["drafted/round"] = 0.0
+            r["acceptance by position"] = []
             r["break-even α"] = float("nan")
     return rows

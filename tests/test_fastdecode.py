@@ -80,6 +80,26 @@ def test_speculative_on_the_fast_path_equals_the_readable_target(k):
     assert torch.equal(out, ref) and stats.emitted == 30
 
 
+@pytest.mark.slow
+def test_compiled_step_gives_the_readable_tokens_and_logits():
+    """``compile=True``: the static-shape step compiled by inductor (a 1-layer toy keeps the compile short)."""
+    model = _toy(n_layers=1)
+    fast = FastLM(model, compile=True)
+    assert fast.compiled is not None and fast.compile_seconds > 0
+    assert fast.new_cache(1, 10).max_len == 64  # static shapes: always max_seq_len positions
+    x = torch.randint(0, 97, (1, 20), generator=torch.Generator().manual_seed(3))
+    cache = fast.new_cache(1)
+    steps = [fast(x[:, :8], cache=cache)] + [fast(x[:, i : i + 1], cache=cache) for i in range(8, 20)]
+    torch.testing.assert_close(torch.cat(steps, dim=1), model(x), atol=1e-5, rtol=1e-4)  # 12 compiled steps
+    for seed in range(3):
+        p = torch.randint(0, 97, (1, 4 + seed), generator=torch.Generator().manual_seed(seed))
+        assert torch.equal(fast.generate(p, 40), model.generate(p, 40))
+    out, _ = sd.speculative_generate(fast, sd.PromptLookup(), x[:, :6], 30, k=3)  # rollback over the static cache
+    assert torch.equal(out, model.generate(x[:, :6], 30))
+    with pytest.raises(TypeError, match="compile"):
+        FastLM(model, compile="yes")
+
+
 def test_fast_path_refuses_kinds_it_does_not_implement():
     base = dict(vocab_size=97, d_model=32, n_layers=2, n_heads=4, n_kv_heads=2, max_seq_len=64)
     sparse = TinyLM(sparse_config(ModelConfig(**base), pattern="sliding_window", window=8))
@@ -139,3 +159,5 @@ def test_readable_vs_fast_rows_and_bound():
         fastdecode.readable_vs_fast({})
     with pytest.raises(TypeError, match="models"):
         fastdecode.readable_vs_fast({"x": "small"})
+    with pytest.raises(TypeError, match="compile"):
+        fastdecode.readable_vs_fast({"t": _toy()}, compile=1)

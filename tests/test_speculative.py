@@ -387,6 +387,10 @@ def test_step_costs_and_benchmark_on_toy_models():
     target, draft = _toy_pair()
     sc = sd.step_costs(target, draft, context=8, k=3, warmup=1, repeats=3)
     assert sc["c"] > 0 and sc["v"] > 0 and 0 < sc["c_flops"] < 1  # the draft is the smaller model
+    assert set(sc) == {"c", "v", "c_flops", "target_step_s", "draft_step_s"}
+    assert sc["draft_step_s"] == pytest.approx(sc["c"] * sc["target_step_s"])  # one timing, two readings
+    lk = sd.step_costs(target, sd.PromptLookup(), context=8, k=2, warmup=0, repeats=1)  # cost_curve's lookup c
+    assert lk["c_flops"] == 0.0 and lk["c"] > 0
     prompts = [torch.tensor([[1, 2, 3]]), torch.tensor([[7, 8]])]
     rows = sd.speculative_benchmark(target, draft, prompts, ks=(1, 3), new_tokens=10, warmup=0, repeats=1)
     assert [r["k"] for r in rows] == [0, 1, 3] and all(r["identical"] for r in rows)
@@ -501,6 +505,32 @@ def test_cost_curve_measures_v_for_every_k():
         sd.cost_curve(target, ks=())
     with pytest.raises(ValueError, match="context"):
         sd.cost_curve(target, ks=(4,), context=60)
+
+
+def test_reader_copy_prompts_hold_the_answer_in_the_passage_and_decode_exactly():
+    from course_lib import data
+    from course_lib.experiments.rag import load_reader
+    from course_lib.fastdecode import FastLM
+
+    reader = load_reader()
+    prompts = sd.reader_copy_prompts(reader, 2, first=3)
+    for p, a in zip(prompts, data.articles("test")[3:5], strict=True):
+        text = reader.tokenizer.decode(p[0].tolist())
+        assert text.startswith(f"[1] {a.title} ") and text.endswith(f"Q: {a.description}\nA:")  # the answer, in [1]
+    out, stats = sd.speculative_generate(FastLM(reader.model), sd.PromptLookup(), prompts[0], 8, k=3)
+    assert torch.equal(out, reader.model.generate(prompts[0], 8)) and stats.emitted == 8
+    for p in sd.reader_copy_prompts(reader, 2, copied_only=True):  # greedy answers that quote [1]'s opening
+        new = reader.model.generate(p, 12)[0, p.shape[1] :].tolist()
+        answer = reader.tokenizer.decode(new[: new.index(reader.eot)]).strip()
+        assert answer and reader.tokenizer.decode(p[0].tolist()).startswith(f"[1] {answer} ")
+    with pytest.raises(ValueError, match="n must be"):
+        sd.reader_copy_prompts(reader, 0)
+    with pytest.raises(TypeError, match="copied_only"):
+        sd.reader_copy_prompts(reader, 1, copied_only="yes")
+    with pytest.raises(ValueError, match="first"):
+        sd.reader_copy_prompts(reader, 1, first=10**6)
+    with pytest.raises(TypeError, match="reader"):
+        sd.reader_copy_prompts(reader.model, 1)
 
 
 def test_break_even_table_predicts_from_the_rounds_as_drafted():
