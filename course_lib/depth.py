@@ -27,6 +27,14 @@ skipped layer, which writes :math:`K_\ell = W_K^{(\ell)} \mathrm{norm}_\ell(h_e)
 costs the key/value projections of the skipped layers (about 6 % of a block for the small
 patient) but not their attention or MLP. The tests check those cache entries.
 
+**Training a model to exit** (LayerSkip, Elhoushi et al. 2024). A model trained only through
+its last block has middle layers that were never asked to predict. :func:`train_for_exit`
+fine-tunes low-rank updates :math:`W + BA` of every block's linear layers with layer dropout
+rising with depth (:func:`layer_dropout_rates`; a dropped block leaves the residual unchanged,
+the very state copying leaves for later blocks) and an early-exit loss on every layer through
+the shared head (:func:`exit_loss_weights`); :func:`apply_exit_delta` merges the stored
+update back, so the result is a plain :class:`TinyLM` for every function here.
+
 **Mixture-of-Depths** (Raposo et al. 2024). A block gets a router :math:`r_i = w^\top x_i`;
 of a sequence of :math:`T` tokens only the top :math:`k = \lceil cT \rceil` by score
 (capacity :math:`c`) go through the block, the rest skip it on the residual stream. It is
@@ -35,7 +43,7 @@ block chooses its tokens, so the compute per sequence is fixed and known in adva
 router learns through a gate on the block's update that is exactly 1 in the forward pass
 (:class:`MoDBlock`), so at capacity 1 the block is the plain block, bit for bit.
 
-The expensive runs (exit-adapter training, MoD fine-tuning) live in
+The expensive runs (exit-adapter training, the exit fine-tune, MoD fine-tuning) live in
 :mod:`course_lib.experiments.depth`: ``python -m course_lib.build depth``.
 """
 
@@ -242,6 +250,205 @@ def train_exit_heads(
         for p, g in zip(model.parameters(), frozen):
             p.requires_grad_(g)
     return heads.eval(), history
+
+
+# --------------------------------------------------------------------------- training a model to exit (LayerSkip)
+
+
+def layer_dropout_rates(n_layers: int, max_rate: float) -> list[float]:
+    r"""LayerSkip's layer-dropout rates, rising with depth (Elhoushi et al. 2024, eq. 1):
+    :math:`p_\ell = p_{max}\,(2^{\ell/(L-1)} - 1)`, so the first block is never dropped and
+    the last is dropped with probability :math:`p_{max}`."""
+    n_layers = check_int("n_layers", n_layers, min=1)
+    max_rate = check_float("max_rate", max_rate, min=0, max=1, max_inclusive=False)
+    if n_layers == 1:
+        return [0.0]
+    return [max_rate * (2 ** (layer / (n_layers - 1)) - 1) for layer in range(n_layers)]
+
+
+def exit_loss_weights(n_layers: int, scale: float) -> list[float]:
+    r"""LayerSkip's normalised early-exit loss weights (eq. 4, without the curriculum):
+    :math:`e_\ell = s \sum_{i=0}^{\ell} i` for the exits :math:`\ell < L - 1`, and
+    :math:`e_{L-1} = L - 1 + s \sum_{i=0}^{L-2} i` for the model's own output; then
+    :math:`\tilde e_\ell = e_\ell / \sum_i e_i`. Later exits weigh more (they are easier to
+    make agree); ``scale`` :math:`s = 0` is ordinary training (all weight on the last layer)."""
+    n_layers = check_int("n_layers", n_layers, min=1)
+    scale = check_float("scale", scale, min=0)
+    tri = [layer * (layer + 1) / 2 for layer in range(n_layers)]  # sum_{i<=l} i
+    e = [scale * tri[layer] for layer in range(n_layers - 1)] + [
+        n_layers - 1 + scale * tri[n_layers - 2] if n_layers > 1 else 1.0
+    ]
+    total = sum(e)
+    return [v / total for v in e]
+
+
+class _LowRankDelta(nn.Module):
+    """A trainable low-rank update of a frozen weight: ``W -> W + B A`` (LoRA, Hu et al. 2021)."""
+
+    def __init__(self, out_features: int, in_features: int, rank: int):
+        super().__init__()
+        self.a = nn.Parameter(torch.randn(rank, in_features) * in_features**-0.5)
+        self.b = nn.Parameter(torch.zeros(out_features, rank))
+
+    def forward(self, w):
+        return w + self.b @ self.a
+
+
+def _block_linears(model: TinyLM) -> list[tuple[str, nn.Linear]]:
+    return [
+        (f"blocks.{i}.{n}", m)
+        for i, b in enumerate(model.blocks)
+        for n, m in b.named_modules()
+        if isinstance(m, nn.Linear)
+    ]
+
+
+def apply_exit_delta(model: TinyLM, delta: dict) -> TinyLM:
+    r"""A copy of ``model`` with the low-rank updates of :func:`train_for_exit` merged in:
+    :math:`W \leftarrow W + B A` for every linear layer of the blocks (``delta`` maps
+    ``"<layer>.a"`` / ``"<layer>.b"`` to the factors; fp16 factors are used as float32).
+    The result is a plain :class:`TinyLM`: every early-exit function applies to it."""
+    model = _check_model(model)
+    check_type("delta", delta, dict)
+    names = {n for n, _ in _block_linears(model)}
+    unknown = sorted({k.rsplit(".", 1)[0] for k in delta} - names)
+    if unknown or any(not k.endswith((".a", ".b")) for k in delta):
+        raise ValueError(f"delta must map '<block linear>.a' / '.b' to factors; unknown: {unknown[:3]}")
+    out = copy.deepcopy(model)
+    with torch.no_grad():
+        for name, lin in _block_linears(out):
+            if f"{name}.a" in delta:
+                a, b = delta[f"{name}.a"].float(), delta[f"{name}.b"].float()
+                if a.shape[1] != lin.in_features or b.shape[0] != lin.out_features or a.shape[0] != b.shape[1]:
+                    raise ValueError(f"delta factors of {name} have shapes {tuple(b.shape)} x {tuple(a.shape)}")
+                lin.weight.copy_(lin.weight + b @ a)
+    return out
+
+
+def layerskip_loss(
+    model: TinyLM, x, y, *, drop, weights, exit_tokens: int, generator
+) -> tuple[torch.Tensor, list[float]]:
+    r"""One LayerSkip training loss on the batch ``x`` -> ``y`` (B, T).
+
+    Block :math:`\ell` is skipped for a whole sequence with probability ``drop[l]`` (the
+    residual passes unchanged: exactly the state an exited token leaves for the later
+    layers' K and V, so training with it teaches the model to live with state copying).
+    Every layer's output is read by the model's own norm and LM head (no extra parameters)
+    and scored against the next tokens; the exits (:math:`\ell < L - 1`) on
+    ``exit_tokens`` random positions to keep the LM-head cost down. Returns
+    :math:`\sum_\ell \tilde e_\ell \mathrm{CE}_\ell` and the per-layer losses.
+    """
+    b, t = x.shape
+    cos, sin = model.rope_cos[:t], model.rope_sin[:t]
+    h = model.embed(x)  # (B, T, C)
+    n_layers = len(model.blocks)
+    flat_y = y.reshape(-1)
+    pick = torch.randperm(b * t, generator=generator)[: min(exit_tokens, b * t)]
+    total, per = 0.0, []
+    for layer, block in enumerate(model.blocks):
+        keep = torch.rand(b, generator=generator) >= drop[layer]  # (B,)
+        if bool(keep.all()):
+            h = block(h, cos, sin)
+        elif bool(keep.any()):
+            out = h.clone()
+            out[keep] = block(h[keep], cos, sin)
+            h = out
+        if layer == n_layers - 1:
+            ce = F.cross_entropy(model.lm_head(model.norm(h)).flatten(0, 1).float(), flat_y)
+        elif weights[layer] > 0:
+            ce = F.cross_entropy(model.lm_head(model.norm(h.flatten(0, 1)[pick])).float(), flat_y[pick])
+        else:
+            per.append(float("nan"))
+            continue
+        total = total + weights[layer] * ce
+        per.append(ce.item())
+    return total, per
+
+
+def train_for_exit(
+    model: TinyLM,
+    train_ids,
+    *,
+    rank: int = 16,
+    steps: int = 200,
+    batch_size: int = 16,
+    seq_len: int = 128,
+    lr: float = 2e-3,
+    max_dropout: float = 0.2,
+    exit_scale: float = 1.0,
+    exit_tokens: int = 512,
+    seed: int = 0,
+    progress: bool = False,
+) -> tuple[TinyLM, dict, list[list[float]]]:
+    r"""Fine-tune ``model`` to exit early, LayerSkip-style (Elhoushi et al. 2024).
+
+    A frozen model gets rank-``rank`` updates :math:`W + BA` on every linear layer of its
+    blocks (the embedding / tied LM head and the norms stay as they were, so what changes is
+    a few hundred KB), trained on random windows of ``train_ids`` with
+    :func:`layerskip_loss`: layer dropout rising with depth (:func:`layer_dropout_rates`,
+    up to ``max_dropout``) and the early-exit loss on every layer through the shared head
+    (:func:`exit_loss_weights` with ``exit_scale``). AdamW, linear warm-up, cosine decay.
+    The factors are rounded to fp16 (what is stored is what is measured).
+
+    Returns (the exit-trained model, a plain :class:`TinyLM` built by
+    :func:`apply_exit_delta`; the fp16 ``delta``; the per-layer losses of every step).
+    """
+    from course_lib.data import random_batch
+    from course_lib.train import TrainConfig, lr_at
+
+    model = _check_model(model)
+    rank = check_int("rank", rank, min=1, max=model.config.d_model)
+    steps = check_int("steps", steps, min=1)
+    batch_size = check_int("batch_size", batch_size, min=1)
+    seq_len = check_int("seq_len", seq_len, min=2, max=model.config.max_seq_len)
+    lr = check_float("lr", lr, min=0, min_inclusive=False)
+    max_dropout = check_float("max_dropout", max_dropout, min=0, max=1, max_inclusive=False)
+    exit_scale = check_float("exit_scale", exit_scale, min=0)
+    exit_tokens = check_int("exit_tokens", exit_tokens, min=1)
+    n_layers = model.config.n_layers
+    drop = layer_dropout_rates(n_layers, max_dropout)
+    weights = exit_loss_weights(n_layers, exit_scale)
+    work = copy.deepcopy(model).train()
+    for p in work.parameters():
+        p.requires_grad_(False)
+    deltas: dict[str, _LowRankDelta] = {}
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        for name, lin in _block_linears(work):
+            deltas[name] = _LowRankDelta(lin.out_features, lin.in_features, rank)
+            nn.utils.parametrize.register_parametrization(lin, "weight", deltas[name])
+    params = [p for d in deltas.values() for p in d.parameters()]
+    cfg = TrainConfig(
+        steps=steps, batch_size=batch_size, seq_len=seq_len, lr=lr, warmup_steps=min(20, steps), seed=seed
+    )
+    opt = torch.optim.AdamW(params, lr=lr, betas=cfg.betas, weight_decay=0.0)
+    gen = torch.Generator().manual_seed(seed)
+    history = []
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=steps, desc="train for exit", mininterval=1.0)
+    for step in range(steps):
+        for g in opt.param_groups:
+            g["lr"] = lr_at(step, cfg)
+        x, y = random_batch(train_ids, batch_size, seq_len, gen)
+        loss, per = layerskip_loss(work, x, y, drop=drop, weights=weights, exit_tokens=exit_tokens, generator=gen)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+        opt.step()
+        history.append([round(v, 4) for v in per])
+        if bar is not None:
+            bar.set_postfix({"final": f"{per[-1]:.3f}"}, refresh=False)
+            bar.update(1)
+    if bar is not None:
+        bar.close()
+    delta = {}
+    for name, d in deltas.items():
+        delta[f"{name}.a"] = d.a.detach().half().contiguous()
+        delta[f"{name}.b"] = d.b.detach().half().contiguous()
+    return apply_exit_delta(model, delta).eval(), delta, history
 
 
 # --------------------------------------------------------------------------- early-exit decoding

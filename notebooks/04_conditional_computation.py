@@ -575,8 +575,9 @@ print("threshold 1.0 == the full model: logits bit for bit, generated tokens ide
 # for each rule; *blocks run* is the mean share of blocks a token runs, *FLOPs* adds what
 # exiting costs (the copied K/V projections and every check). The dashed lines are the
 # issue's target (agreement above the horizontal line at a share of the layers left of the
-# vertical one). Below the figure, the cheapest point that keeps the agreement is
-# recomputed live.
+# vertical one). The dashed curves are the patient *trained to exit* (next subsection), each
+# judged against its own full depth. Below the figure, the cheapest point of the frozen
+# patient that keeps the agreement is recomputed live.
 
 # %%
 depth_runs.sweep_figure(depth_stored).show()
@@ -636,6 +637,138 @@ display(
         f"{2 * ee_model.config.d_model * ee_model.config.vocab_size / depth.block_flops(ee_model.blocks[0], 128)['total']:.1f}"
         " blocks' worth of FLOPs, so their FLOPs curves lie far right of their blocks-run curves; the probe "
         "rule decides with a dot product and runs the head once, where the token exits."
+    )
+)
+
+
+# %% [markdown]
+# ### A patient trained to exit (LayerSkip)
+#
+# The small patient was trained to predict the next token from its *last* block; nothing
+# asked its middle blocks to be ready early. **LayerSkip** (Elhoushi et al., 2024) fine-tunes
+# a model for exactly that, with two ingredients:
+#
+# * **layer dropout rising with depth**: in training, block $\ell$ is skipped for a whole
+#   sequence with probability $p_\ell = p_{max}\,(2^{\ell/(L-1)} - 1)$ (never the first block,
+#   $p_{max}$ for the last). A skipped block leaves the residual stream unchanged, which is
+#   exactly the state an exited token leaves for the later blocks' K and V: the model also
+#   learns to live with CALM's state copying;
+# * an **early-exit loss on every layer** through the model's own norm and LM head (no
+#   adapters): $\mathcal L = \sum_\ell \tilde e_\ell \,\mathrm{CE}(\mathrm{LMHead}(\mathrm{norm}(h_\ell)), y)$,
+#   with weights $\tilde e_\ell$ that grow with depth.
+#
+# The build (`python -m course_lib.build depth --part trained`) fine-tunes rank-16 updates
+# $W + BA$ of every block's linear layers (`depth.train_for_exit`; stored in fp16, merged
+# back by `depth_runs.load_exit_trained()`), then sweeps thresholds as above, with the shared
+# head and no adapters. **Agreement is measured against the full depth of the model the
+# exits belong to**: for the exit-trained model, against *its own* last block, not the
+# original patient's. What the fine-tune costs is the perplexity of its full depth beside
+# the original's.
+
+# %%
+ls_model = depth_runs.load_exit_trained()
+TR = depth_stored["exit_trained"]
+with torch.no_grad():
+    ls_states = depth.hidden_states(ls_model, ee_ids)  # n_blocks x (16, 128, C)
+    ls_top = torch.stack(
+        [depth.exit_logits(ls_model, h, i).argmax(-1) for i, h in enumerate(ls_states)]
+    )  # (L, 16, 128)
+    ls_conf = depth.confidence(depth.exit_logits(ls_model, ls_states[-1], n_blocks - 1), "max_prob")
+ls_lens = (ls_top == ls_top[-1]).float().mean((1, 2)).tolist()
+assert max(abs(a - b) for a, b in zip(ls_lens, TR["lens_agreement"]["trained"])) < 0.01
+# stopping each token at the first block whose top token is the full depth's: what a perfect rule would run
+ls_first = (ls_top == ls_top[-1]).float().argmax(0)  # (16, 128), the first agreeing block
+LS_ORACLE = round(float((ls_first + 1).float().mean()) / n_blocks, 3)
+print("layer dropout per block:", TR["dropout"], " exit-loss weights:", TR["exit_weights"])
+print(
+    f"fine-tuned: {TR['delta_params']:,} parameters in rank-{TR['train']['rank']} updates, {TR['train']['steps']} steps"
+)
+viz.Table(
+    [
+        {
+            "exit after block": i + 1,
+            "original patient (logit lens)": round(a, 3),
+            "exit-trained model": round(b, 3),
+        }
+        for i, (a, b) in enumerate(zip(lens_agree, ls_lens))
+    ],
+    caption="Share of validation positions whose exit's top token is the same model's full-depth top token",
+)
+
+# %%
+ls_best = {rule: depth_runs.best_point(rows) for rule, rows in TR["sweeps"].items()}
+ls_rule = min((r for r in ls_best if ls_best[r]), key=lambda r: ls_best[r]["layer_fraction"])
+ls_point = ls_best[ls_rule]
+# that point recomputed live on the same windows
+ls_run = depth.early_exit_forward(ls_model, ee_ids, threshold=ls_point["threshold"], rule=ls_rule)
+ls_flops = depth.early_exit_flops(ls_model, ls_run.exit_layer[:, :-1], rule=ls_rule, seq_len=ee_ids.shape[1])
+LS_AGREEMENT = round(float((ls_run.logits[:, :-1].argmax(-1) == ls_top[-1][:, :-1]).float().mean()), 3)
+LS_LAYERS_AT_95 = round(ls_flops["layer_fraction"], 3)
+LS_FLOPS_AT_95 = round(ls_flops["fraction"], 3)
+ls_logits = ls_run.logits[:, :-1]
+LS_PPL = round(math.exp(float(F.cross_entropy(ls_logits.flatten(0, 1), ee_ids[:, 1:].flatten()))), 1)
+assert abs(LS_AGREEMENT - ls_point["agreement"]) < 0.01 and abs(LS_LAYERS_AT_95 - ls_point["layer_fraction"]) < 0.01
+assert abs(LS_PPL / ls_point["ppl"] - 1) < 0.01
+PPL_FULL = {"original": EE["sweeps"]["max_prob/lens"][0]["ppl"], "exit-trained": TR["sweeps"][ls_rule][0]["ppl"]}
+rows_cmp = [("original", depth_runs.SWEEP_NAMES[ee_key], ee_point)] + [
+    ("exit-trained", depth_runs.TRAINED_NAMES[r], b) for r, b in ls_best.items()
+]
+viz.Table(
+    [
+        {
+            "model": m,
+            "rule": name,
+            "threshold": b["threshold"] if b else "none",
+            "blocks run": round(b["layer_fraction"], 3) if b else None,
+            "FLOPs": round(b["flops_fraction"], 3) if b else None,
+            "agreement": round(b["agreement"], 3) if b else None,
+            "perplexity": round(b["ppl"], 1) if b else None,
+            "full-depth perplexity": round(PPL_FULL[m], 1),
+        }
+        for m, name, b in rows_cmp
+    ],
+    caption=f"The cheapest stored threshold keeping ≥ {target_agree:.0%} agreement with the same model's full depth "
+    "(perplexities on the sweep's validation windows)",
+)
+
+# %%
+ls_reached = LS_LAYERS_AT_95 <= target_layers
+ls_cost = PPL_FULL["exit-trained"] / PPL_FULL["original"] - 1
+# the frozen patient's fewest blocks at the same agreement, over all its rules (the table above picked by FLOPs)
+frozen_key = min((k for k in ee_best if ee_best[k]), key=lambda k: ee_best[k]["layer_fraction"])
+FROZEN_LAYERS_AT_95 = ee_best[frozen_key]["layer_fraction"]
+ls_moved = LS_LAYERS_AT_95 < FROZEN_LAYERS_AT_95 - 0.005
+display(
+    Markdown(
+        f"**Trained to exit.** The exit-trained patient keeps {LS_AGREEMENT:.1%} agreement with its own full depth "
+        f"running {LS_LAYERS_AT_95:.0%} of its blocks ({LS_FLOPS_AT_95:.0%} of the FLOPs; "
+        f"{depth_runs.TRAINED_NAMES[ls_rule]}, threshold {ls_point['threshold']:g}), against "
+        f"{FROZEN_LAYERS_AT_95:.1%} of the blocks for the frozen patient's rule that runs the fewest "
+        f"({depth_runs.SWEEP_NAMES[frozen_key]}): "
+        + ("fewer blocks at the same agreement. " if ls_moved else "no saving at this agreement. ")
+        + f"Its full depth pays "
+        f"{ls_cost:+.1%} perplexity on the same windows ({PPL_FULL['original']:.1f} → {PPL_FULL['exit-trained']:.1f}). "
+        + (
+            f"That meets the issue's target of ≤ {target_layers:.0%} of the layers."
+            if ls_reached
+            else f"That still misses the target of ≤ {target_layers:.0%}. The exits did move towards the full depth "
+            f"(the exit after block {n_blocks - 1} now agrees on {ls_lens[-2]:.0%} of the tokens, up from "
+            f"{lens_agree[-2]:.0%}), and the answer is often there early: a perfect rule, stopping each token at "
+            f"the first block whose top token is the full depth's, would run only {LS_ORACLE:.0%} of the blocks "
+            f"at 100 % agreement. What is missing is a *rule* that knows which tokens those are. The model is "
+            f"rarely sure of its next token (median top probability of its full depth "
+            f"{float(ls_conf.median()):.2f}), so a confident early exit and a later change of mind look alike to "
+            "a softmax score, and every wrong exit also leaves copied K/V entries that nudge the tokens after it. "
+            "LayerSkip continues pre-training for billions of tokens and CALM calibrates its thresholds on models "
+            f"tens of layers deep; a few CPU-minutes of low-rank fine-tuning ({TR['train_cpu_seconds']:.0f} s) "
+            f"on a {n_blocks}-block patient "
+            + (
+                "moves the frontier, not all the way."
+                if ls_moved
+                else "makes the exits agree more often, but not on the tokens a softmax score singles out: "
+                "at 95 % agreement the frontier does not move."
+            )
+        )
     )
 )
 
@@ -872,7 +1005,9 @@ viz.static_twin(
 depth_summary = (
     f"Early exit on the {n_blocks}-block small patient keeps {EE_AGREEMENT:.0%} next-token agreement with the full "
     f"model while running {EE_LAYERS_AT_95:.0%} of its blocks ({EE_FLOPS_AT_95:.0%} of its FLOPs, exit checks "
-    f"included; target ≤ {target_layers:.0%}). Mixture-of-Depths at capacity 0.25 on two of the tiny patient's "
+    f"included; target ≤ {target_layers:.0%}); fine-tuned to exit (LayerSkip), it keeps {LS_AGREEMENT:.0%} "
+    f"agreement with its own full depth at {LS_LAYERS_AT_95:.0%} of the blocks, for {ls_cost:+.1%} full-depth "
+    f"perplexity. Mixture-of-Depths at capacity 0.25 on two of the tiny patient's "
     f"four blocks cuts those blocks' FLOPs to {mod_q['block_flops_fraction']:.0%} "
     f"({MOD_FLOPS[0.25]:.0%} of the whole model's) for {MOD_LOSS[0.25] - MOD_LOSS[1.0]:+.3f} nats of validation "
     f"loss after {MOD['train']['steps']} fine-tuning steps (blocks removed: {MOD_LOSS['drop'] - MOD_LOSS[1.0]:+.3f})."
@@ -896,7 +1031,10 @@ display(Markdown(depth_summary))
 # * **Depth is conditional too.** Early exit stops a token when a confidence rule says the
 #   answer is clear, and owes the skipped layers their KV entries (copied here, as in CALM);
 #   how much depth that saves at a given agreement is the quality/compute curve measured
-#   above. Mixture-of-Depths fixes the budget instead: a router picks the tokens a block
+#   above. A model can be *trained* to exit (LayerSkip: layer dropout rising with depth and
+#   an exit loss on every layer): its exits agree with its full depth more often, for some
+#   perplexity, but a softmax confidence still cannot tell which early answers will stand.
+#   Mixture-of-Depths fixes the budget instead: a router picks the tokens a block
 #   processes — chapter 02's expert choice, with the identity as the second expert.
 #
 # **What this does not show:** a fused sparse kernel (compiled, one call per MLP), which
@@ -966,6 +1104,67 @@ def predicted_speedup_95() -> float:
 assert check_sparse_speedup_prediction(predicted_speedup_95, measured_95).passed
 
 # %% [markdown]
+# ## Exercise 3 · An entropy exit rule
+#
+# The chapter's softmax rules look at the top one or two probabilities. CALM's paper also
+# considers the whole distribution: a token whose next-token distribution has low entropy is
+# one the model is sure of. Write `entropy_confidence(logits)` for logits (..., V): with
+# $p = \mathrm{softmax}(\text{logits})$, return $c = 1 - H(p)/\ln V$ (...), where
+# $H(p) = -\sum_v p_v \ln p_v$; it is 0 for a uniform distribution and near 1 when one token
+# takes all the mass, so a threshold on it works like the others.
+
+# %%
+from course_lib.exercises import check_entropy_confidence, check_exit_layers_prediction
+
+
+def entropy_confidence(logits):
+    raise NotImplementedError  # your code here
+
+
+check_entropy_confidence(entropy_confidence)
+
+
+# %% tags=["solution"] jupyter={"source_hidden": true} cellView="form"
+# @title Solution — try the exercise first
+def entropy_confidence(logits):
+    logp = F.log_softmax(logits.float(), dim=-1)  # stable: no log of a zero probability
+    entropy = -(logp.exp() * logp).sum(-1)  # (...)
+    return 1 - entropy / math.log(logits.shape[-1])
+
+
+assert check_entropy_confidence(entropy_confidence).passed
+
+# %% [markdown]
+# ## Exercise 4 · Predict, then measure: how deep at threshold 0.3?
+#
+# The stored sweep of the exit-trained patient (`TR["sweeps"]["max_prob"]`) gives the share
+# of blocks run at thresholds 0.35 and 0.25 on the validation windows above. Predict the share
+# at **0.3** with the max-probability rule on *other* validation text (the windows that follow),
+# before running the next cell.
+
+
+# %%
+def predicted_share_at_03() -> float:
+    raise NotImplementedError  # your prediction here, a share of the blocks (e.g. 0.8)
+
+
+# %%
+fresh_ids = depth_runs.windows("val", 20, 128)[16:]  # (4, 128): after the sweep's 16 windows
+measured_share = depth.early_exit_forward(ls_model, fresh_ids, threshold=0.3, rule="max_prob").layer_fraction
+print(f"measured: {measured_share:.3f} of the blocks")
+check_exit_layers_prediction(predicted_share_at_03, measured_share)
+
+
+# %% tags=["solution"] jupyter={"source_hidden": true} cellView="form"
+# @title Solution — try the exercise first
+def predicted_share_at_03() -> float:
+    rows = {r["threshold"]: r["layer_fraction"] for r in TR["sweeps"]["max_prob"]}
+    return (rows[0.35] + rows[0.25]) / 2  # the share moves smoothly with the threshold: interpolate
+
+
+assert check_exit_layers_prediction(predicted_share_at_03, measured_share).passed
+
+# %% [markdown]
 # ## Self-check
 #
 # A short quiz; every answer explains why it is right or wrong. The last question is about
@@ -993,4 +1192,6 @@ progress.show("04")
 # * Shazeer (2020), *GLU Variants Improve Transformer*. [arXiv:2002.05202](https://arxiv.org/abs/2002.05202)
 # * Li et al. (2023), *The Lazy Neuron Phenomenon: On Emergence of Activation Sparsity in Transformers*. [arXiv:2210.06313](https://arxiv.org/abs/2210.06313)
 # * Schuster et al. (2022), *Confident Adaptive Language Modeling* (CALM). [arXiv:2207.07061](https://arxiv.org/abs/2207.07061)
+# * Elhoushi et al. (2024), *LayerSkip: Enabling Early Exit Inference and Self-Speculative Decoding*. [arXiv:2404.16710](https://arxiv.org/abs/2404.16710)
+# * Hu et al. (2021), *LoRA: Low-Rank Adaptation of Large Language Models*. [arXiv:2106.09685](https://arxiv.org/abs/2106.09685)
 # * Raposo et al. (2024), *Mixture-of-Depths: Dynamically allocating compute in transformer-based language models*. [arXiv:2404.02258](https://arxiv.org/abs/2404.02258)

@@ -345,6 +345,11 @@ def test_figures_draw_the_stored_runs():
     fig = depth_runs.sweep_figure(st)
     assert len(fig.data) == 2 * len(depth_runs.SWEEP_NAMES)
     assert list(fig.data[1].x) == [1.0, 1.4, 1.1]  # the FLOPs panel
+    st["exit_trained"] = {"sweeps": {k: st["early_exit"]["sweeps"]["max_prob/lens"] for k in depth_runs.TRAINED_NAMES}}
+    fig = depth_runs.sweep_figure(st)  # the exit-trained model's curves are added, dashed
+    assert len(fig.data) == 2 * (len(depth_runs.SWEEP_NAMES) + len(depth_runs.TRAINED_NAMES))
+    assert fig.data[-1].line.dash == "dash" and fig.data[0].line.dash == "solid"
+    assert fig.data[-1].name == depth_runs.TRAINED_NAMES["top2_gap"]
     fig = depth_runs.mod_figure(st)
     assert list(fig.data[0].x) == [1.0, 0.8, 0.7] and list(fig.data[-1].y) == [5.0]
     assert [tr.name for tr in fig.data[1:]] == ["capacity 1", "capacity 0.5", "capacity 0.25", "two blocks removed"]
@@ -378,3 +383,115 @@ def test_sweep_batches_thresholds_like_separate_runs(lm):
         r = depth.early_exit_forward(lm, x, threshold=row["threshold"], min_layer=1)
         counts = torch.bincount(r.exit_layer[:, :-1].flatten(), minlength=CFG.n_layers).tolist()
         assert counts == row["exit_counts"]
+
+
+# --------------------------------------------------------------------------- training a model to exit (LayerSkip)
+
+
+def test_layer_dropout_rises_from_zero_to_the_maximum():
+    rates = depth.layer_dropout_rates(5, 0.4)
+    assert rates[0] == 0.0 and rates[-1] == pytest.approx(0.4)
+    assert all(a < b for a, b in zip(rates, rates[1:]))
+    assert rates[2] == pytest.approx(0.4 * (2**0.5 - 1))  # p_max (2^{l/(L-1)} - 1)
+    assert depth.layer_dropout_rates(1, 0.4) == [0.0]
+
+
+def test_exit_loss_weights_by_hand():
+    # e = s * sum_{i<=l} i for the exits, L-1 + s * sum_{i<=L-2} i for the last layer: [0, 1, 3, 6] / 10
+    assert depth.exit_loss_weights(4, 1.0) == pytest.approx([0.0, 0.1, 0.3, 0.6])
+    assert depth.exit_loss_weights(4, 0.0) == pytest.approx([0.0, 0.0, 0.0, 1.0])  # plain training
+    w = depth.exit_loss_weights(6, 4.0)
+    assert sum(w) == pytest.approx(1.0) and all(a <= b for a, b in zip(w, w[1:]))
+
+
+def test_layerskip_loss_without_dropout_or_exits_is_the_model_loss(lm):
+    x = ids(2, 12, seed=3)
+    y = ids(2, 12, seed=4)
+    gen = torch.Generator().manual_seed(0)
+    n = CFG.n_layers
+    with torch.no_grad():
+        loss, per = depth.layerskip_loss(
+            lm, x, y, drop=[0.0] * n, weights=depth.exit_loss_weights(n, 0.0), exit_tokens=8, generator=gen
+        )
+        assert float(loss) == pytest.approx(float(lm.loss(x, y)), rel=1e-6)
+        assert all(math.isnan(v) for v in per[:-1])
+        # every block dropped for every sequence: the embedding read by the head
+        loss, _ = depth.layerskip_loss(
+            lm, x, y, drop=[1.0] * n, weights=depth.exit_loss_weights(n, 0.0), exit_tokens=8, generator=gen
+        )
+        want = F.cross_entropy(lm.lm_head(lm.norm(lm.embed(x))).flatten(0, 1), y.flatten())
+        assert float(loss) == pytest.approx(float(want), rel=1e-6)
+
+
+def test_zero_delta_is_the_model_and_delta_is_merged(lm):
+    names = [n for n, _ in depth._block_linears(lm)]
+    lin = dict(depth._block_linears(lm))
+    zero = {}
+    for n in names:
+        zero[f"{n}.a"] = torch.randn(2, lin[n].in_features).half()
+        zero[f"{n}.b"] = torch.zeros(lin[n].out_features, 2).half()
+    same = depth.apply_exit_delta(lm, zero)
+    x = ids(1, 10, seed=5)
+    with torch.no_grad():
+        assert torch.equal(same(x), lm(x))
+    one = {
+        f"{names[0]}.a": torch.ones(1, lin[names[0]].in_features),
+        f"{names[0]}.b": torch.ones(lin[names[0]].out_features, 1),
+    }
+    moved = depth.apply_exit_delta(lm, one)
+    assert torch.equal(dict(depth._block_linears(moved))[names[0]].weight, lin[names[0]].weight + 1)
+    assert torch.equal(dict(depth._block_linears(moved))[names[1]].weight, lin[names[1]].weight)  # the rest untouched
+    with pytest.raises(ValueError, match="delta"):
+        depth.apply_exit_delta(lm, {"blocks.0.nope.a": torch.ones(1, 1)})
+    with pytest.raises(ValueError, match="delta factors"):
+        depth.apply_exit_delta(lm, {f"{names[0]}.a": torch.ones(1, 3), f"{names[0]}.b": torch.ones(3, 1)})
+
+
+def test_train_for_exit_teaches_the_exits_and_keeps_the_model_frozen(lm):
+    # a text the early layers can learn: a fixed cycle of tokens
+    text = torch.arange(3000) % 13
+    before = {k: v.clone() for k, v in lm.state_dict().items()}
+    model, delta, hist = depth.train_for_exit(
+        lm, text, rank=4, steps=40, batch_size=4, seq_len=16, lr=1e-2, max_dropout=0.3, exit_scale=2.0, exit_tokens=32
+    )
+    assert all(torch.equal(v, lm.state_dict()[k]) for k, v in before.items())  # the input model is untouched
+    assert isinstance(model, TinyLM) and all(v.dtype == torch.float16 for v in delta.values())
+    assert len(delta) == 2 * len(depth._block_linears(lm))
+    for layer in range(1, CFG.n_layers):  # every exit with a weight learned (the cycle is easy)
+        assert sum(h[layer] for h in hist[-5:]) < sum(h[layer] for h in hist[:5])
+    rebuilt = depth.apply_exit_delta(lm, delta)  # what is stored is what is measured
+    assert all(torch.equal(v, rebuilt.state_dict()[k]) for k, v in model.state_dict().items())
+    r = depth.early_exit_forward(model, text[:12][None], threshold=1.0)  # still a plain TinyLM
+    assert (r.exit_layer == CFG.n_layers - 1).all()
+
+
+@pytest.mark.parametrize(
+    "kw, match",
+    [
+        ({"rank": 0}, "rank"),
+        ({"max_dropout": 1.0}, "max_dropout"),
+        ({"exit_scale": -1.0}, "exit_scale"),
+        ({"seq_len": 1}, "seq_len"),
+        ({"steps": 0}, "steps"),
+    ],
+)
+def test_train_for_exit_rejects_bad_settings(lm, kw, match):
+    with pytest.raises((ValueError, TypeError), match=match):
+        depth.train_for_exit(lm, torch.arange(100) % 7, **{"seq_len": 16, **kw})
+
+
+def test_stored_exit_trained_model_loads_and_is_reported():
+    stored = depth_runs.load_runs()
+    section = stored.get("exit_trained")
+    if section is None:
+        pytest.skip("depth_runs.json has no exit_trained section yet (python -m course_lib.build depth --part trained)")
+    model = depth_runs.load_exit_trained()
+    assert section["delta_params"] == sum(
+        m.in_features * depth_runs.TRAINED["rank"] + m.out_features * depth_runs.TRAINED["rank"]
+        for _, m in depth._block_linears(model)
+    )
+    for rule in depth_runs.TRAINED_SWEEPS:
+        rows = section["sweeps"][rule]
+        assert rows[0]["threshold"] == 1.0 and rows[0]["agreement"] == 1.0 and rows[0]["layer_fraction"] == 1.0
+        assert [r["threshold"] for r in rows] == list(depth_runs.TRAINED_THRESHOLDS)
+    assert section["lens_agreement"]["trained"][-1] == 1.0

@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 import torch.nn.functional as F
 
-from course_lib.exercises import ExerciseFailed, check_sparse_speedup_prediction, check_topk_mlp
+from course_lib.exercises import (
+    ExerciseFailed,
+    check_entropy_confidence,
+    check_exit_layers_prediction,
+    check_sparse_speedup_prediction,
+    check_topk_mlp,
+)
 
 
 def _stub(**_):
@@ -83,3 +91,63 @@ def test_check_sparse_speedup_prediction_stub_is_not_attempted():
 def test_check_sparse_speedup_prediction_refuses_a_bad_measurement():
     with pytest.raises(ValueError, match="measured"):
         check_sparse_speedup_prediction(2.0, float("nan"))
+
+
+# --------------------------------------------------------------------------- the entropy exit rule
+
+
+def _entropy_conf(logits):
+    logp = F.log_softmax(logits.float(), -1)
+    return 1 + (logp.exp() * logp).sum(-1) / math.log(logits.shape[-1])
+
+
+def test_check_entropy_confidence_passes_one_minus_normalised_entropy():
+    assert check_entropy_confidence(_entropy_conf).passed
+
+
+def test_check_entropy_confidence_rejects_the_unnormalised_entropy():
+    def raw(logits):  # 1 - H, not 1 - H / ln V
+        logp = F.log_softmax(logits.float(), -1)
+        return 1 + (logp.exp() * logp).sum(-1)
+
+    with pytest.raises(ExerciseFailed, match="entropy"):
+        check_entropy_confidence(raw)
+
+
+def test_check_entropy_confidence_rejects_entropy_of_the_raw_logits():
+    def no_softmax(logits):  # treats the logits as probabilities after a plain normalisation
+        p = logits.abs() / logits.abs().sum(-1, keepdim=True).clamp_min(1e-9)
+        return 1 + (p * p.clamp_min(1e-12).log()).sum(-1) / math.log(logits.shape[-1])
+
+    with pytest.raises(ExerciseFailed):
+        check_entropy_confidence(no_softmax)
+
+
+def test_check_entropy_confidence_rejects_max_prob():
+    with pytest.raises(ExerciseFailed):
+        check_entropy_confidence(lambda logits: F.softmax(logits.float(), -1).max(-1).values)
+
+
+def test_check_entropy_confidence_stub_is_not_attempted():
+    def stub(logits):
+        raise NotImplementedError
+
+    assert check_entropy_confidence(stub).status == "not attempted yet"
+
+
+# --------------------------------------------------------------------------- prediction: blocks run
+
+
+def test_check_exit_layers_prediction_reports_the_ratio():
+    r = check_exit_layers_prediction(lambda: 0.8, 0.6)
+    assert r.passed and r.ratio == pytest.approx(0.75)
+    assert "interpolat" in r.explain
+
+
+def test_check_exit_layers_prediction_rejects_a_string():
+    with pytest.raises(ExerciseFailed, match="number"):
+        check_exit_layers_prediction("most", 0.6)
+
+
+def test_check_exit_layers_prediction_stub_is_not_attempted():
+    assert check_exit_layers_prediction(lambda: _stub(), 0.6).status == "not attempted yet"

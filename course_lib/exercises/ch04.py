@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import torch
@@ -60,5 +61,57 @@ def check_sparse_speedup_prediction(predicted, measured: float) -> CheckResult:
             "plus a part proportional to the active neurons (copying and multiplying their weights). Halving the "
             "active neurons from 10 % to 5 % halves only the second part, so the speed-up grows far less than "
             "2x; on a small MLP the fixed part dominates. Timings on a busy machine also move between runs."
+        ),
+    )
+
+
+# --------------------------------------------------------------------------- the depth half
+
+
+def _reference_entropy_confidence(logits):
+    logp = F.log_softmax(logits.double(), dim=-1)
+    entropy = -(logp.exp() * logp).sum(-1)
+    return (1 - entropy / math.log(logits.shape[-1])).float()
+
+
+def check_entropy_confidence(fn: Callable) -> CheckResult:
+    r"""04 — ``fn(logits)``: CALM's third softmax rule, one minus the normalised entropy,
+    :math:`c = 1 - H(p) / \ln V` with :math:`p = \mathrm{softmax}(\text{logits})`, for
+    logits (..., V) -> (...), in [0, 1] (1: one token certain; 0: uniform).
+
+    Reference: float64 log-softmax. Cases: uniform logits (0), one dominant logit (near 1),
+    shifted logits (softmax ignores a constant), batches of random logits, a two-way vocabulary.
+    """
+    gen = torch.Generator().manual_seed(4)
+    rand = torch.randn(3, 5, 50, generator=gen) * 3
+    cases = [
+        torch.zeros(7),  # uniform: 0
+        torch.tensor([30.0, 0.0, 0.0, 0.0]),  # one certain token: ~1
+        torch.randn(4, 16, generator=gen) + 100.0,  # a constant shift changes nothing
+        rand,
+        torch.randn(6, 2, generator=gen),  # a two-token vocabulary
+    ]
+    return run_cases(
+        "04 · the entropy exit rule", fn, [(dict(logits=x), _reference_entropy_confidence(x)) for x in cases], rel=1e-4
+    )
+
+
+def check_exit_layers_prediction(predicted, measured: float) -> CheckResult:
+    """04 — the learner's predicted share of the blocks the exit-trained patient runs at a threshold.
+
+    ``predicted``: a number in (0, 1] or a function of no arguments returning one;
+    ``measured``: the share the notebook just measured on fresh validation text.
+    """
+    return check_prediction(
+        "04 · early exit: the share of blocks run",
+        predicted,
+        measured,
+        unit="of the blocks (mean blocks run / blocks)",
+        explain=(
+            "The stored sweep gives the share at the neighbouring thresholds on other windows of the same "
+            "validation text; the share moves smoothly with the threshold, so interpolating between them is "
+            "a good model. What it cannot see: other text has other easy tokens, and the copied KV entries "
+            "of early-exited tokens change what later tokens see, so the confidences (and the exits) of a "
+            "new passage differ a little."
         ),
     )

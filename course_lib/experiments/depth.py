@@ -8,22 +8,30 @@ The algorithms are :mod:`course_lib.depth`; this module *runs* them.
   :func:`course_lib.depth.exit_sweep` measures layers used, FLOPs, next-token agreement
   with the full model and perplexity on :data:`SWEEP_SEQS` validation windows for each
   threshold, both rules, with and without the trained adapters.
+* **A patient trained to exit** (LayerSkip, Elhoushi et al. 2024): the small patient gets
+  rank-16 updates of every block's linear layers (:data:`TRAINED`; stored in fp16, ~650 KB,
+  merged back by :func:`load_exit_trained`), fine-tuned with layer dropout rising with depth
+  and the early-exit loss on every layer through the shared head; then the same sweep on it,
+  with the shared head and no adapters, and its validation perplexity beside the original's.
+  Agreement is always against the full depth of the model the exits belong to.
 * **Mixture-of-Depths** (tiny patient, 4 blocks): blocks :data:`MOD_LAYERS` (every other,
   as Raposo et al.) become MoD blocks at each of :data:`MOD_CAPACITIES` and the model is
   fine-tuned :data:`MOD_TRAIN` steps; capacity 1 is the control (the same fine-tune with
   every token routed), ``"drop"`` removes the two blocks (the capacity-0 limit).
 
-Commands (deterministic; about 15 CPU-minutes in all: 40 minutes wall on a busy 2-core machine)::
+Commands (deterministic; about 20 CPU-minutes in all, about 5 of them the exit-trained patient)::
 
-    python -m course_lib.build depth                 # -> zoo_data/depth_runs.json, depth_exit_heads.safetensors
+    python -m course_lib.build depth                 # -> zoo_data/depth_runs.json and the two .safetensors
     python -m course_lib.build depth --part exit     # only the exit heads and the sweep
-    python -m course_lib.build depth --part mod      # only the MoD fine-tunes (the two parts can run at once)
+    python -m course_lib.build depth --part trained  # only the exit-trained patient and its sweep
+    python -m course_lib.build depth --part mod      # only the MoD fine-tunes (the parts can run at once)
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import time
 from pathlib import Path
 
@@ -31,12 +39,19 @@ import torch
 from safetensors.torch import load
 
 from course_lib import data, depth, fingerprint, zoo
-from course_lib.paths import ZOO_DIR, atomic_write_bytes, record_artefact, safetensors_bytes, zoo_file
+from course_lib.paths import (
+    ZOO_DIR,
+    atomic_write_bytes,
+    load_json,
+    record_artefact,
+    safetensors_bytes,
+    stored_file,
+)
 from course_lib.train import TrainConfig, evaluate, train
 
 #: what ``python -m course_lib.build depth`` writes into course_lib/zoo_data/
-OUTPUTS = ("depth_runs.json", "depth_exit_heads.safetensors")
-RUNS_FILE, HEADS_FILE = OUTPUTS
+OUTPUTS = ("depth_runs.json", "depth_exit_heads.safetensors", "depth_exit_trained.safetensors")
+RUNS_FILE, HEADS_FILE, TRAINED_FILE = OUTPUTS
 COMMAND = "python -m course_lib.build depth"
 
 EXIT_PATIENT = "small"
@@ -51,6 +66,17 @@ THRESHOLDS = (1.0, 0.95, 0.9, 0.85, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.2, 0.1)
 SWEEPS = (("max_prob", "lens"), ("max_prob", "trained"), ("top2_gap", "trained"), ("classifier", "trained"))
 #: the agreement early exit must keep (the issue's target) and the layer share it may use
 TARGET_AGREEMENT, TARGET_LAYERS = 0.95, 0.70
+
+#: the small patient fine-tuned to exit (LayerSkip: layer dropout + early-exit loss, rank-16 updates)
+TRAINED = dict(
+    rank=16, steps=150, batch_size=16, seq_len=128, lr=3e-3, max_dropout=0.8, exit_scale=16.0, exit_tokens=512, seed=0
+)
+#: the thresholds swept on the exit-trained patient (finer at the low end, where it exits)
+TRAINED_THRESHOLDS = (1.0, 0.9, 0.8, 0.7, 0.6, 0.5, 0.45, 0.4, 0.35, 0.3, 0.25, 0.2, 0.15, 0.1)
+#: its sweeps: the shared head, no adapters (LayerSkip's point: the model itself learned to exit)
+TRAINED_SWEEPS = ("max_prob", "top2_gap")
+#: validation batches (16 x 128 tokens) for the perplexity before / after the exit fine-tune
+TRAINED_EVAL_BATCHES = 8
 
 MOD_PATIENT = "tiny"
 MOD_LAYERS = (1, 3)
@@ -111,6 +137,61 @@ def build_exit(progress: bool = True) -> tuple[dict, depth.ExitHeads]:
     return record, heads
 
 
+def lens_agreement(model, ids) -> list[float]:
+    """Per block, the share of positions of ``ids`` (B, T) whose exit there (shared head, no
+    adapter, teacher-forced) predicts the same next token as the same model's full depth."""
+    with torch.no_grad():
+        hs = depth.hidden_states(model, ids)
+        full = depth.exit_logits(model, hs[-1], len(hs) - 1).argmax(-1)
+        return [float((depth.exit_logits(model, h, i).argmax(-1) == full).float().mean()) for i, h in enumerate(hs)]
+
+
+def build_trained(progress: bool = True) -> tuple[dict, dict]:
+    """Fine-tune the small patient to exit early (LayerSkip) and sweep thresholds on it.
+
+    Agreement is measured against the full depth of the *exit-trained* model (the model the
+    exits belong to); the perplexity of both models on the same validation windows says what
+    the fine-tune cost. Returns (record, the fp16 low-rank delta to store).
+    """
+    p = zoo.load(EXIT_PATIENT)
+    base = p.model.eval()
+    val_ids = data.encode_split("val")
+    t0 = time.process_time()
+    model, delta, hist = depth.train_for_exit(base, data.encode_split("train"), progress=progress, **TRAINED)
+    train_cpu = time.process_time() - t0
+    ids = sweep_ids()
+    loss = {
+        name: evaluate(m, val_ids, seq_len=TRAINED["seq_len"], batch_size=16, max_batches=TRAINED_EVAL_BATCHES)
+        for name, m in (("base", base), ("trained", model))
+    }
+    sweeps = {}
+    for rule in TRAINED_SWEEPS:
+        rows = depth.exit_sweep(model, ids, TRAINED_THRESHOLDS, rule=rule)
+        sweeps[rule] = [_round(r) for r in rows]
+        if progress:
+            best = best_point(rows)
+            print(f"  exit-trained {rule}: best at >= {TARGET_AGREEMENT}: {best and _round(best)}", flush=True)
+    every = max(1, len(hist) // 60)
+    record = {
+        "patient": EXIT_PATIENT,
+        "train": TRAINED,
+        "dropout": [round(v, 4) for v in depth.layer_dropout_rates(base.config.n_layers, TRAINED["max_dropout"])],
+        "exit_weights": [round(v, 4) for v in depth.exit_loss_weights(base.config.n_layers, TRAINED["exit_scale"])],
+        "train_loss": {"step": list(range(0, len(hist), every)), "per_layer": hist[::every]},
+        "train_cpu_seconds": round(train_cpu, 1),
+        "delta_params": sum(v.numel() for v in delta.values()),
+        "val_loss": {k: round(v, 4) for k, v in loss.items()},
+        "val_ppl": {k: round(math.exp(v), 2) for k, v in loss.items()},
+        "lens_agreement": {
+            "base": [round(v, 4) for v in lens_agreement(base, ids)],
+            "trained": [round(v, 4) for v in lens_agreement(model, ids)],
+        },
+        "thresholds": list(TRAINED_THRESHOLDS),
+        "sweeps": sweeps,
+    }
+    return record, delta
+
+
 class _Skip(torch.nn.Module):
     """A block removed: the residual stream passes unchanged (MoD's capacity-0 limit)."""
 
@@ -164,15 +245,16 @@ def mod_run(capacity: float | str, *, progress: bool = True) -> dict:
     return out
 
 
-PARTS = ("exit", "mod")
+PARTS = ("exit", "mod", "trained")
 
 
 def build(*, parts=PARTS, progress: bool = True, threads: int = 1, path: Path | None = None) -> dict:
-    """Run ``parts`` ("exit": adapters + sweep; "mod": the MoD fine-tunes) and write
-    ``depth_runs.json`` (and, for "exit", ``depth_exit_heads.safetensors``) atomically.
+    """Run ``parts`` ("exit": adapters + sweep; "mod": the MoD fine-tunes; "trained": the
+    exit fine-tune + its sweep) and write ``depth_runs.json`` (and, for "exit",
+    ``depth_exit_heads.safetensors``; for "trained", ``depth_exit_trained.safetensors``) atomically.
 
-    A part rewrites its own section of the JSON and keeps the other's, so the two parts can
-    run in separate processes (``--part exit`` / ``--part mod``).
+    A part rewrites its own section of the JSON and keeps the others', so the parts can
+    run in separate processes (``--part exit`` / ``--part mod`` / ``--part trained``).
     """
     parts = list(parts)
     for part in parts:
@@ -182,12 +264,17 @@ def build(*, parts=PARTS, progress: bool = True, threads: int = 1, path: Path | 
     torch.set_num_threads(threads)
     path = Path(path) if path is not None else ZOO_DIR / RUNS_FILE
     heads_path = path.parent / HEADS_FILE
+    trained_path = path.parent / TRAINED_FILE
     sections = {}
     try:
         if "exit" in parts:
             sections["early_exit"], heads = build_exit(progress)
             state = {k: v.detach().half().contiguous() for k, v in heads.state_dict().items()}
             atomic_write_bytes(heads_path, safetensors_bytes(state, {"command": COMMAND, "rank": str(EXIT_RANK)}))
+        if "trained" in parts:
+            sections["exit_trained"], delta = build_trained(progress)
+            meta = {"command": COMMAND, "patient": EXIT_PATIENT, "train": json.dumps(TRAINED)}
+            atomic_write_bytes(trained_path, safetensors_bytes(delta, meta))
         if "mod" in parts:
             mod = []
             for c in (*MOD_CAPACITIES, "drop"):
@@ -206,6 +293,7 @@ def build(*, parts=PARTS, progress: bool = True, threads: int = 1, path: Path | 
         "built_with": {"torch": torch.__version__, "threads": threads},
         "early_exit": old.get("early_exit"),
         "mod": old.get("mod"),
+        "exit_trained": old.get("exit_trained"),
         "targets": {"agreement": TARGET_AGREEMENT, "layers": TARGET_LAYERS},
         **sections,
     }
@@ -213,28 +301,32 @@ def build(*, parts=PARTS, progress: bool = True, threads: int = 1, path: Path | 
     if path.resolve().parent == ZOO_DIR.resolve():
         if "exit" in parts:
             record_artefact(heads_path, rebuild=COMMAND)
+        if "trained" in parts:
+            record_artefact(trained_path, rebuild=COMMAND)
         record_artefact(path, rebuild=COMMAND)
     return result
 
 
 def load_runs(path: Path | None = None) -> dict:
     """The stored depth runs (``python -m course_lib.build depth`` writes them)."""
-    path = Path(path) if path is not None else zoo_file(RUNS_FILE)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} is missing; build it with:  {COMMAND}")
-    return json.loads(path.read_text())
+    return load_json(RUNS_FILE, path)
 
 
 def load_exit_heads(path: Path | None = None) -> depth.ExitHeads:
     """The trained exit adapters of the small patient (fp16 on disk, float32 here)."""
-    path = Path(path) if path is not None else zoo_file(HEADS_FILE)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} is missing; build it with:  {COMMAND}")
+    path = stored_file(HEADS_FILE, path)
     state = {k: v.float() for k, v in load(path.read_bytes()).items()}
     cfg = zoo.RECIPES[EXIT_PATIENT][0]
     heads = depth.ExitHeads(cfg.d_model, cfg.n_layers - 1, rank=EXIT_RANK)
     heads.load_state_dict(state)
     return heads.eval()
+
+
+def load_exit_trained(path: Path | None = None):
+    """The small patient fine-tuned to exit early: its stored fp16 low-rank update merged into
+    the zoo's small patient (:func:`course_lib.depth.apply_exit_delta`); a plain TinyLM."""
+    path = stored_file(TRAINED_FILE, path)
+    return depth.apply_exit_delta(zoo.load(EXIT_PATIENT).model, load(path.read_bytes())).eval()
 
 
 # --------------------------------------------------------------------------- figures (pure builders)
@@ -246,20 +338,32 @@ SWEEP_NAMES = {
     "top2_gap/trained": "top-2 gap, trained exits",
     "classifier/trained": "probe, trained exits",
 }
+#: legend names of the sweeps on the exit-trained patient (agreement with its own full depth)
+TRAINED_NAMES = {"max_prob": "max prob, LayerSkip-trained", "top2_gap": "top-2 gap, LayerSkip-trained"}
+
+
+def _sweep_lines(stored: dict) -> list[tuple[str, str, list[dict]]]:
+    """(key, legend name, rows) of every stored sweep: the frozen patient's, then the exit-trained one's."""
+    lines = [(k, name, stored["early_exit"]["sweeps"][k]) for k, name in SWEEP_NAMES.items()]
+    trained = stored.get("exit_trained")
+    if trained:
+        lines += [(f"{k}/exit-trained", name, trained["sweeps"][k]) for k, name in TRAINED_NAMES.items()]
+    return lines
 
 
 def sweep_figure(stored: dict):
     """Agreement with the full model against the share of layers (left) and of FLOPs (right)
-    used, one line per stored sweep; the dashed lines are the issue's targets."""
+    used, one line per stored sweep (the exit-trained model's dashed, each judged against its
+    own full depth); the dashed grey lines are the issue's targets."""
     from plotly.subplots import make_subplots
 
     from course_lib.viz import PALETTE, use_style
 
     use_style()
-    sweeps, targets = stored["early_exit"]["sweeps"], stored["targets"]
+    targets = stored["targets"]
     fig = make_subplots(rows=1, cols=2, shared_yaxes=True, subplot_titles=("blocks run", "FLOPs, exit checks included"))
-    for (key, label), colour in zip(SWEEP_NAMES.items(), PALETTE):
-        rows = sweeps[key]
+    for (key, label, rows), colour in zip(_sweep_lines(stored), PALETTE):
+        dash = "dash" if key.endswith("exit-trained") else "solid"
         for col, field in ((1, "layer_fraction"), (2, "flops_fraction")):
             fig.add_scatter(
                 x=[r[field] for r in rows],
@@ -268,7 +372,7 @@ def sweep_figure(stored: dict):
                 name=label,
                 legendgroup=key,
                 showlegend=col == 1,
-                line=dict(color=colour),
+                line=dict(color=colour, dash=dash),
                 customdata=[r["threshold"] for r in rows],
                 hovertemplate="threshold %{customdata}<br>share %{x:.2f}<br>agreement %{y:.3f}<extra>"
                 + label
@@ -405,7 +509,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     t0 = time.perf_counter()
     build(parts=args.part or PARTS, progress=not args.quiet, threads=args.threads)
-    print(f"wrote {RUNS_FILE} and {HEADS_FILE} in {time.perf_counter() - t0:.0f} s")
+    print(f"wrote {RUNS_FILE} (and the part's weights) in {time.perf_counter() - t0:.0f} s")
     return 0
 
 
