@@ -136,6 +136,22 @@ def manifest() -> dict[str, dict]:
 _VERIFIED: dict[tuple, str] = {}  # (path, mtime_ns, size) -> sha256 already checked in this process
 
 
+def stored_file(name: str, path=None) -> Path:
+    """Where to read a build's output: ``path`` when given (a copy the caller built, e.g. with
+    ``--out-dir``; it must exist), else the shipped artefact ``name``, checked by :func:`zoo_file`."""
+    if path is None:
+        return zoo_file(name)
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"path {path} does not exist (leave path=None for the shipped {name})")
+    return path
+
+
+def load_json(name: str, path=None):
+    """The JSON a build stored as ``name`` (or at ``path``): :func:`stored_file`, then parsed."""
+    return json.loads(stored_file(name, path).read_text())
+
+
 def zoo_file(name: str) -> Path:
     """The path of shipped artefact ``name`` after checking its size and sha256 against the manifest.
 

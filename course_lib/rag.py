@@ -639,7 +639,8 @@ class KnowledgeBase:
             if not isinstance(d.text, str) or not d.text.strip():
                 raise ValueError(f"document {d.id!r} has no text")
         ids = [d.id for d in docs]
-        dup = sorted({i for i in ids if ids.count(i) > 1} | {i for i in ids if i in self.docs})
+        counts = Counter(ids)
+        dup = sorted({i for i, n in counts.items() if n > 1} | {i for i in counts if i in self.docs})
         if dup:
             raise ValueError(f"document ids already present or repeated: {dup[:5]} (delete them first)")
         passages = [(d, i, p) for d in docs for i, p in enumerate(self.passages(d))]

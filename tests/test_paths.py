@@ -183,3 +183,16 @@ def test_read_with_card_errors_name_the_files(tmp_path):
         paths.write_with_card(tmp_path / "w.bin", b"x", tmp_path / "w.bin", {})
     with pytest.raises(TypeError, match="data"):
         paths.write_with_card(tmp_path / "w.bin", "text", tmp_path / "w.json", {})
+
+
+def test_stored_file_reads_a_given_copy_or_the_checked_artefact(tmp_path):
+    from course_lib.paths import load_json, stored_file, zoo_file
+
+    copy = tmp_path / "runs.json"
+    copy.write_text('{"a": 1}')
+    assert load_json("moe_runs.json", copy) == {"a": 1}
+    assert stored_file("moe_runs.json") == zoo_file("moe_runs.json")
+    with pytest.raises(FileNotFoundError, match="path .*missing.json does not exist"):
+        stored_file("moe_runs.json", tmp_path / "missing.json")
+    with pytest.raises(ValueError, match="not a shipped artefact"):
+        load_json("no_such_file.json")

@@ -34,7 +34,7 @@ from course_lib.attention import (
 )
 from course_lib.measure import interleaved, peak_memory
 from course_lib.model import TinyLM
-from course_lib.paths import ZOO_DIR, atomic_write_bytes, cache_dir, record_artefact, zoo_file
+from course_lib.paths import ZOO_DIR, atomic_write_bytes, cache_dir, load_json, record_artefact
 from course_lib.train import evaluate, train
 
 #: what ``python -m course_lib.build attention`` writes into course_lib/zoo_data/
@@ -249,10 +249,7 @@ def build(names: list[str] | None = None, *, progress: bool = True) -> dict | No
 
 def load_quality() -> dict:
     """The precomputed full-vs-window training results (``python -m course_lib.build attention``)."""
-    path = zoo_file(QUALITY_FILE)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} is missing; build it with:  python -m course_lib.build attention")
-    return json.loads(path.read_text())
+    return load_json(QUALITY_FILE)
 
 
 def main(argv: list[str] | None = None) -> int:

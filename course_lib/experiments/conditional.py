@@ -32,7 +32,7 @@ import torch
 
 from course_lib import conditional as cond
 from course_lib import data, fingerprint, prune, zoo
-from course_lib.paths import ZOO_DIR, atomic_write_bytes, record_artefact, safetensors_bytes, zoo_file
+from course_lib.paths import ZOO_DIR, atomic_write_bytes, load_json, record_artefact, safetensors_bytes, zoo_file
 from course_lib.train import TrainConfig, evaluate
 
 #: what ``python -m course_lib.build conditional`` writes into course_lib/zoo_data/
@@ -235,7 +235,7 @@ def build(*, out_dir: Path | None = None, progress: bool = True) -> dict:
 
 def load_runs() -> dict:
     """The stored results of :func:`build`."""
-    return json.loads(zoo_file(OUTPUTS[0]).read_text())
+    return load_json(OUTPUTS[0])
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -46,7 +46,7 @@ from course_lib.moe import (
     routing_profile,
     token_routing,
 )
-from course_lib.paths import ZOO_DIR, atomic_write_bytes, cache_dir, record_artefact, zoo_file
+from course_lib.paths import ZOO_DIR, atomic_write_bytes, cache_dir, load_json, record_artefact
 from course_lib.train import TrainConfig, evaluate, save_checkpoint, train
 from course_lib.viz import HEATMAP_SCALE, PALETTE, figure, use_style
 
@@ -207,10 +207,7 @@ def build(
 
 def load_runs(path: Path | None = None) -> dict:
     """The precomputed runs (``python -m course_lib.build moe`` writes them)."""
-    path = Path(path) if path is not None else zoo_file(RUNS_FILE)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} is missing; build it with:  python -m course_lib.build moe")
-    return json.loads(path.read_text())
+    return load_json(RUNS_FILE, path)
 
 
 # --------------------------------------------------------------------------- figures (pure builders)
