@@ -88,16 +88,24 @@ examples of a skill the patient lacks: naming an article's topic), :func:`diffic
 :func:`regurgitation_rate` (verbatim continuation of a document's prefix, the memorisation
 measure of Carlini et al. 2021 / Lee et al. 2022).
 
-Next: the training half of issue 20 is not here yet — equal-compute training on the raw,
-deduplicated and deduplicated + filtered crawl (tokens to a target validation loss),
-memorisation of duplicated vs unduplicated documents after such training, the synthetic
-skill measured in tokens, curriculum vs random order, distillation runs, their
-``course_lib/experiments/datacentric.py`` build, the notebook ``07_data_centric`` (with
-the MinHash/LSH explorer widget and its static twin), its exercises and quiz, the book and
-README rows, and the verdicts on D1–D3. Costs to plan for: the perplexity filter is the
-slowest piece (a forward pass per document: score a sample, or cache the scores in the
-build), and fitting :class:`QualityClassifier` on the whole crawl takes L-BFGS tens of
-passes over the sparse features.
+**Training on the data** (the chapter's currency is compute to a target validation loss,
+:func:`course_lib.train.time_to_target`): :func:`encode_docs` and :func:`token_stream` lay
+documents out as :func:`course_lib.data.encode_split` does; :func:`course_lib.train.train`
+takes the batches chosen by the caller (``batch_at``) —
+:func:`random_batches` reproduces its own random windows bit for bit, :func:`sequential_batches` reads a
+stream once in order (a curriculum is an ordering of the stream) — and an optional
+``loss_fn`` (:func:`distillation_objective`: Hinton et al.'s mix of hard and soft targets;
+:func:`top1_agreement` with the teacher); :func:`mixed_stream` mixes a share of synthetic
+documents into the crawl and marks their tokens; :func:`topic_accuracy` measures the
+synthetic skill as a 12-way multiple choice. The runs themselves (equal compute on the raw,
+deduplicated and filtered crawl with memorisation, the synthetic skill, curriculum,
+distillation) are ``course_lib/experiments/datacentric.py``
+(``python -m course_lib.build datacentric``).
+
+Costs to plan for: the perplexity filter is the slowest piece of the data side (a forward
+pass per document: score a sample, or cache the scores in a build), and fitting
+:class:`QualityClassifier` on the whole crawl takes L-BFGS tens of passes over the sparse
+features.
 """
 
 from __future__ import annotations
@@ -1449,6 +1457,268 @@ def regurgitation_rate(
     return (out[:, prefix_tokens:] == x[:, prefix_tokens:]).all(dim=1).numpy()
 
 
+# =========================================================================== training on the data
+
+
+def encode_docs(texts: Sequence[str], tokenizer=None) -> list[np.ndarray]:
+    """Each text's token ids (uint16 arrays; the course tokenizer by default)."""
+    texts = _check_texts("texts", texts)
+    tokenizer = data.get_tokenizer() if tokenizer is None else tokenizer
+    return [np.asarray(e.ids, dtype=np.uint16) for e in tokenizer.encode_batch(texts)]
+
+
+def token_stream(docs: Sequence[np.ndarray], order=None) -> np.ndarray:
+    """The documents' ids joined in ``order`` (default: as given), each followed by ``<|endoftext|>`` (id 0).
+
+    This is how :func:`course_lib.data.encode_split` lays out a split, so a stream of the
+    clean training articles in corpus order equals ``encode_split("train")``.
+    """
+    if isinstance(docs, np.ndarray) or not isinstance(docs, (list, tuple)) or not docs:
+        raise TypeError(f"docs must be a non-empty list of 1-D id arrays, got {type(docs).__name__}")
+    idx = np.arange(len(docs)) if order is None else np.asarray(order)
+    if idx.ndim != 1 or idx.dtype.kind not in "iu" or (len(idx) and (idx.min() < 0 or idx.max() >= len(docs))):
+        raise ValueError(f"order must be a 1-D array of indices in [0, {len(docs) - 1}], got {idx!r:.80}")
+    eot = np.zeros(1, dtype=np.uint16)
+    return np.concatenate([p for i in idx for p in (np.asarray(docs[i], dtype=np.uint16), eot)])
+
+
+def random_batches(tokens, *, batch_size: int, seq_len: int, seed: int):
+    """``batch_at(step) -> (x, y)``: random windows drawn exactly as :func:`course_lib.train.train` draws them.
+
+    One ``torch.Generator`` seeded with ``seed`` feeds :func:`course_lib.data.random_batch`,
+    so calling it for steps 0, 1, 2, ... gives ``train``'s batches for ``TrainConfig(seed=seed)``.
+    """
+    check_int("batch_size", batch_size, min=1)
+    check_int("seq_len", seq_len, min=1)
+    check_int("seed", seed)
+    gen = torch.Generator().manual_seed(seed)
+    nxt = [0]
+
+    def batch_at(step: int):
+        if step != nxt[0]:
+            raise ValueError(f"step must be {nxt[0]} (random batches are drawn in order), got {step}")
+        nxt[0] += 1
+        return data.random_batch(tokens, batch_size, seq_len, gen)
+
+    return batch_at
+
+
+def sequential_batches(tokens, *, batch_size: int, seq_len: int, steps: int):
+    r"""``batch_at(step) -> (x, y)``: consecutive, non-overlapping windows of ``tokens``, in order.
+
+    Step :math:`s` reads windows :math:`sB, \dots, sB + B - 1` of length ``seq_len`` (+1 for
+    the targets): the stream is read once, front to back, which is what a curriculum needs
+    (the order of the stream *is* the order of training). The stream must hold
+    ``steps * batch_size * seq_len + 1`` tokens.
+    """
+    check_int("batch_size", batch_size, min=1)
+    check_int("seq_len", seq_len, min=1)
+    check_int("steps", steps, min=1)
+    arr = np.asarray(tokens)
+    need = steps * batch_size * seq_len + 1
+    if arr.ndim != 1 or len(arr) < need:
+        raise ValueError(
+            f"tokens must be a 1-D stream of at least steps * batch_size * seq_len + 1 = {need} ids, got {arr.shape}"
+        )
+    t = torch.from_numpy(arr[:need].astype(np.int64))
+    offsets = torch.arange(seq_len + 1)
+
+    def batch_at(step: int):
+        check_int("step", step, min=0, max=steps - 1)
+        starts = (torch.arange(batch_size) + step * batch_size) * seq_len
+        w = t[starts[:, None] + offsets]  # (B, T+1)
+        return w[:, :-1], w[:, 1:]
+
+    return batch_at
+
+
+def distillation_objective(teacher: TinyLM, *, temperature: float = 2.0, alpha: float = 0.5):
+    r"""``loss_fn(student, x, y)`` for :func:`course_lib.train.train`'s ``loss_fn``: Hinton et al.'s mix of hard and soft targets.
+
+    :math:`\mathcal{L} = \alpha\,\mathrm{CE}(z_s, y) + (1 - \alpha)\,T^2\,\mathrm{KL}(p_T \,\|\, q_T)`
+    (:func:`distillation_loss`); ``alpha = 0`` trains on the teacher's soft targets alone.
+    The teacher runs in inference mode (no gradient, its weights never change).
+    """
+    check_type("teacher", teacher, TinyLM)
+    check_float("temperature", temperature, min=0, min_inclusive=False)
+    check_probability("alpha", alpha)
+    teacher.eval()
+
+    def loss_fn(student, x, y):
+        with torch.inference_mode():
+            t_logits = teacher(x)  # (B, T, V)
+        s_logits = student(x)  # (B, T, V)
+        soft = distillation_loss(s_logits, t_logits.clone(), temperature=temperature)
+        if alpha == 0:
+            return soft
+        hard = F.cross_entropy(s_logits.reshape(-1, s_logits.shape[-1]).float(), y.reshape(-1))
+        return alpha * hard + (1 - alpha) * soft
+
+    return loss_fn
+
+
+@torch.no_grad()
+def top1_agreement(
+    student: TinyLM, teacher: TinyLM, tokens, *, seq_len: int = 128, batch_size: int = 16, max_batches: int | None = 8
+) -> float:
+    """Share of positions where the student's most likely next token is the teacher's (consecutive windows of ``tokens``)."""
+    check_type("student", student, TinyLM)
+    check_type("teacher", teacher, TinyLM)
+    student.eval()
+    teacher.eval()
+    same = total = 0
+    for x, _ in data.eval_batches(tokens, batch_size, seq_len, max_batches=max_batches):
+        same += int((student(x).argmax(-1) == teacher(x).argmax(-1)).sum())
+        total += x.numel()
+    if total == 0:
+        raise ValueError(f"tokens too short for one batch of {batch_size} x {seq_len}")
+    return same / total
+
+
+def topic_prompt(title: str) -> str:
+    """The question of :func:`synthetic_topic_examples` without its answer: ``"Q: What is the topic of {title}?\\nA:"``."""
+    check_type("title", title, str)
+    return f"Q: What is the topic of {title}?\nA:"
+
+
+TOPIC_SCORES = ("first", "mean", "sum")
+
+
+@torch.no_grad()
+def answer_scores(
+    model: TinyLM, questions: Sequence[Sequence[int]], answers: Sequence[Sequence[int]], *, score: str = "first"
+) -> np.ndarray:
+    r"""(len(questions), len(answers)) log-likelihood scores of each candidate answer after each question.
+
+    The course's one rule for a closed multiple choice (:func:`topic_accuracy` uses it, and
+    so does chapter 13's monolith): ``questions`` and ``answers`` are token-id lists, answer
+    :math:`a` after question :math:`q` scores ``"first"`` :math:`\log p(a_1 \mid q)`,
+    ``"sum"`` :math:`\sum_j \log p(a_j \mid q, a_{<j})` or ``"mean"`` (the sum / len(a)).
+    With ``"first"`` one forward pass over each question gives every answer's score (the
+    next-token distribution after :math:`q`); ``"sum"``/``"mean"`` run question + answer for
+    each pair. Rows are batched by length (256 a batch, right-padded); the prediction is
+    ``scores.argmax(1)``.
+    """
+    check_type("model", model, TinyLM)
+    questions, answers = [list(q) for q in questions], [list(a) for a in answers]
+    if not questions or not all(questions):
+        raise ValueError("questions must be a non-empty list of non-empty token-id lists")
+    if not answers or not all(answers):
+        raise ValueError("answers must be a non-empty list of non-empty token-id lists")
+    check_choice("score", score, TOPIC_SCORES)
+    if score == "first" and len({ans[0] for ans in answers}) < len(answers):
+        raise ValueError("answers must begin with different tokens for score='first'; use score='mean' or 'sum'")
+    rows, spans = [], []
+    for q in questions:
+        for ans in [answers[0][:1]] if score == "first" else answers:
+            rows.append(q + ans)
+            spans.append((len(q), len(ans)))
+    device = next(model.parameters()).device
+    model.eval()
+    n_cols = len(answers)
+    scores = np.empty((len(questions), n_cols))
+    first = torch.tensor([ans[0] for ans in answers])
+    order = np.argsort([len(r) for r in rows], kind="stable")
+    per_row = 1 if score == "first" else n_cols
+    for b0 in range(0, len(order), 256):
+        idx = order[b0 : b0 + 256]
+        t = max(len(rows[i]) for i in idx)
+        batch = torch.zeros(len(idx), t, dtype=torch.long)
+        for r, i in enumerate(idx):
+            batch[r, : len(rows[i])] = torch.tensor(rows[i])
+        logp = F.log_softmax(model(batch[:, :-1].to(device)).float(), dim=-1).cpu()  # (b, t-1, V)
+        for r, i in enumerate(idx):
+            start, n = spans[i]
+            row, col = divmod(int(i), per_row)
+            if score == "first":
+                scores[row] = logp[r, start - 1, first].double().numpy()  # (answers,)
+                continue
+            lp = logp[r, torch.arange(start - 1, start - 1 + n), batch[r, start : start + n]]  # (n,)
+            scores[row, col] = float(lp.sum()) / (n if score == "mean" else 1)
+    return scores
+
+
+@torch.no_grad()
+def topic_accuracy(
+    model: TinyLM,
+    articles: Sequence[data.Article],
+    *,
+    tokenizer=None,
+    topics: Sequence[str] = data.TOPICS,
+    score: str = "first",
+) -> tuple[float, np.ndarray]:
+    r"""(accuracy, predictions): the model names each article's topic by ranking the candidate answers.
+
+    The question is :math:`q` = ``<|endoftext|>`` + :func:`topic_prompt` (the format of
+    :func:`synthetic_topic_examples`), an answer :math:`a(c)` = the tokens of " c." for
+    topic :math:`c`; the prediction is the best-scoring topic (a multiple choice: no free
+    generation to parse; the scores are :func:`answer_scores`). ``score``:
+
+    * ``"first"`` (default): :math:`\log p(a_1(c) \mid q)`, the answer the model would
+      start to write. The 12 topics begin with 12 different tokens, so this ranks the
+      topics without favouring short answers (checked: topics sharing a first token are
+      refused).
+    * ``"sum"``: :math:`\sum_j \log p(a_j(c) \mid q, a_{<j})`, the whole answer's
+      log-probability — biased towards answers of few tokens ("People." is 2 tokens,
+      "Society and social sciences." 9), which an untrained continuation pays for.
+    * ``"mean"``: the sum divided by the answer's length.
+
+    ``predictions`` are indices into ``topics``.
+    """
+    check_type("model", model, TinyLM)
+    arts = list(articles) if isinstance(articles, (list, tuple)) else None
+    if not arts:
+        raise ValueError("articles must be a non-empty list of data.Article")
+    for i, a in enumerate(arts):
+        check_type(f"articles[{i}]", a, data.Article)
+    topics = _check_texts("topics", list(topics))
+    check_choice("score", score, TOPIC_SCORES)
+    tokenizer = data.get_tokenizer() if tokenizer is None else tokenizer
+    eot = tokenizer.token_to_id(data.EOT)
+    answers = [tokenizer.encode(f" {c}.").ids for c in topics]
+    if score == "first" and len({ans[0] for ans in answers}) < len(answers):
+        raise ValueError("topics must begin with different tokens for score='first'; use score='mean' or 'sum'")
+    questions = [[eot] + tokenizer.encode(topic_prompt(a.title)).ids for a in arts]
+    scores = answer_scores(model, questions, answers, score=score)
+    pred = scores.argmax(1)
+    truth = np.array([topics.index(a.topic) if a.topic in topics else -1 for a in arts])
+    return float((pred == truth).mean()), pred
+
+
+def mixed_stream(
+    docs: Sequence[np.ndarray], extra: Sequence[np.ndarray], *, n_tokens: int, extra_share: float, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
+    """(stream, is_extra): about ``n_tokens`` tokens of which a share ``extra_share`` come from ``extra``.
+
+    Documents are taken in a seeded random order from each pool until each pool's share of
+    ``n_tokens`` is filled (the last document of a pool may overshoot), then the chosen
+    documents of both pools are shuffled together and joined with ``<|endoftext|>``.
+    ``is_extra`` (bool, one per token) marks the tokens of ``extra`` documents (their
+    ``<|endoftext|>`` included), so the share actually read is counted, not assumed.
+    """
+    check_int("n_tokens", n_tokens, min=1)
+    check_probability("extra_share", extra_share)
+    check_int("seed", seed, min=0)
+    for name, pool in (("docs", docs), ("extra", extra)):
+        if isinstance(pool, np.ndarray) or not isinstance(pool, (list, tuple)) or not pool:
+            raise TypeError(f"{name} must be a non-empty list of 1-D id arrays, got {type(pool).__name__}")
+    rng = np.random.default_rng(seed)
+    chosen: list[tuple[np.ndarray, bool]] = []
+    for pool, want, flag in ((docs, n_tokens * (1 - extra_share), False), (extra, n_tokens * extra_share, True)):
+        got = 0
+        for i in rng.permutation(len(pool)):
+            if got >= want:
+                break
+            chosen.append((np.asarray(pool[i], dtype=np.uint16), flag))
+            got += len(pool[i]) + 1
+        if got < want:
+            raise ValueError(f"{'extra' if flag else 'docs'} holds {got} tokens, fewer than the {want:.0f} asked for")
+    order = rng.permutation(len(chosen))
+    stream = token_stream([chosen[i][0] for i in order])
+    is_extra = np.concatenate([np.full(len(chosen[i][0]) + 1, chosen[i][1]) for i in order])
+    return stream, is_extra
+
+
 __all__ = [
     "LABELS",
     "NEAR_DUP_KINDS",
@@ -1492,4 +1762,15 @@ __all__ = [
     "difficulty_order",
     "distillation_loss",
     "regurgitation_rate",
+    "encode_docs",
+    "token_stream",
+    "random_batches",
+    "sequential_batches",
+    "distillation_objective",
+    "top1_agreement",
+    "topic_prompt",
+    "TOPIC_SCORES",
+    "answer_scores",
+    "topic_accuracy",
+    "mixed_stream",
 ]

@@ -131,6 +131,66 @@ def perplexity(loss: float) -> float:
     return math.exp(loss)
 
 
+@dataclass(frozen=True)
+class TimeToTarget:
+    """When a run first reached a target validation loss: optimiser steps, tokens and seconds (floats: interpolated)."""
+
+    steps: float
+    tokens: float
+    seconds: float
+
+
+def time_to_target(history, target_loss: float) -> TimeToTarget | None:
+    r"""The course's one definition of time-to-accuracy: when validation loss first reaches ``target_loss``.
+
+    ``history`` is a :class:`History` or a mapping with its keys (``val_step``, ``val_loss``,
+    ``tokens_seen``, ``seconds`` and ``step`` — the list — or ``steps``, the count), e.g. a
+    stored run. An evaluation logged at ``val_step`` :math:`s` comes after :math:`n = s + 1`
+    optimiser steps. With evaluations :math:`(n_i, L_i)`, the first :math:`i` with
+    :math:`L_i \le L^*` gives, by linear interpolation from the evaluation before it,
+
+    .. math:: n^* = n_{i-1} + (n_i - n_{i-1})\,\frac{L_{i-1} - L^*}{L_{i-1} - L_i},
+
+    and :math:`n^* = n_0` when the first evaluation is already at or below the target
+    (nothing earlier was measured). Tokens are :math:`n^*` times the tokens per step and
+    seconds :math:`n^*` times the mean seconds per step (evaluation time included, spread
+    evenly). Returns ``None`` when the target is never reached.
+    """
+    check_float("target_loss", target_loss, min=0, min_inclusive=False)
+    if isinstance(history, History):
+        h = history.to_dict()
+    elif isinstance(history, dict):
+        h = history
+    else:
+        raise TypeError(f"history must be a History or a dict with its keys, got {type(history).__name__}")
+    for key in ("val_step", "val_loss", "tokens_seen", "seconds"):
+        if key not in h:
+            raise ValueError(f"history must have the key {key!r} (a History's fields), got keys {sorted(h)}")
+    n_steps = len(h["step"]) if "step" in h else h.get("steps")
+    check_int("history['steps']", n_steps, min=1)
+    vs, vl = list(h["val_step"]), [float(v) for v in h["val_loss"]]
+    if not vl or len(vs) != len(vl):
+        raise ValueError(
+            f"history must hold at least one evaluation, with val_step and val_loss of equal length; "
+            f"got {len(vs)} and {len(vl)}"
+        )
+    if any(b <= a for a, b in zip(vs, vs[1:])) or vs[0] < 0 or vs[-1] >= n_steps:
+        raise ValueError(f"history['val_step'] must increase within [0, {n_steps - 1}], got {vs}")
+    if not all(math.isfinite(v) for v in vl):
+        raise ValueError(f"history['val_loss'] must be finite, got {vl}")
+    tokens_per_step = check_float("history['tokens_seen']", h["tokens_seen"], min=0) / n_steps
+    seconds_per_step = check_float("history['seconds']", h["seconds"], min=0) / n_steps
+    for i, (s, loss) in enumerate(zip(vs, vl)):
+        if loss > target_loss:
+            continue
+        n = float(s + 1)
+        if i > 0:
+            n0, l0 = vs[i - 1] + 1, vl[i - 1]
+            n = n0 + (n - n0) * (l0 - target_loss) / (l0 - loss)
+        return TimeToTarget(steps=n, tokens=n * tokens_per_step, seconds=n * seconds_per_step)
+    return None
+
+
 def _device(model) -> torch.device:
     return next(model.parameters()).device
 
@@ -153,19 +213,41 @@ def train(
     progress: bool = True,
     callback: Callable | None = None,
     desc: str = "train",
+    batch_at: Callable | None = None,
+    loss_fn: Callable | None = None,
+    stop_after: int | None = None,
 ) -> History:
     """Train ``model`` in place for ``cfg.steps`` steps and return its :class:`History`.
 
     The loss optimised is next-token cross-entropy plus any auxiliary loss the layers
     report (``model.aux_loss()``, e.g. MoE load balancing). ``callback(step, model, loss)``
     runs after every optimiser step (router statistics are collected this way).
+
+    Chapter 07 varies what the loop sees, not the loop: ``batch_at(step) -> (x, y)``
+    chooses the batches instead of random windows of ``train_tokens`` (pass ``None`` for
+    ``train_tokens`` then; e.g. a curriculum's fixed order), ``loss_fn(model, x, y)``
+    replaces ``model.loss`` (distillation; validation stays plain cross-entropy), and
+    ``stop_after`` stops after that many steps under the schedule of the full ``cfg.steps``
+    (the first steps of a longer run, to recompute a stored curve live).
     """
     cfg = check_type("cfg", cfg or TrainConfig(), TrainConfig)
     if callback is not None:
         check_callable("callback", callback)
+    if batch_at is not None:
+        check_callable("batch_at", batch_at)
+    elif train_tokens is None:
+        raise ValueError("train_tokens must be given when batch_at is None (random windows are drawn from it)")
+    if loss_fn is not None:
+        check_callable("loss_fn", loss_fn)
+    n_steps = check_int("stop_after", stop_after, min=1, max=cfg.steps, allow_none=True) or cfg.steps
     if cfg.seq_len > model.config.max_seq_len:
         raise ValueError(f"cfg.seq_len ({cfg.seq_len}) exceeds the model's max_seq_len ({model.config.max_seq_len})")
-    gen = torch.Generator().manual_seed(cfg.seed)
+    if batch_at is None:
+        gen = torch.Generator().manual_seed(cfg.seed)
+
+        def batch_at(step):
+            return random_batch(train_tokens, cfg.batch_size, cfg.seq_len, gen)
+
     opt = make_optimizer(model, cfg)
     device = _device(model)
     hist = History()
@@ -173,16 +255,16 @@ def train(
     if progress:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=cfg.steps, desc=desc, mininterval=1.0, leave=True)
+        bar = tqdm(total=n_steps, desc=desc, mininterval=1.0, leave=True)
     model.train()
     t0 = time.perf_counter()
-    for step in range(cfg.steps):
+    for step in range(n_steps):
         lr = lr_at(step, cfg)
         for g in opt.param_groups:
             g["lr"] = lr
-        x, y = random_batch(train_tokens, cfg.batch_size, cfg.seq_len, gen)
+        x, y = batch_at(step)
         x, y = x.to(device), y.to(device)
-        loss = model.loss(x, y)
+        loss = model.loss(x, y) if loss_fn is None else loss_fn(model, x, y)
         aux = model.aux_loss()
         total = loss + aux if aux is not None else loss
         opt.zero_grad(set_to_none=True)

@@ -16,7 +16,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from course_lib import data, zoo
+from course_lib import data, train, zoo
 from course_lib import datacentric as dc
 
 SMALL = dict(low_quality_per_kind=12, near_dup_fraction=0.15, dup_fraction=0.1)
@@ -417,3 +417,301 @@ def test_bad_input_names_the_argument(call, name):
     with pytest.raises((ValueError, TypeError)) as info:
         call()
     assert name in str(info.value)
+
+
+# --------------------------------------------------------------------------- the training half: time to target
+
+
+def _history(**kw):
+    from course_lib.train import History
+
+    base = dict(step=list(range(10)), val_step=[1, 4, 9], val_loss=[6.0, 5.0, 4.0], tokens_seen=1000, seconds=20.0)
+    return History(**{**base, **kw})
+
+
+def test_time_to_target_by_hand():
+    from course_lib.train import time_to_target
+
+    h = _history()  # evaluations after 2, 5 and 10 steps; 100 tokens and 2 s per step
+    t = time_to_target(h, 5.5)  # halfway from (2 steps, 6.0) to (5 steps, 5.0): 2 + 3 * 0.5 = 3.5 steps
+    assert (t.steps, t.tokens, t.seconds) == (3.5, 350.0, 7.0)
+    t = time_to_target(h, 4.25)  # from (5, 5.0) to (10, 4.0): 5 + 5 * 0.75 = 8.75
+    assert (t.steps, t.tokens, t.seconds) == (8.75, 875.0, 17.5)
+    assert time_to_target(h, 4.0).steps == 10.0  # reached exactly at the last evaluation
+    assert time_to_target(h, 7.0).steps == 2.0  # the first evaluation is already below: its step
+    assert time_to_target(h, 3.9) is None  # never reached
+    # a stored run (a dict with the step count) gives the same answer as the History
+    stored = {"val_step": [1, 4, 9], "val_loss": [6.0, 5.0, 4.0], "tokens_seen": 1000, "seconds": 20.0, "steps": 10}
+    assert time_to_target(stored, 5.5) == time_to_target(h, 5.5)
+    # the first crossing counts, not a later dip
+    bumpy = _history(val_step=[1, 4, 9], val_loss=[6.0, 4.0, 5.0])
+    assert time_to_target(bumpy, 4.5).steps == 2 + 3 * 0.75
+
+
+@pytest.mark.parametrize(
+    "history, target, name",
+    [
+        (_history(), 0.0, "target_loss"),
+        (_history(), float("nan"), "target_loss"),
+        (_history(), "5", "target_loss"),
+        ([6.0, 5.0], 5.0, "history"),
+        (_history(val_step=[], val_loss=[]), 5.0, "history"),
+        (_history(val_step=[1, 4], val_loss=[6.0, 5.0, 4.0]), 5.0, "history"),
+        (_history(val_step=[4, 1, 9]), 5.0, "history['val_step']"),
+        (_history(val_step=[1, 4, 10]), 5.0, "history['val_step']"),
+        (_history(val_loss=[6.0, float("nan"), 4.0]), 5.0, "history['val_loss']"),
+        ({"val_step": [1], "val_loss": [5.0], "tokens_seen": 10, "seconds": 1.0}, 5.0, "history['steps']"),
+        ({"val_step": [1], "val_loss": [5.0], "steps": 2}, 5.0, "history"),
+    ],
+)
+def test_time_to_target_bad_input(history, target, name):
+    from course_lib.train import time_to_target
+
+    with pytest.raises((ValueError, TypeError)) as info:
+        time_to_target(history, target)
+    assert name in str(info.value)
+
+
+# --------------------------------------------------------------------------- the training half: streams and the loop
+
+TOY = np.random.default_rng(0).integers(1, 97, 6000).astype(np.uint16)
+
+
+def _toy_model(seed=0):
+    from course_lib.model import ModelConfig, TinyLM
+
+    torch.manual_seed(seed)
+    return TinyLM(ModelConfig(vocab_size=97, d_model=32, n_layers=2, n_heads=4, max_seq_len=32))
+
+
+@pytest.fixture
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def _toy_cfg(**kw):
+    from course_lib.train import TrainConfig
+
+    return TrainConfig(
+        **{**dict(steps=8, batch_size=4, seq_len=16, warmup_steps=2, eval_every=4, eval_batches=2), **kw}
+    )
+
+
+def test_train_with_random_batches_equals_train_bit_for_bit(one_thread):
+    from course_lib.train import train
+
+    cfg = _toy_cfg(seed=3)
+    a = train(_toy_model(), TOY, TOY[:1000], cfg, progress=False)
+    batches = dc.random_batches(TOY, batch_size=4, seq_len=16, seed=3)
+    b = train(_toy_model(), None, TOY[:1000], cfg, progress=False, batch_at=batches)
+    assert a.loss == b.loss and a.val_loss == b.val_loss and a.val_step == b.val_step and a.lr == b.lr
+    assert b.tokens_seen == 8 * 4 * 16
+    # stop_after: the first steps of the same run (same schedule), evaluated at the same points
+    batches = dc.random_batches(TOY, batch_size=4, seq_len=16, seed=3)
+    c = train(_toy_model(), None, TOY[:1000], cfg, progress=False, batch_at=batches, stop_after=4)
+    assert c.loss == a.loss[:4] and c.val_step == [3] and c.val_loss == a.val_loss[:1]
+
+
+def test_sequential_batches_read_the_stream_in_order():
+    batch_at = dc.sequential_batches(TOY, batch_size=3, seq_len=10, steps=5)
+    xs, ys = zip(*(batch_at(s) for s in range(5)))
+    x, y = torch.cat(xs), torch.cat(ys)  # (15, 10)
+    assert x.reshape(-1).tolist() == TOY[:150].tolist()
+    assert y.reshape(-1).tolist() == TOY[1:151].tolist()
+    with pytest.raises(ValueError, match="step"):
+        batch_at(5)
+    with pytest.raises(ValueError, match="tokens"):
+        dc.sequential_batches(TOY[:150], batch_size=3, seq_len=10, steps=5)  # needs 151
+    rb = dc.random_batches(TOY, batch_size=2, seq_len=8, seed=0)
+    rb(0)
+    with pytest.raises(ValueError, match="step"):
+        rb(2)  # random batches are drawn in order
+
+
+def test_token_stream_is_the_split_layout():
+    arts = data.articles("train")[:5]
+    docs = dc.encode_docs([a.text for a in arts])
+    assert np.array_equal(dc.token_stream(docs), data.encode_split("train")[: sum(len(d) + 1 for d in docs)])
+    s = dc.token_stream(docs, [2, 0])
+    assert np.array_equal(s, np.concatenate([docs[2], [0], docs[0], [0]]))
+    with pytest.raises(ValueError, match="order"):
+        dc.token_stream(docs, [5])
+    with pytest.raises(TypeError, match="docs"):
+        dc.token_stream(np.zeros(4, np.uint16))
+
+
+def test_mixed_stream_counts_the_share():
+    docs = [np.full(30, 5, np.uint16)] * 100
+    extra = [np.full(9, 7, np.uint16)] * 400
+    for share in (0.0, 0.25, 0.5):
+        stream, is_extra = dc.mixed_stream(docs, extra, n_tokens=2000, extra_share=share, seed=1)
+        assert stream.shape == is_extra.shape and len(stream) >= 2000
+        assert np.array_equal(stream[is_extra & (stream != 0)], np.full(int((is_extra & (stream != 0)).sum()), 7))
+        assert abs(is_extra.mean() - share) < 0.03
+    again = dc.mixed_stream(docs, extra, n_tokens=2000, extra_share=0.25, seed=1)
+    assert np.array_equal(again[0], dc.mixed_stream(docs, extra, n_tokens=2000, extra_share=0.25, seed=1)[0])
+    with pytest.raises(ValueError, match="extra"):
+        dc.mixed_stream(docs, extra[:2], n_tokens=2000, extra_share=0.5)
+
+
+def test_distillation_objective_mixes_hard_and_soft_targets():
+    teacher, student = _toy_model(1), _toy_model(2)
+    x, y = dc.sequential_batches(TOY, batch_size=2, seq_len=16, steps=1)(0)
+    with torch.no_grad():
+        ce = student.loss(x, y)
+        soft = dc.distillation_loss(student(x), teacher(x), temperature=3.0)
+        hard_only = dc.distillation_objective(teacher, alpha=1.0)(student, x, y)
+        soft_only = dc.distillation_objective(teacher, alpha=0.0, temperature=3.0)(student, x, y)
+        mix = dc.distillation_objective(teacher, alpha=0.25, temperature=3.0)(student, x, y)
+    assert float(hard_only) == pytest.approx(float(ce), rel=1e-5)
+    assert float(soft_only) == pytest.approx(float(soft), rel=1e-5)
+    assert float(mix) == pytest.approx(0.25 * float(ce) + 0.75 * float(soft), rel=1e-5)
+    before = [p.clone() for p in teacher.parameters()]
+    loss = dc.distillation_objective(teacher)(student, x, y)
+    loss.backward()
+    assert all(p.grad is None for p in teacher.parameters()) and student.embed.weight.grad is not None
+    assert all(torch.equal(a, b) for a, b in zip(before, teacher.parameters()))
+
+
+def test_top1_agreement():
+    a, b = _toy_model(1), _toy_model(2)
+    assert dc.top1_agreement(a, a, TOY, seq_len=16, batch_size=4, max_batches=2) == 1.0
+    got = dc.top1_agreement(a, b, TOY, seq_len=16, batch_size=4, max_batches=2)
+    with torch.no_grad():
+        x = torch.from_numpy(TOY[: 8 * 16].astype(np.int64)).view(8, 16)
+        want = float((a(x).argmax(-1) == b(x).argmax(-1)).float().mean())
+    assert got == pytest.approx(want)
+
+
+@pytest.mark.parametrize("score", dc.TOPIC_SCORES)
+def test_topic_accuracy_equals_a_naive_loop(patient, score):
+    arts = data.articles("val")[:3]
+    topics = data.TOPICS[:4]
+    acc, pred = dc.topic_accuracy(patient.model, arts, topics=topics, score=score)
+    tok = patient.tokenizer
+    for a, p in zip(arts, pred):
+        scores = []
+        for c in topics:
+            q = [0] + tok.encode(dc.topic_prompt(a.title)).ids
+            ans = tok.encode(f" {c}.").ids
+            assert tok.encode(dc.topic_prompt(a.title) + f" {c}.").ids == q[1:] + ans  # the prompt tokenises alone
+            with torch.no_grad():
+                logp = F.log_softmax(patient.model(torch.tensor([q + ans])[:, :-1])[0], -1)
+            each = [float(logp[len(q) - 1 + j, t]) for j, t in enumerate(ans)]
+            scores.append({"first": each[0], "sum": sum(each), "mean": sum(each) / len(each)}[score])
+        assert p == int(np.argmax(scores))
+    truth = [topics.index(a.topic) if a.topic in topics else -1 for a in arts]
+    assert acc == pytest.approx(np.mean(np.array(truth) == pred))
+
+
+def test_topic_accuracy_sum_favours_short_answers(patient):
+    # "People." is the one 2-token answer: summed log-probabilities pick it for every title
+    arts = data.articles("val")[:20]
+    _, pred = dc.topic_accuracy(patient.model, arts, score="sum")
+    assert set(pred.tolist()) == {data.TOPICS.index("People")}
+    with pytest.raises(ValueError, match="topics"):
+        dc.topic_accuracy(patient.model, arts[:1], topics=["Physics", "Physical sciences"])  # same first token
+
+
+@pytest.mark.parametrize(
+    "call, name",
+    [
+        (lambda: dc.encode_docs("text"), "texts"),
+        (lambda: dc.random_batches(TOY, batch_size=0, seq_len=8, seed=0), "batch_size"),
+        (lambda: dc.sequential_batches(TOY, batch_size=2, seq_len=8, steps=0), "steps"),
+        (lambda: train.train(_toy_model(), None, None, _toy_cfg()), "train_tokens"),
+        (lambda: train.train(_toy_model(), None, None, _toy_cfg(), batch_at="batches"), "batch_at"),
+        (
+            lambda: train.train(_toy_model(), None, None, _toy_cfg(), batch_at=lambda s: None, stop_after=9),
+            "stop_after",
+        ),
+        (lambda: train.train(_toy_model(), None, None, _toy_cfg(), batch_at=lambda s: None, loss_fn=3), "loss_fn"),
+        (lambda: dc.distillation_objective(_toy_model(), alpha=1.5), "alpha"),
+        (lambda: dc.distillation_objective(_toy_model(), temperature=0), "temperature"),
+        (lambda: dc.distillation_objective("small"), "teacher"),
+        (lambda: dc.top1_agreement(_toy_model(), "t", TOY), "teacher"),
+        (lambda: dc.topic_prompt(3), "title"),
+        (lambda: dc.topic_accuracy(_toy_model(), []), "articles"),
+        (lambda: dc.topic_accuracy(_toy_model(), ["a title"]), "articles[0]"),
+        (lambda: dc.topic_accuracy(_toy_model(), data.articles("val")[:1], score="max"), "score"),
+        (lambda: dc.mixed_stream([TOY], [TOY], n_tokens=10, extra_share=1.5), "extra_share"),
+        (lambda: dc.mixed_stream([TOY], [], n_tokens=10, extra_share=0.5), "extra"),
+    ],
+)
+def test_training_half_bad_input(call, name):
+    with pytest.raises((ValueError, TypeError)) as info:
+        call()
+    assert name in str(info.value)
+
+
+# --------------------------------------------------------------------------- the stored runs
+
+
+@pytest.fixture(scope="module")
+def stored():
+    from course_lib.experiments import datacentric as xdc
+
+    return xdc.load_runs()
+
+
+def _check_run(r):
+    for key in ("steps", "tokens_per_step", "tokens_seen", "seconds", "val_step", "val_tokens", "val_loss"):
+        assert key in r, key
+    assert r["tokens_seen"] == r["steps"] * r["tokens_per_step"]
+    assert len(r["val_step"]) == len(r["val_loss"]) == len(r["val_tokens"]) >= 2
+    assert r["val_step"][-1] == r["steps"] - 1 and r["final_val_loss"] == r["val_loss"][-1]
+    assert all(0 < v < 9 for v in r["val_loss"])
+
+
+def test_stored_runs_have_the_schema(stored):
+    from course_lib.experiments import datacentric as xdc
+    from course_lib.paths import zoo_file
+    from course_lib.train import time_to_target
+
+    assert zoo_file(xdc.RUNS_FILE).stat().st_size < 300_000
+    assert stored["command"] == xdc.COMMAND and "cpu" in stored["machine"]
+    eq = stored["equal"]
+    assert set(eq["runs"]) == set(xdc.EQUAL_ARMS)
+    finals = [eq["runs"][a]["final_val_loss"] for a in xdc.EQUAL_ARMS]
+    assert eq["target"]["loss"] == max(finals)  # the stated rule
+    for r in eq["runs"].values():
+        _check_run(r)
+        t = time_to_target(r, eq["target"]["loss"])
+        assert t is not None and r["to_target"]["tokens"] == round(t.tokens)  # every arm reaches the target
+        assert set(r["memorisation"]) == {"many", "once"}
+        assert all(0 <= m["rate"] <= 1 and m["n"] > 0 for m in r["memorisation"].values())
+    comp = eq["composition"]
+    assert comp["raw"]["clean"] == comp["dedup"]["clean"] >= comp["filtered"]["clean"]  # dedup keeps every original
+    assert comp["raw"]["exact_dup"] > 0 and comp["dedup"]["exact_dup"] == 0
+    syn = stored["synthetic"]
+    totals = {r["synthetic_tokens"] + r["crawl_tokens"] for r in syn["runs"]}
+    assert len(totals) == 1 and syn["runs"][0]["share"] == 0 and syn["runs"][0]["synthetic_tokens"] == 0
+    assert all(0 <= r["accuracy"] <= 1 for r in syn["runs"]) and 0 <= syn["before"]["accuracy"] <= 1
+    cur = stored["curriculum"]
+    assert set(cur["runs"]) == set(xdc.CURRICULUM_ARMS)
+    for runs in cur["runs"].values():
+        assert [r["seed"] for r in runs] == cur["seeds"]
+        for r in runs:
+            _check_run(r)
+    dis = stored["distill"]
+    assert set(dis["runs"]) == {"data", "distilled"}
+    for r in dis["runs"].values():
+        _check_run(r)
+        assert 0 <= r["agreement"] <= 1
+    assert dis["runs"]["data"]["steps"] == dis["runs"]["distilled"]["steps"]  # equal steps
+
+
+def test_short_run_reproduces_the_stored_curve(stored, one_thread):
+    from course_lib.experiments import datacentric as xdc
+
+    r = xdc.short_run(2, stored=stored)  # two steps: the stored training loss at step 0
+    assert r["loss_step"] == [0] and r["val_step"] == []
+    tol = 0 if stored["distill"]["threads"] == 1 else 1e-3  # other thread counts add in another order
+    assert r["max_abs_diff"] <= tol
+    with pytest.raises(ValueError, match="steps"):
+        xdc.short_run(0, stored=stored)
+    with pytest.raises(ValueError, match="steps"):
+        xdc.short_run(xdc.DISTILL_TRAIN.steps + 1, stored=stored)
