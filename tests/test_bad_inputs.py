@@ -861,6 +861,18 @@ family(
 )
 family("depth", "layers", (-1, 3, 2.5, "1"), lambda v: _depth().mod_model(_EE, layers=[v], capacity=0.5))
 family("depth", "seq_len", POS_INT, lambda v: _depth().mod_tokens(v, 0.5))
+_EE_TEXT = torch.arange(64) % 7
+family(
+    "depth",
+    "max_dropout",
+    SPARSITY,
+    lambda v: _depth().train_for_exit(_EE, _EE_TEXT, seq_len=8, max_dropout=v),
+    "train_for_exit",
+)
+family("depth", "exit_scale", NONNEG_FLOAT, lambda v: _depth().train_for_exit(_EE, _EE_TEXT, seq_len=8, exit_scale=v))
+family("depth", "rank", (0, 17, 2.5, "4", True), lambda v: _depth().train_for_exit(_EE, _EE_TEXT, seq_len=8, rank=v))
+family("depth", "max_rate", SPARSITY, lambda v: _depth().layer_dropout_rates(4, v))
+family("depth", "scale", NONNEG_FLOAT, lambda v: _depth().exit_loss_weights(4, v))
 
 
 @pytest.mark.parametrize("arg, call", CASES)
@@ -1122,3 +1134,22 @@ family("datacentric", "texts", _BAD_TEXTS, lambda v: dcn.regurgitation_rate(v), 
 family("datacentric", "field", CHOICE, lambda v: dcn.natural_near_duplicates(field=v), "natural.field")
 family("datacentric", "threshold", PROB, lambda v: dcn.natural_near_duplicates(threshold=v), "natural.threshold")
 case("datacentric", "bands", lambda: dcn.natural_near_duplicates(bands=4), "natural.bands-without-rows")
+
+# --------------------------------------------------------------------------- chapter 13: the capstone
+
+from course_lib import capstone as cap  # noqa: E402
+
+family("capstone", "price_per_hour", POS_FLOAT, lambda v: cap.tokens_per_s_per_dollar(10.0, v))
+family("capstone", "price_per_hour", POS_FLOAT, lambda v: cap.cost_per_query_usd([1.0], v), "cost.price_per_hour")
+family("capstone", "items", ([], [1], None, "x"), lambda v: cap.mix_of(v))
+family("capstone", "component", CHOICE, lambda v: cap.without(cap.EFFICIENT, v))
+family("capstone", "system", CHOICE, lambda v: cap.system_config(v))
+family("capstone", "bits", (16, 4, "8", None), lambda v: cap.SystemConfig(bits=v))
+family("capstone", "threshold", (-0.1, 2.0, NAN, "0.5", None), lambda v: cap.SystemConfig(threshold=v))
+family("capstone", "watts_per_core", POS_FLOAT, lambda v: cap.energy_per_query_j([1.0], v))
+family("capstone", "cpu_seconds", ([], [NAN], [-1.0], [[1.0]]), lambda v: cap.energy_per_query_j(v, 10.0))
+family("capstone", "grid_g_per_kwh", NONNEG_FLOAT, lambda v: cap.co2_g_per_1000(1.0, v))
+family("capstone", "seconds", ([], [NAN], [-1.0], [[1.0]]), lambda v: cap.latency_percentiles(v))
+family("capstone", "version", (0, 2, "1", None), lambda v: cap.task_items(version=v))
+family("capstone", "tdp_w", POS_FLOAT, lambda v: cap.default_watts_per_core(v))
+family("capstone", "cores", (0, -3, 2.5, "4", True, NAN), lambda v: cap.default_watts_per_core(85.0, v))
