@@ -9,9 +9,15 @@ from course_lib.exercises.ch00 import check_decode_latency, check_inference_awar
 from course_lib.exercises.ch01 import check_batched_decode_prediction, check_kv_cache_bytes, check_top_p
 from course_lib.exercises.ch02 import check_expert_choice, check_moe_scaling_prediction
 from course_lib.exercises.ch03 import check_dilated_cache, check_reach, check_window_time_prediction
-from course_lib.exercises.ch04 import check_sparse_speedup_prediction, check_topk_mlp
+from course_lib.exercises.ch04 import (
+    check_entropy_confidence,
+    check_exit_layers_prediction,
+    check_sparse_speedup_prediction,
+    check_topk_mlp,
+)
 from course_lib.exercises.ch05 import check_int4_slowdown_prediction, check_quantized_bytes, check_rtn_groupwise
 from course_lib.exercises.ch06 import check_structured_speedup_prediction, check_taylor_head_scores
+from course_lib.exercises.ch07 import check_bbit_minhash, check_lsh_recall_prediction
 from course_lib.exercises.ch08 import check_maxp_rerank, check_rrf
 from course_lib.exercises.ch09 import check_answer_time_prediction, check_convert_tool
 from course_lib.exercises.ch10 import check_expected_calibration_error, check_margin_cascade
@@ -21,6 +27,7 @@ from course_lib.exercises.ch11 import (
     check_roofline_time_prediction,
 )
 from course_lib.exercises.ch12 import check_matvec_time_prediction, check_p_all_experts, check_speedup_ceiling
+from course_lib.exercises.ch13 import check_front_door, check_time_from_flops_prediction
 from course_lib.exercises.core import CheckResult, ExerciseFailed, check_prediction, run_cases
 
 __all__ = [
@@ -55,7 +62,13 @@ __all__ = [
     "check_speedup_ceiling",
     "check_matvec_time_prediction",
     "check_topk_mlp",
+    "check_entropy_confidence",
+    "check_exit_layers_prediction",
     "check_sparse_speedup_prediction",
     "check_convert_tool",
     "check_answer_time_prediction",
+    "check_front_door",
+    "check_time_from_flops_prediction",
+    "check_bbit_minhash",
+    "check_lsh_recall_prediction",
 ]
