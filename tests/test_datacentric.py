@@ -683,6 +683,26 @@ def test_stored_runs_have_the_schema(stored):
         assert t is not None and r["to_target"]["tokens"] == round(t.tokens)  # every arm reaches the target
         assert set(r["memorisation"]) == {"many", "once"}
         assert all(0 <= m["rate"] <= 1 and m["n"] > 0 for m in r["memorisation"].values())
+    assert eq["seeds"] == [eq["train"]["seed"], *xdc.EQUAL_SEEDS]
+    assert set(eq["seed_runs"]) == set(xdc.EQUAL_ARMS)
+    ss = eq["seed_summary"]
+    finals_by_arm = {}
+    for a in xdc.EQUAL_ARMS:
+        extra = eq["seed_runs"][a]
+        assert [r["seed"] for r in extra] == list(xdc.EQUAL_SEEDS)
+        for r in extra:
+            assert len(r["val_loss"]) == len(eq["runs"][a]["val_loss"]) and r["final_val_loss"] == r["val_loss"][-1]
+            assert all(0 < v < 9 for v in r["val_loss"]) and r["seconds"] > 0
+        v = [eq["runs"][a]["final_val_loss"]] + [r["final_val_loss"] for r in extra]  # seed 0 first
+        finals_by_arm[a] = v
+        assert ss[a]["n"] == len(v) == len(eq["seeds"])
+        assert (ss[a]["min"], ss[a]["max"]) == (min(v), max(v)) and abs(ss[a]["mean"] - np.mean(v)) < 1e-4
+    # a new seed gives a different run (init and batch order both vary)
+    assert len(set(finals_by_arm["raw"])) == len(finals_by_arm["raw"])
+    d = ss["difference"]
+    want = [f - r for f, r in zip(finals_by_arm["filtered"], finals_by_arm["raw"])]
+    assert np.allclose(d["per_seed"], want, atol=1e-4) and len(d["per_seed"]) == len(eq["seeds"])
+    assert abs(d["mean"] - np.mean(want)) < 1e-4 and d["min"] == min(d["per_seed"]) and d["max"] == max(d["per_seed"])
     comp = eq["composition"]
     assert comp["raw"]["clean"] == comp["dedup"]["clean"] >= comp["filtered"]["clean"]  # dedup keeps every original
     assert comp["raw"]["exact_dup"] > 0 and comp["dedup"]["exact_dup"] == 0

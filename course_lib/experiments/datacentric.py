@@ -18,7 +18,10 @@ definition of time-to-accuracy, :func:`course_lib.train.time_to_target`.
   memorisation check: greedy continuation of :data:`MEMO_PREFIX` tokens reproducing the
   next :data:`MEMO_SUFFIX` verbatim (:func:`course_lib.datacentric.regurgitation_rate`),
   on articles the raw crawl holds at least :data:`MANY_COPIES` times versus articles it
-  holds once, for each arm's final model.
+  holds once, for each arm's final model. Every arm is trained again with seeds
+  :data:`EQUAL_SEEDS` (the seed sets the initialisation and the batch order, as in the
+  curriculum part; no memorisation check) so the filtered-vs-raw difference can be judged
+  against its own seed-to-seed spread (``seed_runs``, ``seed_summary``).
 * **synthetic** — the tiny *patient* (pretrained) trained on for :data:`SYNTH_TRAIN` with
   a share of the tokens replaced by programmatic examples "Q: What is the topic of
   <title>?\\nA: <topic>." from training-split articles (:data:`SYNTH_SHARES`; share 0 =
@@ -34,7 +37,8 @@ definition of time-to-accuracy, :func:`course_lib.train.time_to_target`.
   :data:`DISTILL_ALPHA`), equal steps and batches: validation loss and top-1 agreement
   with the teacher.
 
-Commands (deterministic for a thread count; about 12 CPU-minutes with 2 threads, measured on a busy 2-core machine)::
+Commands (deterministic for a thread count; about 12 CPU-minutes with 2 threads before the equal part's extra
+seeds, measured on a busy 2-core machine; the equal part with its seeds alone took 682 CPU s, 444 s wall, idle)::
 
     python -m course_lib.build datacentric                  # -> zoo_data/datacentric_runs.json
     python -m course_lib.build datacentric --part equal     # one part (repeatable); the others are kept
@@ -73,6 +77,8 @@ MODEL = zoo.RECIPES["tiny"][0]
 _RUN = dict(batch_size=16, seq_len=128, eval_batches=4)
 EQUAL_TRAIN = TrainConfig(steps=120, lr=3e-3, warmup_steps=12, eval_every=12, seed=0, **_RUN)
 EQUAL_ARMS = ("raw", "dedup", "filtered")
+#: extra seeds of the equal arms (seed 0 is ``runs``): model init and batch order both varied, no memorisation check
+EQUAL_SEEDS = (1, 2)
 TARGET_RULE = "the highest final validation loss of the three arms (a loss every arm reaches by its last step)"
 NEAR_DEDUP = dict(threshold=0.5, num_perm=128, bands=32, rows=4, k=5)
 PERPLEXITY_QUANTILE = 0.95
@@ -218,6 +224,42 @@ def build_equal(progress: bool = True) -> dict:
         runs[arm] = run_record(hist, cfg, docs=len(docs), tokens_available=int(len(stream)), memorisation=memo)
         if progress:
             print(f"  {arm}: final val {runs[arm]['final_val_loss']}, memorisation {memo}", flush=True)
+    seed_runs: dict[str, list] = {arm: [] for arm in EQUAL_ARMS}
+    for seed in EQUAL_SEEDS:
+        c = TrainConfig(**{**asdict(cfg), "seed": seed})
+        for arm in EQUAL_ARMS:
+            stream = dc.token_stream(dc.encode_docs([crawl.docs[i].text for i in arms["index"][arm]], tok))
+            hist = train(
+                new_model(seed),
+                None,
+                val,
+                c,
+                batch_at=dc.random_batches(stream, batch_size=c.batch_size, seq_len=c.seq_len, seed=seed),
+                progress=progress,
+                desc=f"equal:{arm}:{seed}",
+            )
+            seed_runs[arm].append(
+                {
+                    "seed": seed,
+                    "final_val_loss": _r(hist.final_val_loss),
+                    "val_loss": [_r(v) for v in hist.val_loss],
+                    "seconds": _r(hist.seconds, 2),
+                }
+            )
+            if progress:
+                print(f"  equal {arm} seed {seed}: final val {hist.final_val_loss:.4f}", flush=True)
+    finals = {arm: [runs[arm]["final_val_loss"]] + [r["final_val_loss"] for r in seed_runs[arm]] for arm in EQUAL_ARMS}
+    diffs = [f - r for f, r in zip(finals["filtered"], finals["raw"])]
+    seed_summary = {
+        arm: {"mean": _r(np.mean(v)), "min": _r(min(v)), "max": _r(max(v)), "n": len(v)} for arm, v in finals.items()
+    } | {
+        "difference": {
+            "per_seed": [_r(d) for d in diffs],
+            "mean": _r(np.mean(diffs)),
+            "min": _r(min(diffs)),
+            "max": _r(max(diffs)),
+        }
+    }
     target = max(runs[a]["final_val_loss"] for a in EQUAL_ARMS)
     for arm in EQUAL_ARMS:
         t = time_to_target(runs[arm], target)
@@ -237,6 +279,9 @@ def build_equal(progress: bool = True) -> dict:
             "copies_of_many": sorted(groups["copies"].values(), reverse=True),
         },
         "runs": runs,
+        "seeds": [cfg.seed, *EQUAL_SEEDS],
+        "seed_runs": seed_runs,
+        "seed_summary": seed_summary,
     }
 
 
