@@ -27,3 +27,14 @@ def tokenizer():
     from course_lib.data import get_tokenizer
 
     return get_tokenizer()
+
+
+@pytest.fixture
+def one_thread():
+    """torch on one thread for the test (results are byte-identical only for the same thread count)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -484,14 +484,6 @@ def _toy_model(seed=0):
     return TinyLM(ModelConfig(vocab_size=97, d_model=32, n_layers=2, n_heads=4, max_seq_len=32))
 
 
-@pytest.fixture
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def _toy_cfg(**kw):
     from course_lib.train import TrainConfig
 

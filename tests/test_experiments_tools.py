@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-import torch
 
 from course_lib import data, tools
 from course_lib.experiments import tools as T
@@ -17,14 +16,6 @@ def questions():
 @pytest.fixture(scope="module")
 def kb():
     return T.knowledge_base("test")
-
-
-@pytest.fixture
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 # --------------------------------------------------------------------------- the question set
