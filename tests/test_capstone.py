@@ -4,13 +4,12 @@ the task's determinism, the composition of systems from per-item records, and ba
 from __future__ import annotations
 
 import math
-import time
 
 import numpy as np
 import pytest
 
 from course_lib import capstone as cap
-from course_lib import data, netguard
+from course_lib import data
 
 # --------------------------------------------------------------------------- metrics vs hand arithmetic
 
@@ -110,50 +109,59 @@ def test_grid_default_is_codecarbons_world_average():
 CODECARBON_TOLERANCE = 0.25
 
 
-def test_energy_estimate_matches_codecarbon_offline_tracker(monkeypatch):
+CODECARBON_RUN = r"""
+import json, time
+import torch
+from course_lib import capstone as cap, netguard
+
+netguard.install()
+blocked, is_local = [], netguard._is_local
+netguard._is_local = lambda host: is_local(host) or blocked.append(host) or False
+from codecarbon import OfflineEmissionsTracker
+
+torch.set_num_threads(1)
+
+
+def tracked(seconds):
+    tracker = OfflineEmissionsTracker(country_iso_code="USA", save_to_file=False, log_level="error",
+        tracking_mode="process", force_cpu_power=cap.TDP_W, force_mode_cpu_load=True,
+        measure_power_secs=1, allow_multiple_runs=True)
+    a = torch.randn(256, 256)
+    tracker.start()
+    c0 = time.process_time()
+    while time.process_time() - c0 < seconds:  # matmuls release the GIL: the tracker's thread keeps sampling
+        a = torch.tanh(a @ a)
+    cpu = time.process_time() - c0
+    tracker.stop()
+    return tracker, cpu
+
+
+tracked(0.3)  # a first, discarded run (see the test's docstring)
+tracker, cpu = tracked(1.5)
+print(json.dumps({"cpu": cpu, "theirs": tracker.final_emissions_data.cpu_energy * 3.6e6, "blocked": blocked}))
+"""
+
+
+def test_energy_estimate_matches_codecarbon_offline_tracker():
     """The same CPU-bound workload, measured by codecarbon's offline tracker (process mode, CPU-load
-    power at the same TDP) and by our CPU-seconds × watts-per-core estimate; no network touched."""
-    import torch
-    from codecarbon import OfflineEmissionsTracker
+    power at the same TDP) and by our CPU-seconds × watts-per-core estimate; no network touched.
 
-    blocked = []  # every non-loopback host the guard was asked about (connects and name lookups)
-    is_local = netguard._is_local
+    It runs in a fresh interpreter, after one short discarded tracker run: inside pytest, or as
+    the first run of a process, codecarbon's process-mode CPU load read 2-20x our estimate now
+    and then (measured: 124-1758 J against 43-85 J, once 238 W at an 85 W TDP); run this way it
+    agreed within 2 % in 10 of 10 runs."""
+    import json
+    import subprocess
+    import sys
 
-    def watch(host):
-        ok = is_local(host)
-        if not ok:
-            blocked.append(host)
-        return ok
-
-    monkeypatch.setattr(netguard, "_is_local", watch)
-    assert netguard.is_installed()
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        tracker = OfflineEmissionsTracker(
-            country_iso_code="USA",
-            save_to_file=False,
-            log_level="error",
-            tracking_mode="process",
-            force_cpu_power=cap.TDP_W,
-            force_mode_cpu_load=True,
-            measure_power_secs=1,
-            allow_multiple_runs=True,
-        )
-        a = torch.randn(256, 256)
-        tracker.start()
-        c0 = time.process_time()
-        while time.process_time() - c0 < 2.0:  # matmuls release the GIL: the tracker's thread keeps sampling
-            a = torch.tanh(a @ a)
-        cpu = time.process_time() - c0
-        tracker.stop()
-    finally:
-        torch.set_num_threads(threads)
-    theirs = tracker.final_emissions_data.cpu_energy * 3.6e6  # kWh -> J
-    ours = cap.energy_per_query_j([cpu], cap.default_watts_per_core())["joules"]
+    out = subprocess.run([sys.executable, "-c", CODECARBON_RUN], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    got = json.loads(out.stdout.strip().splitlines()[-1])
+    ours = cap.energy_per_query_j([got["cpu"]], cap.default_watts_per_core())["joules"]
+    theirs = got["theirs"]
     assert ours > 0 and theirs > 0
     assert abs(ours - theirs) / theirs < CODECARBON_TOLERANCE, (ours, theirs)
-    assert blocked == [], f"codecarbon's offline tracker tried the network: {blocked}"
+    assert got["blocked"] == [], f"codecarbon's offline tracker tried the network: {got['blocked']}"
 
 
 # --------------------------------------------------------------------------- the task
