@@ -483,8 +483,7 @@ def test_train_for_exit_rejects_bad_settings(lm, kw, match):
 def test_stored_exit_trained_model_loads_and_is_reported():
     stored = depth_runs.load_runs()
     section = stored.get("exit_trained")
-    if section is None:
-        pytest.skip("depth_runs.json has no exit_trained section yet (python -m course_lib.build depth --part trained)")
+    assert section is not None, "depth_runs.json lacks exit_trained: python -m course_lib.build depth --part trained"
     model = depth_runs.load_exit_trained()
     assert section["delta_params"] == sum(
         m.in_features * depth_runs.TRAINED["rank"] + m.out_features * depth_runs.TRAINED["rank"]
