@@ -561,18 +561,14 @@ def kernel_sweep(
     for i, v in enumerate(sparsities):
         check_sparsity(v, f"sparsities[{i}]")
     threads = check_int("threads", threads, min=1)
-    before = torch.get_num_threads()
     per = [kernel_variants(mlp, s, seed=seed) for s in sparsities]
     variants = {"dense": per[0]["dense"]}
     for s, v in zip(sparsities, per):
         variants[f"sparse {s}"] = v["sparse"]
         if "pruned" in v:
             variants[f"pruned {s}"] = v["pruned"]
-    try:
-        torch.set_num_threads(threads)
+    with measure.num_threads(threads):
         t = measure.interleaved(variants, min_time=min_time)
-    finally:
-        torch.set_num_threads(before)
     dense = t["dense"].median
     rows = []
     for s, v in zip(sparsities, per):

@@ -52,6 +52,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from course_lib import measure
 from course_lib.checks import check_float, check_int, check_tensor, check_type
 from course_lib.model import SwiGLU, TinyLM, _sample
 
@@ -60,20 +61,26 @@ SUPPORTED = {"attention": ("full",), "mlp": ("swiglu",)}
 
 
 class StaticKVCache:
-    """Keys and values of every layer in one pre-allocated tensor, written by position.
+    """Values and keys of every layer in one pre-allocated tensor, written by position.
 
-    ``kv`` is (n_layers, 2, B, H_kv, max_len, d). ``pos`` is the number of positions
-    filled; :meth:`truncate` moves it back (speculative decoding's rollback): entries beyond
-    ``pos`` are never read, and the next step overwrites them.
+    ``kv`` is (n_layers, B, max_len, 2·H_kv·d): the row of a position holds its values, then
+    its keys (the order the fused projection produces them in, so one copy writes both).
+    ``keys[i]`` / ``values[i]`` are (B, H_kv, max_len, d) *views* of layer ``i`` — no copy,
+    made once. ``pos`` is the number of positions filled; :meth:`truncate` moves it back
+    (speculative decoding's rollback): entries beyond ``pos`` are never read, and the next
+    step overwrites them.
     """
 
     def __init__(self, n_layers: int, batch_size: int, n_kv_heads: int, max_len: int, head_dim: int, *, dtype, device):
-        self.kv = torch.zeros((n_layers, 2, batch_size, n_kv_heads, max_len, head_dim), dtype=dtype, device=device)
+        self.kv = torch.zeros((n_layers, batch_size, max_len, 2 * n_kv_heads * head_dim), dtype=dtype, device=device)
+        split = self.kv.view(n_layers, batch_size, max_len, 2, n_kv_heads, head_dim)
+        self.values = [split[i, :, :, 0].transpose(1, 2) for i in range(n_layers)]  # (B, H_kv, L, d) each
+        self.keys = [split[i, :, :, 1].transpose(1, 2) for i in range(n_layers)]
         self.pos = 0
 
     @property
     def max_len(self) -> int:
-        return self.kv.shape[4]
+        return self.kv.shape[2]
 
     def truncate(self, length: int) -> None:
         """Forget every position from ``length`` on (any length back to 0)."""
@@ -90,6 +97,12 @@ def _rotate_rows(w: torch.Tensor, n_heads: int, head_dim: int) -> torch.Tensor:
     return torch.cat([-w[:, half:], w[:, :half]], dim=1).reshape(n_heads * head_dim, -1)
 
 
+def _rms_scale(x: torch.Tensor, eps_c: float) -> torch.Tensor:
+    r"""``x`` (N, C) times :math:`1/\sqrt{\sum x^2 + C\epsilon}`: RMSNorm without its
+    :math:`\sqrt{C}\,g`, which :class:`FastLM` folds into the next matmul's weights."""
+    return x * (x * x).sum(-1, keepdim=True).add_(eps_c).rsqrt_()
+
+
 class FastLM:
     """A decode-only twin of a :class:`~course_lib.model.TinyLM`: same weights, fused, fewer ops.
 
@@ -100,6 +113,11 @@ class FastLM:
     ``flops_per_token`` and ``embed`` of the readable model, so the speculative decoder and
     the benchmarks take either.
 
+    ``threads`` (an int, or None to leave PyTorch's setting alone) is the intra-op thread
+    count :meth:`forward` and :meth:`generate` run with, restored afterwards: at batch 1 the
+    ops are so small that handing each to a second thread can cost more than it saves —
+    :func:`best_threads` measures which count wins on this machine.
+
     ``compile=True`` also compiles the one-token step (:meth:`_decode_static`, see the module
     docstring) and runs it once at batch 1, so the compile happens here and its wall time is
     ``compile_seconds`` (shorter when inductor's on-disk cache already holds this graph from
@@ -109,10 +127,11 @@ class FastLM:
     compiles again on its first step.
     """
 
-    def __init__(self, model: TinyLM, *, compile: bool = False):
+    def __init__(self, model: TinyLM, *, compile: bool = False, threads: int | None = None):
         check_type("model", model, TinyLM)
         if not isinstance(compile, bool):
             raise TypeError(f"compile must be a bool, got {type(compile).__name__}")
+        self.threads = check_int("threads", threads, min=1, allow_none=True)
         c = model.config
         for what, kind in (("attention", c.attention), ("mlp", c.mlp)):
             if kind not in SUPPORTED[what]:
@@ -130,38 +149,45 @@ class FastLM:
         self.embed = model.embed
         self.n_layers, self.h, self.hkv, self.d = c.n_layers, c.n_heads, c.n_kv_heads, c.head_dim
         self.rep = self.h // self.hkv
-        self.eps = c.norm_eps
+        self.eps_c = c.norm_eps * c.d_model  # RMSNorm's eps, on the sum of squares instead of the mean
+        root_c = c.d_model**0.5
+        self.vk = 2 * self.hkv * self.d  # width of [v k]: what the cache stores per position
+        self.qk = (self.h + self.hkv) * self.d  # width of [k q], and of its rotated image
+        self.width = self.hkv * self.d + self.qk  # width of [v k q]
         self.layers = []
         with torch.no_grad():
             for blk in model.blocks:
                 a, mlp = blk.attn, blk.mlp
                 assert isinstance(mlp, SwiGLU)
-                wqkv = torch.cat(
+                # rows [v, k, q, rot(k), rot(q)], each input column scaled by the norm's sqrt(C)·g
+                wvkq = torch.cat(
                     [
-                        a.q_proj.weight,
-                        a.k_proj.weight,
                         a.v_proj.weight,
-                        _rotate_rows(a.q_proj.weight, self.h, self.d),
+                        a.k_proj.weight,
+                        a.q_proj.weight,
                         _rotate_rows(a.k_proj.weight, self.hkv, self.d),
+                        _rotate_rows(a.q_proj.weight, self.h, self.d),
                     ]
-                )
+                ) * (blk.attn_norm.weight * root_c)
+                wgu = torch.cat([mlp.gate_proj.weight, mlp.up_proj.weight]) * (blk.mlp_norm.weight * root_c)
                 self.layers.append(
                     (
-                        blk.attn_norm.weight.detach().clone(),
-                        wqkv.t().contiguous(),  # (C, 2(H+H_kv)d + H_kv d): x @ w, no transpose per step
+                        wvkq.t().contiguous(),  # (C, H_kv d + 2 (H + H_kv) d): x @ w, no transpose per step
                         a.o_proj.weight.t().contiguous(),
-                        blk.mlp_norm.weight.detach().clone(),
-                        torch.cat([mlp.gate_proj.weight, mlp.up_proj.weight]).t().contiguous(),
+                        wgu.t().contiguous(),  # (C, 2 d_ff)
                         mlp.down_proj.weight.t().contiguous(),
                     )
                 )
-            self.norm_w = model.norm.weight.detach().clone()
             self.embed_w = model.embed.weight.detach()
-            self.head_t = model.lm_head.weight.t().contiguous()
-            self.cos, self.sin = model.rope_cos.clone(), model.rope_sin.clone()
+            self.head_t = (model.lm_head.weight * (model.norm.weight * root_c)).t().contiguous()
+            # RoPE tables over the [v k q] row: v is multiplied by 1 and its partner by 0 (it is left as is)
+            cos, sin = model.rope_cos, model.rope_sin  # (L, d)
+            n_kq = self.h + self.hkv
+            vw = self.hkv * self.d
+            self.cos = torch.cat([torch.ones(len(cos), vw), cos.repeat(1, n_kq)], dim=1)  # (L, width)
+            self.sin = torch.cat([torch.zeros(len(sin), vw), sin.repeat(1, n_kq)], dim=1)
             n = c.max_seq_len
-            self.causal = torch.ones(n, n, dtype=torch.bool, device=self.cos.device).tril()
-        self.qk = (self.h + self.hkv) * self.d  # width of the q|k block (and of its rotated image)
+            self.causal = torch.ones(n, n, dtype=torch.bool, device=cos.device).tril()
         self.dff = c.d_ff
         self.compiled, self.compile_seconds = None, 0.0
         if compile:
@@ -170,7 +196,7 @@ class FastLM:
             )
             start = time.perf_counter()
             cache = self.new_cache(1)
-            with torch.inference_mode():
+            with torch.inference_mode(), self._threads():
                 self.compiled(torch.zeros((1, 1), dtype=torch.long), torch.zeros(1, dtype=torch.long), cache.kv)
             self.compile_seconds = time.perf_counter() - start
 
@@ -198,13 +224,17 @@ class FastLM:
         check_tensor("idx", idx, dims=("batch", "seq_len"), floating=False)
         check_type("cache", cache, StaticKVCache)
         b, t = idx.shape
-        if cache.pos + t > cache.max_len or b != cache.kv.shape[2]:
+        if cache.pos + t > cache.max_len or b != cache.kv.shape[1]:
             raise ValueError(
-                f"cache holds batch {cache.kv.shape[2]} x {cache.max_len} positions; "
+                f"cache holds batch {cache.kv.shape[1]} x {cache.max_len} positions; "
                 f"cannot add ({b}, {t}) tokens at position {cache.pos}"
             )
-        with torch.inference_mode():
+        with torch.inference_mode(), self._threads():
             return self._step(idx, cache, all_logits=True)
+
+    def _threads(self):
+        """A context running its block at ``self.threads`` intra-op threads (None: PyTorch's setting)."""
+        return measure.num_threads(self.threads)
 
     # -- the step ------------------------------------------------------------------------
 
@@ -217,63 +247,64 @@ class FastLM:
             out = self.compiled(idx, torch.tensor([start], device=idx.device), cache.kv)  # (B, V)
             cache.pos = end
             return out.view(b, 1, -1) if all_logits else out
-        h, hkv, d, rep, qk, eps = self.h, self.hkv, self.d, self.rep, self.qk, self.eps
-        cos, sin = self.cos[start:end], self.sin[start:end]  # (T, d)
-        x = self.embed_w[idx.reshape(-1)]  # (B·T, C)
-        mask = None if t == 1 or start == 0 else self.causal[start:end, :end].repeat(self.rep, 1)
-        for i, (n1, wqkv, wo, n2, wgu, wd) in enumerate(self.layers):
-            z = F.rms_norm(x, n1.shape, n1, eps) @ wqkv  # (B·T, [q k v rot(q) rot(k)])
-            z = z.view(b, t, -1)
-            # RoPE on q and k at once: x cos + rotate_half(x) sin, rotate_half precomputed in the weights
-            qkr = (z[..., :qk].view(b, t, h + hkv, d) * cos[:, None]).addcmul_(
-                z[..., qk + hkv * d :].view(b, t, h + hkv, d), sin[:, None]
-            )  # (B, T, H + H_kv, d)
-            kv = cache.kv[i]  # (2, B, H_kv, L, d)
-            kv[0, :, :, start:end] = qkr[:, :, h:].transpose(1, 2)
-            kv[1, :, :, start:end] = z[..., qk : qk + hkv * d].view(b, t, hkv, d).transpose(1, 2)
-            keys, values = kv[0, :, :, :end], kv[1, :, :, :end]  # (B, H_kv, end, d): views, no copy
+        h, hkv, d, rep, qk, vk, w, eps_c = self.h, self.hkv, self.d, self.rep, self.qk, self.vk, self.width, self.eps_c
+        cos, sin = self.cos[start:end], self.sin[start:end]  # (T, width)
+        x = self.embed_w[idx.reshape(-1)]  # (B·T, C): the residual stream
+        mask = None
+        if t > 1 and start > 0:  # additive, made once per pass rather than converted from bool in every layer
+            mask = torch.zeros((t, end), dtype=x.dtype).masked_fill_(~self.causal[start:end, :end], float("-inf"))
+            mask = mask.repeat(self.rep, 1)  # (rep·T, end): the causal rows tiled per query group
+        for i, (wvkq, wo, wgu, wd) in enumerate(self.layers):
+            z = (_rms_scale(x, eps_c) @ wvkq).view(b, t, -1)  # (B, T, [v k q rot(k) rot(q)])
+            # RoPE on k and q at once: x cos + rotate_half(x) sin, rotate_half precomputed in the weights;
+            # v's slots have cos 1 and sin 0, so one addcmul gives [v, rope(k), rope(q)]
+            vkq = torch.addcmul(z[..., :w] * cos, z[..., qk : qk + w], sin)  # (B, T, width)
+            cache.kv[i, :, start:end] = vkq[..., :vk]  # one write: values and keys
+            keys, values = cache.keys[i][:, :, :end], cache.values[i][:, :, :end]  # (B, H_kv, end, d): views
             if t == 1:  # GQA by grouping: the rep query heads of a kv head are its "queries"
-                y = F.scaled_dot_product_attention(qkr[:, 0, :h].view(b, hkv, rep, d), keys, values)
+                y = F.scaled_dot_product_attention(vkq[:, 0, vk:].view(b, hkv, rep, d), keys, values)
             elif mask is None:  # prefill from position 0: causal without a mask
-                q = qkr[:, :, :h].transpose(1, 2)  # (B, H, T, d)
+                q = vkq[..., vk:].view(b, t, h, d).transpose(1, 2)  # (B, H, T, d)
                 y = F.scaled_dot_product_attention(q, keys, values, is_causal=True, enable_gqa=rep > 1)
                 y = y.transpose(1, 2)  # (B, T, H, d)
             else:  # a verify pass mid-sequence: grouped queries, the causal rows tiled per group
-                q = qkr[:, :, :h].reshape(b, t, hkv, rep, d).permute(0, 2, 3, 1, 4).reshape(b, hkv, rep * t, d)
+                q = vkq[..., vk:].reshape(b, t, hkv, rep, d).permute(0, 2, 3, 1, 4).reshape(b, hkv, rep * t, d)
                 y = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask)  # (B, H_kv, rep·T, d)
                 y = y.view(b, hkv, rep, t, d).permute(0, 3, 1, 2, 4)  # (B, T, H_kv, rep, d)
             x = torch.addmm(x, y.reshape(b * t, h * d), wo)
-            g = F.rms_norm(x, n2.shape, n2, eps) @ wgu  # (B·T, 2·d_ff)
+            g = _rms_scale(x, eps_c) @ wgu  # (B·T, 2·d_ff)
             x = torch.addmm(x, F.silu(g[:, : self.dff]).mul_(g[:, self.dff :]), wd)
         cache.pos = end
         if not all_logits:
             x = x.view(b, t, -1)[:, -1]
-        out = F.rms_norm(x, self.norm_w.shape, self.norm_w, eps) @ self.head_t
+        out = _rms_scale(x, eps_c) @ self.head_t
         return out.view(b, t, -1) if all_logits else out  # (B, T, V) or (B, V)
 
     def _decode_static(self, tok, pos, kv_all):
         """One token per sequence with static shapes, for ``torch.compile``: tok (B, 1) at
         position ``pos`` (a (1,) tensor, not a Python int, so one graph serves every position),
         ``kv_all`` the whole :class:`StaticKVCache` tensor. Same arithmetic as :meth:`_step`,
-        but the new key/value go in with ``index_copy_`` and each query attends to all
+        but the new values/keys go in with ``index_copy_`` and each query attends to all
         ``max_len`` cached positions through the causal mask's row ``pos`` (positions not yet
         written get weight exactly 0). Returns logits (B, V); the caller moves ``cache.pos``."""
         b = tok.shape[0]
-        h, hkv, d, rep, qk, eps = self.h, self.hkv, self.d, self.rep, self.qk, self.eps
-        cos, sin = self.cos[pos], self.sin[pos]  # (1, d)
-        mask = self.causal[pos, : kv_all.shape[4]]  # (1, L): True up to and including pos
+        h, hkv, d, rep, qk, vk, w, eps_c = self.h, self.hkv, self.d, self.rep, self.qk, self.vk, self.width, self.eps_c
+        n = kv_all.shape[2]
+        cos, sin = self.cos[pos], self.sin[pos]  # (1, width)
+        mask = self.causal[pos, :n]  # (1, L): True up to and including pos
         x = self.embed_w[tok.reshape(-1)]  # (B, C)
-        for i, (n1, wqkv, wo, n2, wgu, wd) in enumerate(self.layers):
-            z = F.rms_norm(x, n1.shape, n1, eps) @ wqkv
-            qkr = z[:, :qk].view(b, h + hkv, d) * cos + z[:, qk + hkv * d :].view(b, h + hkv, d) * sin
-            kv = kv_all[i]  # (2, B, H_kv, L, d)
-            kv[0].index_copy_(2, pos, qkr[:, h:].unsqueeze(2))
-            kv[1].index_copy_(2, pos, z[:, qk : qk + hkv * d].view(b, hkv, 1, d))
-            y = F.scaled_dot_product_attention(qkr[:, :h].view(b, hkv, rep, d), kv[0], kv[1], attn_mask=mask)
+        for i, (wvkq, wo, wgu, wd) in enumerate(self.layers):
+            z = _rms_scale(x, eps_c) @ wvkq
+            vkq = z[:, :w] * cos + z[:, qk : qk + w] * sin  # (B, width)
+            kv = kv_all[i]  # (B, L, 2 H_kv d)
+            kv.index_copy_(1, pos, vkq[:, None, :vk])
+            split = kv.view(b, n, 2, hkv, d)
+            values, keys = split[:, :, 0].transpose(1, 2), split[:, :, 1].transpose(1, 2)  # (B, H_kv, L, d)
+            y = F.scaled_dot_product_attention(vkq[:, vk:].view(b, hkv, rep, d), keys, values, attn_mask=mask)
             x = torch.addmm(x, y.reshape(b, h * d), wo)
-            g = F.rms_norm(x, n2.shape, n2, eps) @ wgu
+            g = _rms_scale(x, eps_c) @ wgu
             x = torch.addmm(x, F.silu(g[:, : self.dff]) * g[:, self.dff :], wd)
-        return F.rms_norm(x, self.norm_w.shape, self.norm_w, eps) @ self.head_t
+        return _rms_scale(x, eps_c) @ self.head_t
 
     # -- decoding ------------------------------------------------------------------------
 
@@ -289,7 +320,7 @@ class FastLM:
         check_int("top_k", top_k, min=1, allow_none=True)
         cache = self.new_cache(idx.shape[0], total)
         out = torch.empty((idx.shape[0], max_new_tokens), dtype=idx.dtype, device=idx.device)
-        with torch.inference_mode():
+        with torch.inference_mode(), self._threads():
             feed = idx
             for i in range(max_new_tokens):
                 logits = self._step(feed, cache, all_logits=False)  # (B, V)
@@ -319,16 +350,62 @@ def fast_decode_fn(fast: FastLM, *, prompt_len: int, new_tokens: int, batch: int
 
     def setup():
         cache = fast.new_cache(batch, prompt_len + new_tokens)  # max_seq_len when compiled
-        with torch.inference_mode():
+        with torch.inference_mode(), fast._threads():
             fast._step(x, cache, all_logits=False)
         return cache
 
     def run(cache):
-        with torch.inference_mode():
+        with torch.inference_mode(), fast._threads():
             for i in range(new_tokens):
                 fast._step(steps[:, i : i + 1], cache, all_logits=False)
 
     return setup, run
+
+
+def matmuls_fn(fast: FastLM, *, new_tokens: int):
+    """A timed function doing only the matmuls of ``new_tokens`` one-token steps of ``fast``:
+    the same weights, in the same order, on a random row — what a step costs with every other
+    operator gone, the floor that removing operators alone cannot pass."""
+    check_type("fast", fast, FastLM)
+    check_int("new_tokens", new_tokens, min=1)
+    x = torch.randn(1, fast.config.d_model, generator=torch.Generator().manual_seed(0))
+    ff = torch.randn(1, fast.dff, generator=torch.Generator().manual_seed(1))
+    o = torch.randn(1, fast.h * fast.d, generator=torch.Generator().manual_seed(2))
+
+    def run():
+        with torch.inference_mode(), fast._threads():
+            for _ in range(new_tokens):
+                for wvkq, wo, wgu, wd in fast.layers:
+                    x @ wvkq, torch.addmm(x, o, wo), x @ wgu, torch.addmm(x, ff, wd)
+                x @ fast.head_t
+
+    return run
+
+
+def best_threads(fast: FastLM, *, candidates=None, prompt_len: int = 32, new_tokens: int = 16, repeats: int = 5) -> int:
+    """The intra-op thread count at which ``fast`` decodes fastest here, measured (interleaved).
+
+    ``candidates`` defaults to 1 and PyTorch's current count. At batch 1 each op is a few
+    microseconds of work, and a second thread can cost more in hand-off than it saves: on
+    a two-core cloud VM one thread measured faster; a bigger model or machine can differ,
+    which is why this is measured, not assumed.
+    """
+    check_type("fast", fast, FastLM)
+    candidates = [1, torch.get_num_threads()] if candidates is None else list(candidates)
+    if not candidates:
+        raise ValueError("candidates must hold at least one thread count >= 1")
+    for i, n in enumerate(candidates):
+        check_int(f"candidates[{i}]", n, min=1)
+    candidates = sorted(set(candidates))
+    if len(candidates) == 1:
+        return candidates[0]
+    setup, run = fast_decode_fn(fast, prompt_len=prompt_len, new_tokens=new_tokens)
+    before, fast.threads = fast.threads, None  # the count each variant sets is the one that runs
+    try:
+        t = measure.interleaved({str(n): (setup, _at_threads(n, run)) for n in candidates}, warmup=1, repeats=repeats)
+    finally:
+        fast.threads = before
+    return int(min(t, key=lambda n: t[n].median))
 
 
 def readable_vs_fast(
@@ -338,22 +415,34 @@ def readable_vs_fast(
     new_tokens: int = 32,
     bandwidth: float | None = None,
     compile: bool = False,
+    threads: int | str | None = "best",
     warmup: int = 2,
     repeats: int = 7,
 ) -> list[dict]:
     """Decode tokens/s of the readable path and the fast path, for each ``{name: TinyLM}``, batch 1.
 
     All variants are timed in **one** interleaved run (:func:`course_lib.measure.interleaved`),
-    so the speed-ups are ratios measured side by side. With ``bandwidth`` (bytes/s, e.g.
-    :func:`course_lib.hardware.memory_bandwidth`) each row also gets the decode bound
-    (:func:`course_lib.hardware.decode_bound` of the weights + KV cache a step reads at the
-    mid-decode context) and the fraction of it reached. Greedy tokens of each path are
-    checked equal to the readable path's on a prompt (``identical``). With ``compile`` a
-    third path, ``FastLM(model, compile=True)``, is timed beside them; its row has
-    ``compile_s`` and ``pays_after_tokens`` — the tokens after which the compile time is
-    won back against the eager fast path (inf when the compiled step is not faster).
+    so the speed-ups are ratios measured side by side. The readable path runs at PyTorch's
+    thread count, as a notebook runs it. The fast path runs at ``threads``: ``"best"``
+    (default) measures :func:`best_threads` per model first, an int fixes it, None leaves
+    PyTorch's count. When that differs from PyTorch's count, the readable path is also timed
+    at the fast path's count (path ``"readable, 1 thread"`` or ``"readable, N threads"``), so
+    each fast row has ``speedup`` (against the readable path as it runs by default) and
+    ``speedup_same_threads`` (against the readable path at its own thread count: what the
+    code alone buys). The fast path's matmuls are also timed alone (:func:`matmuls_fn`): its
+    row has ``matmul_ms_per_token`` and ``matmul_share``, the part of its step that no
+    operator count can remove.
+
+    With ``bandwidth`` (bytes/s, e.g. :func:`course_lib.hardware.memory_bandwidth`) each row
+    also gets the decode bound (:func:`course_lib.hardware.decode_bound` of the weights + KV
+    cache a step reads at the mid-decode context) and the fraction of it reached. Greedy
+    tokens of each path are checked equal to the readable path's on a prompt
+    (``identical``). With ``compile`` a further path, ``FastLM(model, compile=True)`` at the
+    same threads, is timed beside them; its row has ``compile_s`` and ``pays_after_tokens``
+    — the tokens after which the compile time is won back against the eager fast path (inf
+    when the compiled step is not faster).
     """
-    from course_lib import hardware, measure
+    from course_lib import hardware
 
     if not isinstance(models, dict) or not models:
         raise ValueError("models must be a non-empty dict {name: TinyLM}")
@@ -363,17 +452,30 @@ def readable_vs_fast(
         check_float("bandwidth", bandwidth, min=0, min_inclusive=False)
     if not isinstance(compile, bool):
         raise TypeError(f"compile must be a bool, got {type(compile).__name__}")
+    if threads != "best":
+        check_int("threads", threads, min=1, allow_none=True)
+    default = torch.get_num_threads()
     paths = {"fast": False, "compiled": True} if compile else {"fast": False}
     twins = {
         (name, path): FastLM(check_type(f"models[{name!r}]", m, TinyLM).eval(), compile=c)
         for name, m in models.items()
         for path, c in paths.items()
     }
+    chosen = {}
+    for name in models:
+        n = best_threads(twins[name, "fast"]) if threads == "best" else threads
+        chosen[name] = default if n is None else n
+        for path in paths:
+            twins[name, path].threads = chosen[name]
     variants = {}
     for name, m in models.items():
-        variants[f"{name} readable"] = measure.decode_fn(m, prompt_len=prompt_len, new_tokens=new_tokens)
+        setup, run = measure.decode_fn(m, prompt_len=prompt_len, new_tokens=new_tokens)
+        variants[f"{name} readable"] = (setup, run)
+        if chosen[name] != default:
+            variants[f"{name} {_readable_at(chosen[name])}"] = (setup, _at_threads(chosen[name], run))
         for path in paths:
             variants[f"{name} {path}"] = fast_decode_fn(twins[name, path], prompt_len=prompt_len, new_tokens=new_tokens)
+        variants[f"{name} matmuls only"] = matmuls_fn(twins[name, "fast"], new_tokens=new_tokens)
     t = measure.interleaved(variants, warmup=warmup, repeats=repeats)
     rows = []
     for name, m in models.items():
@@ -382,20 +484,27 @@ def readable_vs_fast(
         reference = m.generate(probe, new_tokens)
         step_bytes = hardware.patient_step_bytes(m, context=prompt_len + new_tokens // 2)
         bound = hardware.decode_bound(step_bytes, bandwidth) if bandwidth is not None else float("nan")
-        for path in ("readable", *paths):
+        readable_paths = ["readable"] + ([_readable_at(chosen[name])] if chosen[name] != default else [])
+        same = f"{name} {readable_paths[-1]}"
+        for path in (*readable_paths, *paths):
             tok_s = new_tokens / t[f"{name} {path}"].median
             row = {
                 "model": name,
                 "path": path,
+                "threads": default if path == "readable" else chosen[name],
                 "tokens_per_s": tok_s,
                 "ms_per_token": 1e3 / tok_s,
                 "speedup": t[f"{name} readable"].median / t[f"{name} {path}"].median,
+                "speedup_same_threads": t[same].median / t[f"{name} {path}"].median,
                 "step_MB": step_bytes / 1e6,
                 "bound_tokens_per_s": bound,
                 "fraction_of_bound": tok_s / bound,
-                "identical": path == "readable"
+                "identical": path.startswith("readable")
                 or torch.equal(twins[name, path].generate(probe, new_tokens), reference),
             }
+            if path == "fast":  # its matmuls alone, timed beside it: the share no operator count can remove
+                row["matmul_ms_per_token"] = t[f"{name} matmuls only"].median / new_tokens * 1e3
+                row["matmul_share"] = row["matmul_ms_per_token"] / row["ms_per_token"]
             if path == "compiled":
                 saved = (t[f"{name} fast"].median - t[f"{name} compiled"].median) / new_tokens  # s per token
                 row["compile_s"] = twins[name, path].compile_seconds
@@ -403,3 +512,17 @@ def readable_vs_fast(
             rows.append(row)
     rows[0]["note"] = t.note()
     return rows
+
+
+def _readable_at(n: int) -> str:
+    return f"readable, {n} thread{'s' if n != 1 else ''}"
+
+
+def _at_threads(n: int, run):
+    """``run`` (a timed function taking its setup's result) executed at ``n`` threads."""
+
+    def at(state):
+        with measure.num_threads(n):
+            run(state)
+
+    return at

@@ -33,6 +33,7 @@ Every chapter, benchmark and test times code through this module, with one proto
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
 import math
@@ -243,6 +244,25 @@ def interleaved(
         out = again if calmer else out
         out.remeasured = True
     return out
+
+
+@contextlib.contextmanager
+def num_threads(n: int | None):
+    """Run the ``with`` block at ``n`` intra-op threads (``None``: leave PyTorch's setting), then restore the count.
+
+    Thread count is a process-wide setting in PyTorch; this is the one place the course
+    changes it for a block and puts it back, even when the block raises.
+    """
+    if n is None:
+        yield
+        return
+    n = check_int("n", n, min=1)
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def time_fn(fn: Callable, *, setup: Callable | None = None, warmup: int = 2, repeats: int = 7, **kw) -> float:

@@ -647,6 +647,7 @@ viz.Table(
         {
             "variant": r["model"],
             "decode path": r["path"],
+            "threads": r["threads"],
             "decode tokens/s": f"{r['tokens_per_s']:,.0f}",
             "decode ms / token": f"{r['ms_per_token']:.3f}",
             "× readable": f"×{r['speedup']:.2f}",

@@ -32,9 +32,7 @@ def tokenizer():
 @pytest.fixture
 def one_thread():
     """torch on one thread for the test (results are byte-identical only for the same thread count)."""
-    import torch
+    from course_lib import measure
 
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+    with measure.num_threads(1):
+        yield

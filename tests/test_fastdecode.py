@@ -12,7 +12,7 @@ import math
 import pytest
 import torch
 
-from course_lib import fastdecode
+from course_lib import fastdecode, measure
 from course_lib import speculative as sd
 from course_lib.attention import sparse_config
 from course_lib.fastdecode import FastLM, StaticKVCache, fast_decode_fn
@@ -146,14 +146,18 @@ def test_static_cache_and_decode_fn_run():
 
 
 def test_readable_vs_fast_rows_and_bound():
-    rows = fastdecode.readable_vs_fast({"toy": _toy()}, prompt_len=8, new_tokens=4, bandwidth=1e10, warmup=0, repeats=1)
+    rows = fastdecode.readable_vs_fast(
+        {"toy": _toy()}, prompt_len=8, new_tokens=4, bandwidth=1e10, threads=None, warmup=0, repeats=1
+    )
     assert [(r["model"], r["path"]) for r in rows] == [("toy", "readable"), ("toy", "fast")]
     assert rows[0]["speedup"] == 1.0 and all(r["identical"] and r["tokens_per_s"] > 0 for r in rows)
     bound = rows[0]["bound_tokens_per_s"]
     assert bound == pytest.approx(1e10 / (rows[0]["step_MB"] * 1e6), rel=1e-9)
     assert rows[1]["fraction_of_bound"] == pytest.approx(rows[1]["tokens_per_s"] / bound)
     assert math.isnan(
-        fastdecode.readable_vs_fast({"t": _toy()}, prompt_len=4, new_tokens=2, repeats=1)[0]["bound_tokens_per_s"]
+        fastdecode.readable_vs_fast({"t": _toy()}, prompt_len=4, new_tokens=2, threads=None, repeats=1)[0][
+            "bound_tokens_per_s"
+        ]
     )
     with pytest.raises(ValueError, match="models"):
         fastdecode.readable_vs_fast({})
@@ -161,3 +165,61 @@ def test_readable_vs_fast_rows_and_bound():
         fastdecode.readable_vs_fast({"x": "small"})
     with pytest.raises(TypeError, match="compile"):
         fastdecode.readable_vs_fast({"t": _toy()}, compile=1)
+
+
+def test_readable_vs_fast_at_another_thread_count_times_the_readable_path_there_too():
+    """With the fast path on 1 thread and PyTorch on 2, the readable path is timed at both counts:
+    ``speedup`` is against the default, ``speedup_same_threads`` against the readable path on 1 thread."""
+    with measure.num_threads(2):
+        rows = fastdecode.readable_vs_fast({"toy": _toy()}, prompt_len=8, new_tokens=4, threads=1, warmup=0, repeats=1)
+        assert torch.get_num_threads() == 2  # restored after every timed call
+    assert [(r["path"], r["threads"]) for r in rows] == [("readable", 2), ("readable, 1 thread", 1), ("fast", 1)]
+    readable, same, fast = rows
+    assert fast["speedup"] / fast["speedup_same_threads"] == pytest.approx(same["speedup"], rel=1e-9)
+    assert readable["speedup"] == 1.0 and same["speedup_same_threads"] == 1.0 and all(r["identical"] for r in rows)
+    with pytest.raises(ValueError, match="threads"):
+        fastdecode.readable_vs_fast({"toy": _toy()}, threads=0)
+    with pytest.raises(TypeError, match="threads"):
+        fastdecode.readable_vs_fast({"toy": _toy()}, threads="fastest")
+
+
+def test_best_threads_measures_a_candidate_and_the_fast_path_keeps_its_count():
+    fast = FastLM(_toy(), threads=1)
+    with measure.num_threads(2):
+        assert fastdecode.best_threads(fast, candidates=(1, 2), prompt_len=4, new_tokens=2, repeats=1) in (1, 2)
+        assert fast.threads == 1  # restored after the measurement
+        assert fastdecode.best_threads(fast, candidates=[3]) == 3  # one candidate: nothing to measure
+        seen = []
+        real = torch.set_num_threads
+        try:
+            torch.set_num_threads = lambda n: (seen.append(n), real(n))[1]
+            fast.generate(torch.zeros(1, 2, dtype=torch.long), 2)
+        finally:
+            torch.set_num_threads = real
+        assert seen == [1, 2] and torch.get_num_threads() == 2  # decoded at 1 thread, then PyTorch's 2 back
+    with pytest.raises(ValueError, match="candidates"):
+        fastdecode.best_threads(fast, candidates=())
+    with pytest.raises(ValueError, match=r"candidates\[1\]"):
+        fastdecode.best_threads(fast, candidates=(1, 0))
+    with pytest.raises(ValueError, match="threads"):
+        FastLM(_toy(), threads=0)
+
+
+def test_matmuls_fn_runs_the_fast_paths_matmuls_and_the_row_reports_their_share():
+    fast = FastLM(_toy())
+    calls = []
+    real = torch.Tensor.__matmul__
+    try:
+        torch.Tensor.__matmul__ = lambda a, b: (calls.append(tuple(b.shape)), real(a, b))[1]
+        fastdecode.matmuls_fn(fast, new_tokens=2)()
+    finally:
+        torch.Tensor.__matmul__ = real
+    # per token: [v k q rot(k) rot(q)] and gate|up per layer (3 layers), then the head
+    per_token = [tuple(w.shape) for layer in fast.layers for w in (layer[0], layer[2])] + [tuple(fast.head_t.shape)]
+    assert calls == per_token * 2
+    rows = fastdecode.readable_vs_fast({"toy": _toy()}, prompt_len=8, new_tokens=4, threads=None, warmup=0, repeats=1)
+    fast_row = rows[-1]
+    assert fast_row["path"] == "fast" and 0 < fast_row["matmul_ms_per_token"]
+    assert fast_row["matmul_share"] == pytest.approx(fast_row["matmul_ms_per_token"] / fast_row["ms_per_token"])
+    with pytest.raises(ValueError, match="new_tokens"):
+        fastdecode.matmuls_fn(fast, new_tokens=0)

@@ -260,3 +260,18 @@ def test_bad_input():
         measure.report_card({"m": torch.nn.Linear(2, 2)})
     with pytest.raises(ValueError, match="max_seq_len"):
         measure.decode_fn(m, prompt_len=10, new_tokens=10)
+
+
+def test_num_threads_sets_and_restores_the_count_even_when_the_block_raises():
+    before = torch.get_num_threads()
+    with measure.num_threads(1):
+        assert torch.get_num_threads() == 1
+    assert torch.get_num_threads() == before
+    with pytest.raises(RuntimeError, match="boom"), measure.num_threads(1):
+        raise RuntimeError("boom")
+    assert torch.get_num_threads() == before
+    with measure.num_threads(None):  # None: PyTorch's setting, untouched
+        assert torch.get_num_threads() == before
+    for bad, err in ((0, ValueError), (1.5, TypeError)):
+        with pytest.raises(err, match="n"), measure.num_threads(bad):
+            pass

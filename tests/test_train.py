@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import torch
 
+from course_lib import measure
 from course_lib.model import ModelConfig, TinyLM
 from course_lib.train import TrainConfig, evaluate, load_checkpoint, lr_at, read_checkpoint, save_checkpoint, train
 
@@ -31,10 +32,8 @@ def pinned_threads():
     a reduction split over 1 or 2 threads adds floats in another order. A test that
     compares computed bytes pins the count so it cannot depend on what ran before it.
     """
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield 1
-    torch.set_num_threads(before)
+    with measure.num_threads(1):
+        yield 1
 
 
 def test_same_seed_same_losses(pinned_threads):

@@ -47,7 +47,7 @@ import torch
 from tqdm.auto import tqdm
 
 from course_lib import capstone as cap
-from course_lib import data, fingerprint, paths, tools, zoo
+from course_lib import data, fingerprint, measure, paths, tools, zoo
 from course_lib.cascade import NaiveBayesBoW, bow_flops, softmax, token_ids
 from course_lib.checks import check_choice, check_int
 from course_lib.datacentric import answer_scores
@@ -382,12 +382,8 @@ def run(items: list[cap.Item] | None = None, *, only: tuple[str, ...] | None = N
         only = tuple(only)
         for name in only:
             cap.system_config(name)  # ValueError naming "system" for an unknown one
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # batch-1 queries on tiny models: one thread, as chapter 09 measured
-    try:
+    with measure.num_threads(1):  # batch-1 queries on tiny models: one thread, as chapter 09 measured
         return _run(items, only=only, progress=progress)
-    finally:
-        torch.set_num_threads(threads)
 
 
 def _run(items: list[cap.Item], *, only: tuple[str, ...] | None, progress: bool) -> dict:
@@ -575,9 +571,7 @@ def rebuild(component: str, *, kinds: tuple[str, ...] | None = None, progress: b
     if not redo:
         raise ValueError(f"kinds must name a kind the stored run has, got {kinds}")
     items = [every[i] for i in redo]
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with measure.num_threads(1):
         torch.manual_seed(0)
         if component == "monolith":
             small = zoo.load("small")
@@ -590,8 +584,6 @@ def rebuild(component: str, *, kinds: tuple[str, ...] | None = None, progress: b
             if component == "router":
                 for r in recs:
                     r["route"] = r.pop("answer")
-    finally:
-        torch.set_num_threads(threads)
     for i, rec in zip(redo, recs):
         runs["components"][component][i] = rec
     return refresh(runs)

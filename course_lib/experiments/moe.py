@@ -34,7 +34,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from plotly.subplots import make_subplots
 
-from course_lib import data, fingerprint
+from course_lib import data, fingerprint, measure
 from course_lib.model import ModelConfig, TinyLM
 from course_lib.moe import (
     CAPACITY_PROBES,
@@ -184,12 +184,9 @@ def build(
 
     t0 = time.perf_counter()
     if jobs == 1:
-        previous = torch.get_num_threads()
-        try:
+        with measure.num_threads(threads):
             for n in names:
                 save(*_build_worker(n, threads), time.perf_counter() - t0)
-        finally:
-            torch.set_num_threads(previous)
     else:
         failed = {}
         with ProcessPoolExecutor(max_workers=jobs, mp_context=get_context("spawn")) as pool:

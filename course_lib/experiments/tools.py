@@ -48,7 +48,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from course_lib import data, fingerprint, paths, tools, zoo
+from course_lib import data, fingerprint, measure, paths, tools, zoo
 from course_lib.checks import check_choice, check_int, check_type
 from course_lib.model import TinyLM
 from course_lib.paths import ZOO_DIR
@@ -586,12 +586,8 @@ def systems_for(tool_model: zoo.Patient | None = None) -> dict:
 def build(cfg: ToolTuneConfig | None = None, *, progress: bool = True) -> dict:
     """Fine-tune the tiny patient to use tools, answer the held-out questions with all three systems, write it all."""
     cfg = cfg or ToolTuneConfig()
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # a 0.45 M model gains nothing from a second thread; the timings say 1 thread
-    try:
+    with measure.num_threads(1):  # a 0.45 M model gains nothing from a second thread; the timings say 1 thread
         return _build(cfg, progress=progress)
-    finally:
-        torch.set_num_threads(threads)
 
 
 def _build(cfg: ToolTuneConfig, *, progress: bool) -> dict:
@@ -653,12 +649,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     if args.results_only:
-        threads = torch.get_num_threads()
-        torch.set_num_threads(1)
-        try:
+        with measure.num_threads(1):
             results = evaluate_and_store()
-        finally:
-            torch.set_num_threads(threads)
     else:
         results = build(ToolTuneConfig(steps=check_int("steps", args.steps, min=1)))
     print(json.dumps({k: results[k] for k in ("rows", "train_seconds", "eval_seconds", "model_sha256")}))
