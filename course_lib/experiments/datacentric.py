@@ -59,7 +59,7 @@ from types import SimpleNamespace
 import numpy as np
 import torch
 
-from course_lib import data, fingerprint, zoo
+from course_lib import data, fingerprint, measure, zoo
 from course_lib import datacentric as dc
 from course_lib.checks import check_int
 from course_lib.model import TinyLM
@@ -472,10 +472,8 @@ def build(*, parts=PARTS, progress: bool = True, threads: int = 2, path: Path | 
             raise ValueError(f"parts must be chosen from {list(PARTS)}, got {part!r}")
     check_int("threads", threads, min=1)
     path = Path(path) if path is not None else ZOO_DIR / RUNS_FILE
-    previous = torch.get_num_threads()
-    torch.set_num_threads(threads)
     result: dict = {}
-    try:
+    with measure.num_threads(threads):
         for part in parts:
             t0, c0 = time.perf_counter(), time.process_time()
             section = BUILDERS[part](progress)
@@ -499,8 +497,6 @@ def build(*, parts=PARTS, progress: bool = True, threads: int = 2, path: Path | 
                     f"  part {part}: {section['build_seconds']} s wall, {section['build_cpu_seconds']} s CPU",
                     flush=True,
                 )
-    finally:
-        torch.set_num_threads(previous)
     return result
 
 
