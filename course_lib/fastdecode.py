@@ -9,22 +9,32 @@ dozens of small ops per layer, each a few microseconds before any arithmetic hap
 :class:`FastLM` is built **from** a readable model (same weights, nothing retrained) and
 computes the same function with fewer, larger ops — gpt-fast's recipe, without a GPU:
 
-* **a static KV cache written by position** (:class:`StaticKVCache`): one tensor per layer
-  holding keys and values, allocated once; a step writes its keys at ``pos`` and reads
-  ``[:pos+1]``. Rolling back (speculative decoding) is moving ``pos``: a rejected key is
-  overwritten by the next write and never read before that;
+* **a static KV cache written by position** (:class:`StaticKVCache`): one tensor holding every
+  layer's values and keys, allocated once; a step writes a token's values and keys (one row,
+  one copy) at ``pos`` and reads ``[:pos+1]``. Rolling back (speculative decoding) is moving
+  ``pos``: a rejected entry is overwritten by the next write and never read before that;
 * **no copy of the cache for GQA**: for one new token the query heads are reshaped into
   ``n_kv_heads`` groups of ``n_heads / n_kv_heads`` rows, and each group attends to *its*
   key/value head as if its rows were queries — no ``repeat_interleave`` of the cache, no
   mask (one token sees every cached position);
 * **no materialised mask** at prefill (``is_causal``); only a multi-token verify pass in the
-  middle of a sequence slices a causal mask computed once (tiled over the query groups);
-* **fused projections**: Q, K, V and the two RoPE "rotate-half" images of Q and K are one
-  matmul (rotate-half is a signed permutation of output rows, so it can be folded into the
-  weights: the rotated copies are extra weight bytes read per step, traded for fewer operators per
-  layer), and gate/up is one matmul; weights are concatenated once, at build time;
-* **fewer ops**: ``F.rms_norm``, residual adds fused into ``addmm``, the whole step in one
-  function with no module calls and no argument checks inside the loop;
+  middle of a sequence builds an additive causal mask, once per pass (tiled over the groups);
+* **fused projections**: V, K, Q and the RoPE "rotate-half" images of K and Q are one matmul
+  (rotate-half is a signed permutation of output rows, so it can be folded into the weights:
+  extra weight bytes read per step, traded for fewer operators per layer), laid out so that
+  one ``addcmul`` with cos/sin tables (1 and 0 over V) applies RoPE; gate/up is one matmul;
+* **RMSNorm folded**: the norm's gain :math:`g` (and :math:`\sqrt{C}`) is multiplied into the
+  next matmul's weights once, so a step computes only the per-token scale
+  :math:`1/\sqrt{\sum x^2 + C\epsilon}` — four small ops instead of PyTorch's composite
+  ``rms_norm``, measured at several times the cost of one elementwise op here;
+* **each matmul in the kernel that suits it**: weights are kept both as (in, out), for ``x @ W``
+  on one row (a decode step), and as (out, in), for ``W @ x.T`` on several rows (a verify
+  pass), which MKL runs markedly faster — so verifying k drafted tokens costs little more
+  than one step. Twice the weight memory, the same bytes read per step;
+* **fewer ops**: residual adds fused into ``addmm``, the whole step in one function with no
+  module calls and no argument checks inside the loop;
+* **its thread count measured** (``FastLM(model, threads=n)``, :func:`best_threads`): at batch 1
+  each op is microseconds of work, and a second thread's hand-off can cost more than it saves;
 * **opt-in, compiled** (``FastLM(model, compile=True)``): the one-token step written with
   static shapes — the key/value written at a position *tensor* with ``index_copy_``, the
   attention over the whole static cache with the causal mask's row at that position — and
@@ -103,6 +113,22 @@ def _rms_scale(x: torch.Tensor, eps_c: float) -> torch.Tensor:
     return x * (x * x).sum(-1, keepdim=True).add_(eps_c).rsqrt_()
 
 
+def _times(x: torch.Tensor, cols: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """``x @ W`` for x (M, in), contiguous (M, out), with W stored both ways.
+
+    One row (a batch-1 decode step): ``x @ cols``, cols (in, out) — MKL's fastest kernel for a
+    single row, measured. Several rows (a prefill, a speculative verify pass): ``rows @ x.T``,
+    rows (out, in), measured about 1.7× faster than ``x @ cols`` at M = 5 on this course's
+    patients: what makes verifying k drafted tokens cost little more than one step.
+    """
+    return x @ cols if x.shape[0] == 1 else (rows @ x.t()).t().contiguous()
+
+
+def _plus_times(x: torch.Tensor, a: torch.Tensor, cols: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """The residual update ``x + a @ W`` (``addmm`` for one row, :func:`_times` otherwise)."""
+    return torch.addmm(x, a, cols) if a.shape[0] == 1 else x + (rows @ a.t()).t()
+
+
 class FastLM:
     """A decode-only twin of a :class:`~course_lib.model.TinyLM`: same weights, fused, fewer ops.
 
@@ -154,7 +180,7 @@ class FastLM:
         self.vk = 2 * self.hkv * self.d  # width of [v k]: what the cache stores per position
         self.qk = (self.h + self.hkv) * self.d  # width of [k q], and of its rotated image
         self.width = self.hkv * self.d + self.qk  # width of [v k q]
-        self.layers = []
+        self.layers, self.layers_rows = [], []
         with torch.no_grad():
             for blk in model.blocks:
                 a, mlp = blk.attn, blk.mlp
@@ -170,16 +196,12 @@ class FastLM:
                     ]
                 ) * (blk.attn_norm.weight * root_c)
                 wgu = torch.cat([mlp.gate_proj.weight, mlp.up_proj.weight]) * (blk.mlp_norm.weight * root_c)
-                self.layers.append(
-                    (
-                        wvkq.t().contiguous(),  # (C, H_kv d + 2 (H + H_kv) d): x @ w, no transpose per step
-                        a.o_proj.weight.t().contiguous(),
-                        wgu.t().contiguous(),  # (C, 2 d_ff)
-                        mlp.down_proj.weight.t().contiguous(),
-                    )
-                )
+                rows = (wvkq, a.o_proj.weight, wgu, mlp.down_proj.weight)  # (out, in) each, as nn.Linear keeps them
+                self.layers.append(tuple(w.t().contiguous() for w in rows))  # (in, out): x @ w for one token
+                self.layers_rows.append(tuple(w.detach().clone() for w in rows))  # (out, in): w @ x.T for several
             self.embed_w = model.embed.weight.detach()
-            self.head_t = (model.lm_head.weight * (model.norm.weight * root_c)).t().contiguous()
+            self.head_rows = (model.lm_head.weight * (model.norm.weight * root_c)).detach()  # (V, C)
+            self.head_t = self.head_rows.t().contiguous()  # (C, V)
             # RoPE tables over the [v k q] row: v is multiplied by 1 and its partner by 0 (it is left as is)
             cos, sin = model.rope_cos, model.rope_sin  # (L, d)
             n_kq = self.h + self.hkv
@@ -254,8 +276,8 @@ class FastLM:
         if t > 1 and start > 0:  # additive, made once per pass rather than converted from bool in every layer
             mask = torch.zeros((t, end), dtype=x.dtype).masked_fill_(~self.causal[start:end, :end], float("-inf"))
             mask = mask.repeat(self.rep, 1)  # (rep·T, end): the causal rows tiled per query group
-        for i, (wvkq, wo, wgu, wd) in enumerate(self.layers):
-            z = (_rms_scale(x, eps_c) @ wvkq).view(b, t, -1)  # (B, T, [v k q rot(k) rot(q)])
+        for i, (cols, rows) in enumerate(zip(self.layers, self.layers_rows)):
+            z = _times(_rms_scale(x, eps_c), cols[0], rows[0]).view(b, t, -1)  # (B, T, [v k q rot(k) rot(q)])
             # RoPE on k and q at once: x cos + rotate_half(x) sin, rotate_half precomputed in the weights;
             # v's slots have cos 1 and sin 0, so one addcmul gives [v, rope(k), rope(q)]
             vkq = torch.addcmul(z[..., :w] * cos, z[..., qk : qk + w], sin)  # (B, T, width)
@@ -271,13 +293,13 @@ class FastLM:
                 q = vkq[..., vk:].reshape(b, t, hkv, rep, d).permute(0, 2, 3, 1, 4).reshape(b, hkv, rep * t, d)
                 y = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask)  # (B, H_kv, rep·T, d)
                 y = y.view(b, hkv, rep, t, d).permute(0, 3, 1, 2, 4)  # (B, T, H_kv, rep, d)
-            x = torch.addmm(x, y.reshape(b * t, h * d), wo)
-            g = _rms_scale(x, eps_c) @ wgu  # (B·T, 2·d_ff)
-            x = torch.addmm(x, F.silu(g[:, : self.dff]).mul_(g[:, self.dff :]), wd)
+            x = _plus_times(x, y.reshape(b * t, h * d), cols[1], rows[1])
+            g = _times(_rms_scale(x, eps_c), cols[2], rows[2])  # (B·T, 2·d_ff)
+            x = _plus_times(x, F.silu(g[:, : self.dff]).mul_(g[:, self.dff :]), cols[3], rows[3])
         cache.pos = end
         if not all_logits:
             x = x.view(b, t, -1)[:, -1]
-        out = _rms_scale(x, eps_c) @ self.head_t
+        out = _times(_rms_scale(x, eps_c), self.head_t, self.head_rows)
         return out.view(b, t, -1) if all_logits else out  # (B, T, V) or (B, V)
 
     def _decode_static(self, tok, pos, kv_all):
