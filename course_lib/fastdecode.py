@@ -517,7 +517,10 @@ def readable_vs_fast(
                 "tokens_per_s": tok_s,
                 "ms_per_token": 1e3 / tok_s,
                 "speedup": t[f"{name} readable"].median / t[f"{name} {path}"].median,
-                "speedup_same_threads": t[same].median / t[f"{name} {path}"].median,
+                # against the readable path at this row's own thread count (1.0 for the readable rows)
+                "speedup_same_threads": 1.0
+                if path.startswith("readable")
+                else t[same].median / t[f"{name} {path}"].median,
                 "step_MB": step_bytes / 1e6,
                 "bound_tokens_per_s": bound,
                 "fraction_of_bound": tok_s / bound,

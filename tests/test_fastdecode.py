@@ -176,7 +176,8 @@ def test_readable_vs_fast_at_another_thread_count_times_the_readable_path_there_
     assert [(r["path"], r["threads"]) for r in rows] == [("readable", 2), ("readable, 1 thread", 1), ("fast", 1)]
     readable, same, fast = rows
     assert fast["speedup"] / fast["speedup_same_threads"] == pytest.approx(same["speedup"], rel=1e-9)
-    assert readable["speedup"] == 1.0 and same["speedup_same_threads"] == 1.0 and all(r["identical"] for r in rows)
+    assert readable["speedup"] == 1.0 and readable["speedup_same_threads"] == same["speedup_same_threads"] == 1.0
+    assert all(r["identical"] for r in rows)
     with pytest.raises(ValueError, match="threads"):
         fastdecode.readable_vs_fast({"toy": _toy()}, threads=0)
     with pytest.raises(TypeError, match="threads"):
