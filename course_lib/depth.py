@@ -14,7 +14,14 @@ the "logit lens"). A confidence rule scores those logits,
   exit trained to predict "this exit's top token is the full model's" (CALM's early-exit
   classifier). The two softmax rules need the exit head's logits at *every* layer checked,
   and on a small model with a 4096-token vocabulary one LM-head product costs about two
-  blocks; the probe costs :math:`2d` FLOPs, so the head runs once, at the exit.
+  blocks; the probe costs :math:`2d` FLOPs, so the head runs once, at the exit;
+* ``"learned"``: a per-block logistic regression (:class:`ExitClassifier`, CALM's learned
+  early-exit classifier with a handful of inputs) on cheap features of the exit
+  (:func:`exit_features`: max probability, top-2 gap, entropy, whether the top token is the
+  previous check's, and CALM's *state propagation* signals, the cosine and the relative size
+  of the block's update), fitted on a calibration text (:func:`fit_exit_classifier`), its
+  threshold chosen there (:func:`calibrate_exit_threshold`) and judged on other text. It may
+  check only some blocks, or use only the state signals, so the head runs once, at the exit.
 
 and the token stops at the first layer where :math:`c > \lambda` (the threshold; strictly
 greater, so :math:`\lambda = 1` never exits and is the full model, bit for bit).
@@ -61,14 +68,15 @@ from course_lib.checks import (
     check_choice,
     check_float,
     check_int,
+    check_keys,
     check_probability,
     check_tensor,
     check_type,
 )
 from course_lib.model import Attention, Block, TinyLM
 
-#: the confidence rules of :func:`confidence`
-CONFIDENCE_RULES = ("max_prob", "top2_gap", "classifier")
+#: the confidence rules of :func:`confidence`, the probe and the learned decision (:class:`ExitClassifier`)
+CONFIDENCE_RULES = ("max_prob", "top2_gap", "classifier", "learned")
 #: the rules computed from the exit logits (the others need no logits to decide)
 SOFTMAX_RULES = ("max_prob", "top2_gap")
 
@@ -495,6 +503,7 @@ def early_exit_forward(
     heads: ExitHeads | None = None,
     min_layer: int = 0,
     cache: list | None = None,
+    classifier: ExitClassifier | None = None,
 ) -> ExitResult:
     r"""Run ``idx`` (B, T) one position at a time, each token leaving at its first confident layer.
 
@@ -507,6 +516,8 @@ def early_exit_forward(
     batch of one really saves the attention and MLP work. ``threshold = 1`` never exits
     (confidence is at most 1 and the rule is strict) and returns the full model's logits
     bit for bit. Pass ``cache`` (from ``model.new_cache``) to continue a sequence.
+    ``rule="learned"`` needs ``classifier`` (a fitted :class:`ExitClassifier`); it checks
+    only the classifier's blocks, and its ``confidence`` is the classifier's probability.
     """
     model = _check_model(model)
     check_tensor("idx", idx, dims=("batch", "seq_len"), floating=False)
@@ -516,11 +527,12 @@ def early_exit_forward(
     if rule == "classifier" and heads is None:
         raise ValueError("rule='classifier' needs heads (trained ExitHeads with their probes)")
     min_layer = check_int("min_layer", min_layer, min=0, max=model.config.n_layers - 1)
-    return _early_exit(model, idx, threshold, rule, heads, min_layer, cache)
+    classifier = _check_classifier(model, rule, classifier)
+    return _early_exit(model, idx, threshold, rule, heads, min_layer, cache, classifier)
 
 
 @torch.no_grad()
-def _early_exit(model, idx, threshold, rule, heads, min_layer, cache) -> ExitResult:
+def _early_exit(model, idx, threshold, rule, heads, min_layer, cache, classifier=None) -> ExitResult:
     """:func:`early_exit_forward` after the checks; ``threshold`` a float or one per row (B,)."""
     n_layers = model.config.n_layers
     final_rule = rule if rule in SOFTMAX_RULES else "max_prob"
@@ -539,21 +551,31 @@ def _early_exit(model, idx, threshold, rule, heads, min_layer, cache) -> ExitRes
         exit_at = torch.full((b,), n_layers - 1, dtype=torch.long, device=idx.device)
         logits = None
         conf = None
+        prev_top = None  # the learned rule's top token at the previous checked block
         for layer, block in enumerate(model.blocks):
             if bool(done.all()):  # only the copied K, V of the skipped layer
                 _, k, v = block.attn.project(block.attn_norm(x), cos, sin)
                 cache[layer].update(k, v)
                 continue
             out = block(x, cos, sin, cache[layer])  # writes K, V of every row (exited: from h_e)
-            x = torch.where(done[:, None, None], x, out)
+            x_in, x = x, torch.where(done[:, None, None], x, out)
             if layer == n_layers - 1:
                 final = model.lm_head(model.norm(x))[:, 0]  # (B, V)
                 keep = ~done
                 logits = torch.where(keep[:, None], final, logits) if logits is not None else final
                 c_final = confidence(final, final_rule)
                 conf = torch.where(keep, c_final, conf) if conf is not None else c_final
-            elif layer >= min_layer:
-                if rule == "classifier":  # a 2d-FLOP probe decides; the head runs only to exit
+            elif layer >= min_layer and (rule != "learned" or layer in classifier.check_layers):
+                if rule == "learned":  # a few cheap features; the head only if they need it
+                    lg = exit_logits(model, x, layer, heads=heads)[:, 0] if classifier.uses_head else None
+                    feats = exit_features(x[:, 0], x_in[:, 0], lg, prev_top, features=classifier.features)
+                    c = classifier.prob(layer, feats)  # (B,)
+                    new = ~done & (c > threshold)
+                    if lg is not None:
+                        prev_top = lg.argmax(-1)
+                    elif bool(new.any()):
+                        lg = exit_logits(model, x, layer, heads=heads)[:, 0]
+                elif rule == "classifier":  # a 2d-FLOP probe decides; the head runs only to exit
                     c = heads.probe(model.norm(x), layer)[:, 0]  # (B,)
                     new = ~done & (c > threshold)
                     lg = exit_logits(model, x, layer, heads=heads)[:, 0] if bool(new.any()) else None
@@ -588,6 +610,7 @@ def early_exit_generate(
     rule: str = "max_prob",
     heads: ExitHeads | None = None,
     min_layer: int = 0,
+    classifier: ExitClassifier | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Greedy decoding with early exit: (new tokens (B, n), their exit layers (B, n)).
 
@@ -607,12 +630,301 @@ def early_exit_generate(
     tokens, layers = [nxt], [torch.full_like(nxt, model.config.n_layers - 1)]
     for _ in range(n - 1):
         r = early_exit_forward(
-            model, nxt, threshold=threshold, rule=rule, heads=heads, min_layer=min_layer, cache=cache
+            model,
+            nxt,
+            threshold=threshold,
+            rule=rule,
+            heads=heads,
+            min_layer=min_layer,
+            cache=cache,
+            classifier=classifier,
         )
         nxt = r.logits[:, -1].argmax(-1, keepdim=True)
         tokens.append(nxt)
         layers.append(r.exit_layer)
     return torch.cat(tokens, 1), torch.cat(layers, 1)
+
+
+# --------------------------------------------------------------------------- a learned exit decision (CALM)
+
+#: the inputs a learned exit decision may use (:func:`exit_features`)
+EXIT_FEATURES = ("max_prob", "top2_gap", "entropy", "consistent", "state_cos", "state_change")
+#: the ones that need the exit head's logits at the block checked (the others are O(d))
+HEAD_FEATURES = ("max_prob", "top2_gap", "entropy", "consistent")
+
+
+def _check_features(features) -> tuple[str, ...]:
+    if isinstance(features, str) or not isinstance(features, (list, tuple)) or not features:
+        raise TypeError(f"features must be a non-empty list chosen from {list(EXIT_FEATURES)}, got {features!r}")
+    for f in features:
+        check_choice("features", f, EXIT_FEATURES)
+    if len(set(features)) != len(features):
+        raise ValueError(f"features must not repeat a name, got {list(features)}")
+    return tuple(features)
+
+
+def exit_features(h, h_prev, logits=None, prev_top=None, *, features=EXIT_FEATURES):
+    r"""The inputs of a learned exit decision for the states ``h`` (..., C) after a block.
+
+    ``h_prev`` (..., C) is the block's input (the previous block's output; the embedding for
+    block 0); ``logits`` (..., V) the exit head's output there (needed only by the head
+    features); ``prev_top`` (...) the top token at the previous *checked* block (None: no
+    check before, so ``consistent`` is 0). Returns (..., F), one column per name in
+    ``features``:
+
+    * ``max_prob`` :math:`p_{(1)}`, ``top2_gap`` :math:`p_{(1)} - p_{(2)}`, ``entropy``
+      :math:`-\sum_v p_v \log p_v`, ``consistent`` (1 if the top token is ``prev_top``);
+    * ``state_cos`` :math:`\cos(h_\ell, h_{\ell-1})` and ``state_change``
+      :math:`\lVert h_\ell - h_{\ell-1}\rVert / \lVert h_\ell \rVert` (CALM's state
+      propagation: a block that hardly moved the state is unlikely to be changing its mind;
+      :math:`O(d)`, no head).
+    """
+    features = _check_features(features)
+    h = check_tensor("h", h, floating=True)
+    h_prev = check_tensor("h_prev", h_prev, floating=True)
+    if h_prev.shape != h.shape:
+        raise ValueError(f"h_prev must have the shape of h {tuple(h.shape)}, got {tuple(h_prev.shape)}")
+    if logits is None and any(f in HEAD_FEATURES for f in features):
+        raise ValueError(f"logits are needed for the features {[f for f in features if f in HEAD_FEATURES]}")
+    cols = {}
+    if logits is not None:
+        logits = check_tensor("logits", logits, floating=True)
+        if logits.shape[:-1] != h.shape[:-1]:
+            raise ValueError(f"logits must have shape {tuple(h.shape[:-1])} + (V,), got {tuple(logits.shape)}")
+        logp = F.log_softmax(logits.float(), -1)
+        p = logp.exp()
+        top = p.topk(2, dim=-1)
+        cols["max_prob"] = top.values[..., 0]
+        cols["top2_gap"] = top.values[..., 0] - top.values[..., 1]
+        cols["entropy"] = -(p * logp).sum(-1)
+        top1 = top.indices[..., 0]
+        cols["consistent"] = (top1 == prev_top).float() if prev_top is not None else torch.zeros_like(top1).float()
+    hf, pf = h.float(), h_prev.float()
+    cols["state_cos"] = F.cosine_similarity(hf, pf, dim=-1)
+    cols["state_change"] = (hf - pf).norm(dim=-1) / hf.norm(dim=-1).clamp_min(1e-12)
+    return torch.stack([cols[f] for f in features], -1)
+
+
+class ExitClassifier:
+    r"""CALM's learned exit decision: one logistic regression per checked block.
+
+    At a checked block :math:`\ell` the classifier reads the :func:`exit_features`
+    :math:`x_\ell` and says how likely the exit's top token is the full depth's,
+    :math:`q_\ell = \sigma(w_\ell^\top (x_\ell - \mu_\ell)/s_\ell + b_\ell)` (features
+    standardised on the calibration text); the token stops where :math:`q_\ell > \lambda`.
+    ``check_layers`` are the blocks where it looks (default every block before the last):
+    checking fewer blocks saves the exit head where the head features are used; with
+    only the state features (``"state_cos"``, ``"state_change"``) no block runs the head
+    until the token exits. Fit with :meth:`fit` (or :func:`fit_exit_classifier`); store with
+    :meth:`to_dict` / :meth:`from_dict` (a few hundred numbers).
+    """
+
+    def __init__(self, n_layers: int, *, features=EXIT_FEATURES, check_layers=None):
+        self.n_layers = check_int("n_layers", n_layers, min=2)
+        self.features = _check_features(features)
+        if check_layers is None:
+            check_layers = tuple(range(self.n_layers - 1))
+        if isinstance(check_layers, int) or not isinstance(check_layers, (list, tuple)) or not check_layers:
+            raise TypeError(f"check_layers must be a non-empty list of blocks in [0, {self.n_layers - 2}]")
+        layers = [check_int("check_layers", b, min=0, max=self.n_layers - 2) for b in check_layers]
+        if len(set(layers)) != len(layers):
+            raise ValueError(f"check_layers must not repeat a block, got {layers}")
+        self.check_layers = tuple(sorted(layers))
+        self.params: dict[int, dict[str, torch.Tensor]] = {}
+
+    @property
+    def fitted(self) -> bool:
+        return set(self.params) == set(self.check_layers)
+
+    @property
+    def uses_head(self) -> bool:
+        """Whether a check needs the exit head's logits (any head feature)."""
+        return any(f in HEAD_FEATURES for f in self.features)
+
+    def _require_fitted(self):
+        if not self.fitted:
+            raise ValueError("classifier is not fitted: call ExitClassifier.fit (or fit_exit_classifier) first")
+
+    def fit(self, x: dict, y: dict, *, l2: float = 1e-3, steps: int = 100) -> ExitClassifier:
+        """Fit block by block: ``x[layer]`` (N, F) features, ``y[layer]`` (N,) 1 where the exit
+        agrees with the full depth. L2-regularised logistic regression by L-BFGS (deterministic)."""
+        check_type("x", x, dict)
+        check_type("y", y, dict)
+        l2 = check_float("l2", l2, min=0)
+        steps = check_int("steps", steps, min=1)
+        params = {}
+        for layer in self.check_layers:
+            if layer not in x or layer not in y:
+                raise ValueError(f"x and y must have an entry for every checked block {list(self.check_layers)}")
+            xl = check_tensor(f"x[{layer}]", x[layer], rank=2, floating=True).float()
+            yl = check_tensor(f"y[{layer}]", y[layer], rank=1).float()
+            if xl.shape != (yl.shape[0], len(self.features)) or yl.shape[0] < 2:
+                raise ValueError(
+                    f"x[{layer}] must be (N, {len(self.features)}) with N >= 2 matching y, got {tuple(xl.shape)}"
+                )
+            mean, std = xl.mean(0), xl.std(0).clamp_min(1e-6)
+            z = (xl - mean) / std
+            w = torch.zeros(len(self.features), requires_grad=True)
+            b = torch.zeros((), requires_grad=True)
+            opt = torch.optim.LBFGS([w, b], max_iter=steps, line_search_fn="strong_wolfe")
+
+            def closure(z=z, yl=yl, w=w, b=b, opt=opt):
+                opt.zero_grad()
+                loss = F.binary_cross_entropy_with_logits(z @ w + b, yl) + l2 * (w**2).sum()
+                loss.backward()
+                return loss
+
+            with torch.enable_grad():
+                opt.step(closure)
+            params[layer] = {"weight": w.detach(), "bias": b.detach(), "mean": mean, "std": std}
+        self.params = params
+        return self
+
+    def prob(self, layer: int, x):
+        """P(the exit after ``layer`` agrees with the full depth) from its features x (..., F) -> (...)."""
+        self._require_fitted()
+        layer = check_int("layer", layer, min=0, max=self.n_layers - 2)
+        if layer not in self.params:
+            raise ValueError(f"layer must be a checked block {list(self.check_layers)}, got {layer}")
+        x = check_tensor("x", x, floating=True)
+        if x.shape[-1] != len(self.features):
+            raise ValueError(f"x must have {len(self.features)} features in the last dimension, got {x.shape[-1]}")
+        p = self.params[layer]
+        return torch.sigmoid(((x.float() - p["mean"]) / p["std"]) @ p["weight"] + p["bias"])
+
+    def check_flops(self, d_model: int, vocab_size: int) -> int:
+        """FLOPs of one check without the exit head: the features (softmax, entropy, top-2:
+        about 5V when head features are used; the two state signals about 8d) and the dot product."""
+        d_model = check_int("d_model", d_model, min=1)
+        vocab_size = check_int("vocab_size", vocab_size, min=1)
+        head_part = 5 * vocab_size if self.uses_head else 0
+        state_part = 8 * d_model if {"state_cos", "state_change"} & set(self.features) else 0
+        return head_part + state_part + 4 * len(self.features)
+
+    def to_dict(self) -> dict:
+        """A JSON-able description (floats as stored, so :meth:`from_dict` rebuilds it exactly)."""
+        self._require_fitted()
+        return {
+            "n_layers": self.n_layers,
+            "features": list(self.features),
+            "check_layers": list(self.check_layers),
+            "params": {str(k): {n: v.tolist() for n, v in p.items()} for k, p in self.params.items()},
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict) -> ExitClassifier:
+        check_type("d", d, dict)
+        check_keys("d", d, ("n_layers", "features", "check_layers", "params"), required=("n_layers", "features"))
+        out = cls(d["n_layers"], features=list(d["features"]), check_layers=d.get("check_layers"))
+        out.params = {
+            int(k): {n: torch.tensor(v, dtype=torch.float32) for n, v in p.items()}
+            for k, p in d.get("params", {}).items()
+        }
+        if not out.fitted:
+            raise ValueError("d must hold the parameters of every checked block")
+        return out
+
+
+def _check_classifier(model: TinyLM, rule: str, classifier) -> ExitClassifier | None:
+    if rule != "learned":
+        return None
+    if classifier is None:
+        raise ValueError("rule='learned' needs classifier (a fitted ExitClassifier)")
+    classifier = check_type("classifier", classifier, ExitClassifier)
+    classifier._require_fitted()
+    if classifier.n_layers != model.config.n_layers:
+        raise ValueError(f"classifier is for {classifier.n_layers} blocks, the model has {model.config.n_layers}")
+    return classifier
+
+
+@torch.no_grad()
+def exit_classifier_data(model: TinyLM, idx, classifier: ExitClassifier, *, heads: ExitHeads | None = None):
+    """Teacher-forced features and labels of the checked blocks on ``idx`` (B, T).
+
+    Computed from the full-depth states (one parallel forward; CALM calibrates the same way),
+    so cheap; the early-exit run itself sees slightly different states after an exited token
+    (its copied K/V), which is why the rule is judged by a real run on other text. Returns
+    ``(x, y)``: ``x[layer]`` (B*T, F), ``y[layer]`` (B*T,) 1.0 where the exit's top token is
+    the full depth's.
+    """
+    model = _check_model(model)
+    check_type("classifier", classifier, ExitClassifier)
+    if classifier.n_layers != model.config.n_layers:
+        raise ValueError(f"classifier is for {classifier.n_layers} blocks, the model has {model.config.n_layers}")
+    heads = _check_heads(model, heads)
+    hs = hidden_states(model, idx)
+    full = exit_logits(model, hs[-1], model.config.n_layers - 1).argmax(-1).flatten()
+    prev_state, prev_top = model.embed(idx).flatten(0, 1), None
+    x, y = {}, {}
+    for layer, h in enumerate(hs[:-1]):
+        h = h.flatten(0, 1)
+        if layer in classifier.check_layers:
+            lg = exit_logits(model, h, layer, heads=heads)
+            x[layer] = exit_features(h, prev_state, lg, prev_top, features=classifier.features)
+            top = lg.argmax(-1)
+            y[layer] = (top == full).float()
+            prev_top = top
+        prev_state = h
+    return x, y
+
+
+def fit_exit_classifier(
+    model: TinyLM,
+    idx,
+    *,
+    features=EXIT_FEATURES,
+    check_layers=None,
+    heads: ExitHeads | None = None,
+    l2: float = 1e-3,
+) -> ExitClassifier:
+    """An :class:`ExitClassifier` fitted on the calibration text ``idx`` (B, T) (:func:`exit_classifier_data`)."""
+    model = _check_model(model)
+    clf = ExitClassifier(model.config.n_layers, features=features, check_layers=check_layers)
+    x, y = exit_classifier_data(model, idx, clf, heads=heads)
+    return clf.fit(x, y, l2=l2)
+
+
+def simulate_exits(classifier: ExitClassifier, x: dict, y: dict, thresholds) -> list[dict]:
+    """Each threshold's rule replayed on teacher-forced data (:func:`exit_classifier_data`):
+    ``{"threshold", "agreement", "layer_fraction"}``, a token stopping at the first checked
+    block whose probability exceeds the threshold (the last block always agrees)."""
+    check_type("classifier", classifier, ExitClassifier)
+    classifier._require_fitted()
+    thresholds = [_check_threshold(v) for v in thresholds]
+    first = classifier.check_layers[0]
+    n = check_tensor("y", y[first], rank=1).shape[0]
+    probs = {layer: classifier.prob(layer, x[layer]) for layer in classifier.check_layers}
+    rows = []
+    for thr in thresholds:
+        exit_at = torch.full((n,), classifier.n_layers - 1)
+        ok = torch.ones(n)
+        done = torch.zeros(n, dtype=torch.bool)
+        for layer in classifier.check_layers:
+            new = ~done & (probs[layer] > thr)
+            exit_at[new] = layer
+            ok[new] = y[layer][new].float()
+            done |= new
+        rows.append(
+            {
+                "threshold": thr,
+                "agreement": float(ok.mean()),
+                "layer_fraction": float((exit_at + 1).double().mean() / classifier.n_layers),
+            }
+        )
+    return rows
+
+
+def calibrate_exit_threshold(
+    classifier: ExitClassifier, x: dict, y: dict, *, target: float = 0.95, grid: int = 200
+) -> dict:
+    """The lowest threshold of a ``grid``-step grid on [0, 1] whose replayed agreement on the
+    *calibration* data (:func:`simulate_exits`) is at least ``target``: the operating point
+    to be judged on other text. Returns its row (threshold 1.0, never exit, if none lower keeps it)."""
+    target = check_probability("target", target)
+    grid = check_int("grid", grid, min=1)
+    rows = simulate_exits(classifier, x, y, [i / grid for i in range(grid + 1)])
+    ok = [r for r in rows if r["agreement"] >= target]
+    return min(ok, key=lambda r: (r["layer_fraction"], -r["threshold"]))
 
 
 # --------------------------------------------------------------------------- accounting
@@ -641,6 +953,7 @@ def early_exit_flops(
     rule: str = "max_prob",
     min_layer: int = 0,
     seq_len: int | None = None,
+    classifier: ExitClassifier | None = None,
 ) -> dict:
     r"""Mean forward FLOPs per token of early exit against the full model, from the exit layers.
 
@@ -649,14 +962,18 @@ def early_exit_flops(
     :math:`e`. With a softmax rule a check is the exit head (adapter + the :math:`d \times V`
     LM head; on a small vocabulary-heavy model that is not free: the small patient's LM head
     costs about two blocks); with ``"classifier"`` it is the :math:`2d`-FLOP probe, plus
-    one exit head at the exit. Returns ``{"full", "early_exit", "fraction", "layer_fraction",
-    "head_fraction"}`` (the last: the share of the early-exit FLOPs spent on checks).
+    one exit head at the exit. With ``"learned"`` only the classifier's blocks are checked,
+    each paying :meth:`ExitClassifier.check_flops` plus the exit head if the classifier
+    reads the logits (else one exit head at the exit). Returns ``{"full", "early_exit",
+    "fraction", "layer_fraction", "head_fraction"}`` (the last: the share of the early-exit
+    FLOPs spent on checks).
     """
     model = _check_model(model)
     heads = _check_heads(model, heads)
     rule = check_choice("rule", rule, CONFIDENCE_RULES)
     if rule == "classifier" and heads is None:
         raise ValueError("rule='classifier' needs heads (trained ExitHeads with their probes)")
+    classifier = _check_classifier(model, rule, classifier)
     n_layers = model.config.n_layers
     exit_layer = check_tensor("exit_layer", exit_layer, floating=False)
     if exit_layer.numel() == 0 or int(exit_layer.min()) < 0 or int(exit_layer.max()) > n_layers - 1:
@@ -667,14 +984,21 @@ def early_exit_flops(
     head = 2 * model.lm_head.in_features * model.lm_head.out_features
     exit_head = head + (heads.flops_per_exit() if heads is not None else 0)
     check = heads.flops_per_probe() if rule == "classifier" else exit_head
+    lazy_head = rule == "classifier"  # the head runs only where the token exits
+    checked = set(range(n_layers - 1))
+    if classifier is not None:
+        check = classifier.check_flops(model.config.d_model, model.config.vocab_size)
+        check += exit_head if classifier.uses_head else 0
+        lazy_head = not classifier.uses_head
+        checked = set(classifier.check_layers)
     full = sum(p["total"] for p in per) + head
     counts = torch.bincount(exit_layer.flatten().cpu(), minlength=n_layers).double()
     total = checks_total = 0.0
     for e in range(n_layers):
         run = sum(p["total"] for p in per[: e + 1]) + sum(p["kv"] for p in per[e + 1 :])
-        n_checks = max(0, min(e, n_layers - 2) - min_layer + 1)
+        n_checks = sum(1 for b in checked if min_layer <= b <= min(e, n_layers - 2))
         cost_checks = n_checks * check
-        if rule == "classifier" and e < n_layers - 1:
+        if lazy_head and e < n_layers - 1:
             cost_checks += exit_head  # the head runs once, where the probe said stop
         last = head if e == n_layers - 1 else 0.0
         total += float(counts[e]) * (run + cost_checks + last)
@@ -698,6 +1022,7 @@ def exit_sweep(
     rule: str = "max_prob",
     heads: ExitHeads | None = None,
     min_layer: int = 0,
+    classifier: ExitClassifier | None = None,
 ) -> list[dict]:
     """Quality against compute for each threshold, on ``idx`` (B, T) teacher-forced.
 
@@ -717,6 +1042,7 @@ def exit_sweep(
     if rule == "classifier" and heads is None:
         raise ValueError("rule='classifier' needs heads (trained ExitHeads with their probes)")
     min_layer = check_int("min_layer", min_layer, min=0, max=model.config.n_layers - 1)
+    classifier = _check_classifier(model, rule, classifier)
     with torch.no_grad():
         full = model(idx)  # (B, T, V)
     want, targets = full.argmax(-1)[:, :-1], idx[:, 1:]
@@ -724,7 +1050,7 @@ def exit_sweep(
     # separate runs at the per-position cost of one (the loop over positions dominates)
     b, n = idx.shape[0], len(thresholds)
     per_row = torch.tensor(thresholds, device=idx.device).repeat_interleave(b)  # (n * B,)
-    big = _early_exit(model, idx.repeat(n, 1), per_row, rule, heads, min_layer, None)
+    big = _early_exit(model, idx.repeat(n, 1), per_row, rule, heads, min_layer, None, classifier)
     rows = []
     for i, thr in enumerate(thresholds):
         part = slice(i * b, (i + 1) * b)
@@ -732,7 +1058,13 @@ def exit_sweep(
         lg = r.logits[:, :-1]
         loss = float(F.cross_entropy(lg.reshape(-1, lg.shape[-1]).float(), targets.reshape(-1)))
         fl = early_exit_flops(
-            model, r.exit_layer[:, :-1], heads=heads, rule=rule, min_layer=min_layer, seq_len=idx.shape[1]
+            model,
+            r.exit_layer[:, :-1],
+            heads=heads,
+            rule=rule,
+            min_layer=min_layer,
+            seq_len=idx.shape[1],
+            classifier=classifier,
         )
         rows.append(
             {

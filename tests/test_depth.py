@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -84,11 +85,11 @@ def test_training_exit_heads_brings_exits_closer_to_the_model(lm):
 # --------------------------------------------------------------------------- early exit
 
 
-def test_threshold_one_is_the_full_model_exactly(lm):
+def test_threshold_one_is_the_full_model_exactly(lm, fitted):
     x = ids()
     heads = depth.ExitHeads(CFG.d_model, CFG.n_layers - 1, rank=4)
     for rule in depth.CONFIDENCE_RULES:
-        r = depth.early_exit_forward(lm, x, threshold=1.0, rule=rule, heads=heads)
+        r = depth.early_exit_forward(lm, x, threshold=1.0, rule=rule, heads=heads, classifier=fitted)
         assert torch.equal(r.logits, reference_decode(lm, x))  # bit for bit, same decode path
         assert (r.exit_layer == CFG.n_layers - 1).all() and r.layer_fraction == 1.0
     with torch.no_grad():
@@ -316,6 +317,121 @@ def test_classifier_rule_uses_the_probes(lm):
         depth.early_exit_forward(lm, x, threshold=0.5, rule="classifier")
 
 
+# --------------------------------------------------------------------------- the learned exit decision (CALM's classifier)
+
+
+@pytest.fixture(scope="module")
+def fitted(lm):
+    """A classifier with all features fitted on random text of the random model."""
+    torch.set_num_threads(1)
+    return depth.fit_exit_classifier(lm, ids(8, 32, seed=11))
+
+
+def test_exit_features_by_hand():
+    logits = torch.log(torch.tensor([[0.5, 0.3, 0.2], [0.1, 0.1, 0.8]]))
+    h = torch.tensor([[1.0, 0.0], [3.0, 4.0]])
+    h_prev = torch.tensor([[1.0, 1.0], [3.0, 4.0]])
+    f = depth.exit_features(h, h_prev, logits, torch.tensor([0, 0]))
+    entropy = -(torch.tensor([0.5, 0.3, 0.2]) * torch.tensor([0.5, 0.3, 0.2]).log()).sum()
+    want = torch.tensor(
+        [
+            [0.5, 0.2, float(entropy), 1.0, 2**-0.5, 1.0],
+            [0.8, 0.7, float(-(0.2 * math.log(0.1) + 0.8 * math.log(0.8))), 0.0, 1.0, 0.0],
+        ]
+    )
+    assert torch.allclose(f, want, atol=1e-5)
+    assert depth.exit_features(h, h_prev, logits)[:, 3].eq(0).all()  # no earlier check: not consistent
+    cheap = depth.exit_features(h, h_prev, features=["state_change", "state_cos"])  # no logits needed
+    assert torch.allclose(cheap, want[:, [5, 4]], atol=1e-6)
+
+
+def test_classifier_fit_separates_a_learnable_label():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(400, 2, generator=g)
+    y = (x[:, 0] - 0.5 * x[:, 1] > 0).float()
+    clf = depth.ExitClassifier(3, features=["state_cos", "state_change"], check_layers=[1]).fit({1: x}, {1: y})
+    p = clf.prob(1, x)
+    assert ((p > 0.5).float() == y).float().mean() > 0.95
+    w = clf.params[1]["weight"]
+    assert w[0] > 0 > w[1]  # the signs of the rule that made the labels
+    again = depth.ExitClassifier.from_dict(json.loads(json.dumps(clf.to_dict())))
+    assert torch.equal(again.prob(1, x), p)  # what is stored is what is measured
+
+
+def test_learned_rule_at_position_zero_matches_the_teacher_forced_replay(lm, fitted):
+    """Without context (one position) the run's states are the full depth's, so the exits the
+    real run takes are the ones simulate_exits replays from exit_classifier_data."""
+    x = ids(40, 1, seed=12)
+    feats, labels = depth.exit_classifier_data(lm, x, fitted)
+    for thr in (0.3, 0.5, 0.7):
+        r = depth.early_exit_forward(lm, x, threshold=thr, rule="learned", classifier=fitted)
+        replay = depth.simulate_exits(fitted, feats, labels, [thr])[0]
+        assert replay["layer_fraction"] == pytest.approx(r.layer_fraction)
+        full = lm(x).argmax(-1)
+        assert replay["agreement"] == pytest.approx(float((r.logits.argmax(-1) == full).float().mean()))
+
+
+def test_learned_rule_checks_only_its_blocks_and_counts_its_flops(lm):
+    x = ids(2, 10, seed=13)
+    for features, uses_head in ((depth.EXIT_FEATURES, True), (["state_cos", "state_change"], False)):
+        clf = depth.fit_exit_classifier(lm, ids(4, 16, seed=14), features=features, check_layers=[1, 2])
+        assert clf.uses_head == uses_head
+        with torch.no_grad():  # force: never stop after block 2 (1), always after block 3 (2)
+            clf.params[1]["bias"].fill_(-50.0)
+            clf.params[2]["bias"].fill_(50.0)
+        r = depth.early_exit_forward(lm, x, threshold=0.5, rule="learned", classifier=clf)
+        assert (r.exit_layer == 2).all()
+        hs = depth.hidden_states(lm, x[:, :1])
+        assert torch.allclose(r.logits[:, 0], depth.exit_logits(lm, hs[2], 2)[:, 0], atol=1e-5)
+        f = depth.early_exit_flops(lm, r.exit_layer, rule="learned", classifier=clf, seq_len=10)
+        per = [depth.block_flops(b, 10) for b in lm.blocks]
+        head = 2 * CFG.d_model * CFG.vocab_size
+        check = clf.check_flops(CFG.d_model, CFG.vocab_size)
+        checks = 2 * (check + head) if uses_head else 2 * check + head  # two checks; the head at each, or once
+        want = sum(p["total"] for p in per[:3]) + per[3]["kv"] + checks
+        assert f["early_exit"] == pytest.approx(want)
+    # the calibrated threshold keeps the target on the calibration data
+    feats, labels = depth.exit_classifier_data(lm, ids(4, 16, seed=14), clf)
+    point = depth.calibrate_exit_threshold(clf, feats, labels, target=0.9)
+    assert point["agreement"] >= 0.9 and 0 <= point["threshold"] <= 1
+
+
+def test_learned_rule_bad_input(lm, fitted):
+    x = ids(1, 4)
+    with pytest.raises(ValueError, match="classifier"):
+        depth.early_exit_forward(lm, x, threshold=0.5, rule="learned")
+    with pytest.raises(ValueError, match="classifier is not fitted"):
+        depth.early_exit_forward(lm, x, threshold=0.5, rule="learned", classifier=depth.ExitClassifier(CFG.n_layers))
+    with pytest.raises(ValueError, match="not fitted"):
+        depth.ExitClassifier(CFG.n_layers).prob(0, torch.zeros(6))
+    with pytest.raises(TypeError, match="classifier"):
+        depth.early_exit_forward(lm, x, threshold=0.5, rule="learned", classifier="probe")
+    for thr in (float("nan"), 1.5):
+        with pytest.raises(ValueError, match="threshold"):
+            depth.early_exit_forward(lm, x, threshold=thr, rule="learned", classifier=fitted)
+    for bad in ([CFG.n_layers - 1], [-1], [0, 0]):
+        with pytest.raises(ValueError, match="check_layers"):
+            depth.ExitClassifier(CFG.n_layers, check_layers=bad)
+    with pytest.raises(TypeError, match="check_layers"):
+        depth.ExitClassifier(CFG.n_layers, check_layers=1)
+    with pytest.raises(ValueError, match="features"):
+        depth.ExitClassifier(CFG.n_layers, features=["max_prob", "logit"])
+    with pytest.raises(ValueError, match="layer"):
+        fitted.prob(CFG.n_layers - 1, torch.zeros(6))
+    with pytest.raises(ValueError, match="logits"):
+        depth.exit_features(torch.ones(2, 3), torch.ones(2, 3), features=["entropy"])
+    with pytest.raises(ValueError, match="target"):
+        depth.calibrate_exit_threshold(fitted, *depth.exit_classifier_data(lm, ids(2, 8), fitted), target=float("nan"))
+    with pytest.raises(ValueError, match="classifier is for"):
+        depth.early_exit_forward(
+            lm,
+            x,
+            threshold=0.5,
+            rule="learned",
+            classifier=depth.ExitClassifier.from_dict({**fitted.to_dict(), "n_layers": CFG.n_layers + 1}),
+        )
+
+
 # --------------------------------------------------------------------------- the runs module (figures, widget, stored files)
 
 
@@ -494,3 +610,56 @@ def test_stored_exit_trained_model_loads_and_is_reported():
         assert rows[0]["threshold"] == 1.0 and rows[0]["agreement"] == 1.0 and rows[0]["layer_fraction"] == 1.0
         assert [r["threshold"] for r in rows] == list(depth_runs.TRAINED_THRESHOLDS)
     assert section["lens_agreement"]["trained"][-1] == 1.0
+
+
+def test_stored_exit_rule_is_calibrated_apart_from_validation():
+    stored = depth_runs.load_runs()
+    section = stored.get("exit_rule")
+    assert section is not None, "depth_runs.json lacks exit_rule: python -m course_lib.build depth --part rule"
+    assert set(section["variants"]) == set(depth_runs.RULE_VARIANTS)
+    for name, v in section["variants"].items():
+        clf = depth_runs.load_exit_rule(name, stored)
+        assert clf.fitted and v["threshold"] in depth_runs.RULE_THRESHOLDS
+        # the threshold is the cheapest calibration run keeping the target, chosen without validation
+        assert v["threshold"] == depth_runs.best_point(v["calibration"])["threshold"]
+        assert v["validation"]["threshold"] == v["threshold"]
+        assert v["sweep"][0]["threshold"] == 1.0 and v["sweep"][0]["agreement"] == 1.0
+    # the fit windows lie after the sweep's validation windows, never on them
+    cal = depth_runs.calibration_ids(2)
+    n, t = depth_runs.SWEEP_SEQS
+    assert torch.equal(cal, depth_runs.windows("val", n + 2, t)[n:])
+
+
+def test_rule_figure_draws_old_and_new_frontiers():
+    st = _fake_stored()
+    rows = st["early_exit"]["sweeps"]["max_prob/lens"]
+    st["exit_trained"] = {"sweeps": {k: rows for k in depth_runs.TRAINED_NAMES}}
+    st["exit_rule"] = {"variants": {"learned": {"sweep": rows, "validation": rows[1], "threshold": 0.8}}}
+    fig = depth_runs.rule_figure(st, oracle=0.5)
+    names = [tr.name for tr in fig.data]
+    assert names[:2] == [depth_runs.TRAINED_NAMES["max_prob"]] * 2 and fig.data[0].line.dash == "dash"
+    learned = [tr for tr in fig.data if tr.name == "learned"]
+    assert len(learned) == 2 and learned[0].line.dash == "solid" and list(learned[1].x) == [1.0, 1.4, 1.1]
+    ringed = [tr for tr in fig.data if tr.name.startswith("learned: threshold")]
+    assert [list(tr.x) for tr in ringed] == [[0.9], [1.4]]  # the chosen point, in both panels
+    assert fig.data[-1].name == "a perfect rule" and list(fig.data[-1].x) == [0.5]
+
+
+def test_classifier_fit_matches_scikit_learns_logistic_regression():
+    """Cross-check: the same L2-regularised objective solved by scikit-learn (lbfgs).
+
+    Ours minimises mean BCE + l2·||w||² on standardised features (the bias unpenalised);
+    scikit-learn minimises ½||w||² + C·Σ BCE, the same optimum for C = 1 / (2·l2·N)."""
+    sklearn = pytest.importorskip("sklearn.linear_model")
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(600, 3, generator=g) * torch.tensor([1.0, 3.0, 0.2]) + torch.tensor([0.5, -1.0, 2.0])
+    logit = 1.5 * x[:, 0] - 0.4 * x[:, 1] + 2.0 * x[:, 2] - 3.5
+    y = (torch.rand(600, generator=g) < torch.sigmoid(logit)).float()  # noisy labels: a finite optimum
+    l2 = 1e-2
+    clf = depth.ExitClassifier(4, features=["max_prob", "top2_gap", "entropy"], check_layers=[2])
+    clf.fit({2: x}, {2: y}, l2=l2, steps=200)
+    z = ((x - x.mean(0)) / x.std(0)).double().numpy()
+    ref = sklearn.LogisticRegression(C=1 / (2 * l2 * len(y)), tol=1e-10, max_iter=10_000).fit(z, y.numpy())
+    p = clf.params[2]
+    torch.testing.assert_close(p["weight"].double(), torch.from_numpy(ref.coef_[0]), atol=2e-4, rtol=1e-3)
+    assert float(p["bias"]) == pytest.approx(float(ref.intercept_[0]), abs=2e-4)

@@ -14,17 +14,24 @@ The algorithms are :mod:`course_lib.depth`; this module *runs* them.
   and the early-exit loss on every layer through the shared head; then the same sweep on it,
   with the shared head and no adapters, and its validation perplexity beside the original's.
   Agreement is always against the full depth of the model the exits belong to.
+* **A learned exit decision** (CALM's classifier) for the exit-trained patient
+  (:data:`RULE_VARIANTS`): per-block logistic regressions on cheap exit features, fitted on
+  calibration windows of the val split that the sweep never sees, the threshold chosen on
+  calibration early-exit runs, then judged on the sweep's windows (:func:`build_rule`;
+  a few KB of coefficients in the JSON, a few CPU-minutes).
 * **Mixture-of-Depths** (tiny patient, 4 blocks): blocks :data:`MOD_LAYERS` (every other,
   as Raposo et al.) become MoD blocks at each of :data:`MOD_CAPACITIES` and the model is
   fine-tuned :data:`MOD_TRAIN` steps; capacity 1 is the control (the same fine-tune with
   every token routed), ``"drop"`` removes the two blocks (the capacity-0 limit).
 
-Commands (deterministic; about 20 CPU-minutes in all, about 5 of them the exit-trained patient)::
+Commands (deterministic; about 25 CPU-minutes in all, about 5 of them the exit-trained patient and
+4 the learned exit rule)::
 
     python -m course_lib.build depth                 # -> zoo_data/depth_runs.json and the two .safetensors
     python -m course_lib.build depth --part exit     # only the exit heads and the sweep
     python -m course_lib.build depth --part trained  # only the exit-trained patient and its sweep
     python -m course_lib.build depth --part mod      # only the MoD fine-tunes (the parts can run at once)
+    python -m course_lib.build depth --part rule     # only the learned exit rule of the exit-trained patient
 """
 
 from __future__ import annotations
@@ -78,6 +85,21 @@ TRAINED_SWEEPS = ("max_prob", "top2_gap")
 #: validation batches (16 x 128 tokens) for the perplexity before / after the exit fine-tune
 TRAINED_EVAL_BATCHES = 8
 
+#: the learned exit decision on the exit-trained patient (CALM's classifier): its variants
+#: (name -> ExitClassifier options): every block with all features; the head-reading
+#: features checked only after blocks 2 and 4 (fewer head products); the state signals only
+RULE_VARIANTS = {
+    "learned": {},
+    "learned, every other block": {"check_layers": [1, 3]},
+    "state only": {"features": ["state_cos", "state_change"]},
+}
+#: calibration text, disjoint from the sweep's validation windows: (windows to fit the
+#: classifiers on, windows of the early-exit runs that choose the threshold), both taken
+#: from the val split right after :data:`SWEEP_SEQS`
+RULE_FIT_SEQS, RULE_CAL_SEQS = 160, 24
+#: thresholds tried on the calibration runs and swept on validation for the frontier
+RULE_THRESHOLDS = (1.0, 0.97, 0.95, 0.93, 0.91, 0.89, 0.87, 0.85, 0.8, 0.7)
+
 MOD_PATIENT = "tiny"
 MOD_LAYERS = (1, 3)
 MOD_CAPACITIES = (1.0, 0.5, 0.25, 0.125)
@@ -95,6 +117,12 @@ def windows(split: str, n: int, length: int) -> torch.Tensor:
 
 def sweep_ids() -> torch.Tensor:
     return windows("val", *SWEEP_SEQS)
+
+
+def calibration_ids(n: int) -> torch.Tensor:
+    """``n`` validation-split windows right after the sweep's (never the text the rule is judged on)."""
+    first, length = SWEEP_SEQS
+    return windows("val", first + n, length)[first:]
 
 
 def _round(row: dict, digits: int = 4) -> dict:
@@ -192,6 +220,65 @@ def build_trained(progress: bool = True) -> tuple[dict, dict]:
     return record, delta
 
 
+def build_rule(model, progress: bool = True) -> dict:
+    """Fit CALM-style exit classifiers on the exit-trained patient, choose each one's threshold
+    on calibration text, and judge it on the sweep's validation windows.
+
+    Per variant of :data:`RULE_VARIANTS`: the classifier is fitted on :data:`RULE_FIT_SEQS`
+    windows (teacher-forced features, :func:`course_lib.depth.fit_exit_classifier`); the
+    threshold is the cheapest of :data:`RULE_THRESHOLDS` whose *real* early-exit run (KV
+    copying included) on :data:`RULE_CAL_SEQS` other windows keeps the target agreement; the
+    replayed teacher-forced choice (:func:`course_lib.depth.calibrate_exit_threshold`) is
+    stored beside it, to show what state copying costs. Then the validation sweep (the same
+    windows as the stored ones) gives the frontier and the chosen point's numbers.
+    ``model`` is the exit-trained patient (:func:`load_exit_trained`).
+    """
+    t0 = time.process_time()
+    fit_ids = calibration_ids(RULE_FIT_SEQS)
+    cal_ids = fit_ids[:RULE_CAL_SEQS]  # the threshold runs: a subset of the calibration text
+    val = sweep_ids()
+    variants = {}
+    for name, options in RULE_VARIANTS.items():
+        clf = depth.fit_exit_classifier(model, fit_ids, **options)
+        x, y = depth.exit_classifier_data(model, fit_ids, clf)
+        replay = depth.calibrate_exit_threshold(clf, x, y, target=TARGET_AGREEMENT)
+        cal_rows = depth.exit_sweep(model, cal_ids, RULE_THRESHOLDS, rule="learned", classifier=clf)
+        chosen = best_point(cal_rows)
+        val_rows = depth.exit_sweep(model, val, RULE_THRESHOLDS, rule="learned", classifier=clf)
+        point = next(r for r in val_rows if r["threshold"] == chosen["threshold"])
+        variants[name] = {
+            "options": options,
+            "classifier": clf.to_dict(),
+            "replay_calibration": _round(replay),
+            "calibration": [_round({k: v for k, v in r.items() if k != "exit_counts"}) for r in cal_rows],
+            "threshold": chosen["threshold"],
+            "validation": _round(point),
+            "sweep": [_round(r) for r in val_rows],
+        }
+        if progress:
+            print(f"  rule {name}: threshold {chosen['threshold']} -> validation {_round(point)}", flush=True)
+    return {
+        "patient": EXIT_PATIENT,
+        "model": "exit_trained",
+        "fit_windows": RULE_FIT_SEQS,
+        "calibration_windows": RULE_CAL_SEQS,
+        "thresholds": list(RULE_THRESHOLDS),
+        "variants": variants,
+        "cpu_seconds": round(time.process_time() - t0, 1),
+    }
+
+
+def load_exit_rule(name: str = "learned", stored: dict | None = None) -> depth.ExitClassifier:
+    """The stored exit classifier of variant ``name`` (:data:`RULE_VARIANTS`)."""
+    stored = load_runs() if stored is None else stored
+    if not stored.get("exit_rule"):
+        raise ValueError(f"no exit_rule section in {RUNS_FILE}: run {COMMAND} --part rule")
+    variants = stored["exit_rule"]["variants"]
+    if name not in variants:
+        raise ValueError(f"name must be one of {list(variants)}, got {name!r}")
+    return depth.ExitClassifier.from_dict(variants[name]["classifier"])
+
+
 class _Skip(torch.nn.Module):
     """A block removed: the residual stream passes unchanged (MoD's capacity-0 limit)."""
 
@@ -245,12 +332,12 @@ def mod_run(capacity: float | str, *, progress: bool = True) -> dict:
     return out
 
 
-PARTS = ("exit", "mod", "trained")
+PARTS = ("exit", "mod", "trained", "rule")
 
 
 def build(*, parts=PARTS, progress: bool = True, threads: int = 1, path: Path | None = None) -> dict:
     """Run ``parts`` ("exit": adapters + sweep; "mod": the MoD fine-tunes; "trained": the
-    exit fine-tune + its sweep) and write ``depth_runs.json`` (and, for "exit",
+    exit fine-tune + its sweep; "rule": the learned exit decision on the exit-trained patient) and write ``depth_runs.json`` (and, for "exit",
     ``depth_exit_heads.safetensors``; for "trained", ``depth_exit_trained.safetensors``) atomically.
 
     A part rewrites its own section of the JSON and keeps the others', so the parts can
@@ -275,6 +362,12 @@ def build(*, parts=PARTS, progress: bool = True, threads: int = 1, path: Path | 
             sections["exit_trained"], delta = build_trained(progress)
             meta = {"command": COMMAND, "patient": EXIT_PATIENT, "train": json.dumps(TRAINED)}
             atomic_write_bytes(trained_path, safetensors_bytes(delta, meta))
+        if "rule" in parts:  # after "trained": the rule belongs to the exit-trained patient
+            if "trained" in parts:
+                ls_model = depth.apply_exit_delta(zoo.load(EXIT_PATIENT).model, delta).eval()
+            else:
+                ls_model = load_exit_trained(None if path.resolve().parent == ZOO_DIR.resolve() else trained_path)
+            sections["exit_rule"] = build_rule(ls_model, progress)
         if "mod" in parts:
             mod = []
             for c in (*MOD_CAPACITIES, "drop"):
@@ -294,6 +387,7 @@ def build(*, parts=PARTS, progress: bool = True, threads: int = 1, path: Path | 
         "early_exit": old.get("early_exit"),
         "mod": old.get("mod"),
         "exit_trained": old.get("exit_trained"),
+        "exit_rule": old.get("exit_rule"),
         "targets": {"agreement": TARGET_AGREEMENT, "layers": TARGET_LAYERS},
         **sections,
     }
@@ -385,6 +479,69 @@ def sweep_figure(stored: dict):
     fig.update_xaxes(title_text="share of the full model")
     fig.update_yaxes(title_text="agreement with the full model", row=1, col=1)
     fig.update_layout(title="Early exit on the small patient: quality against compute", height=440)
+    return fig
+
+
+def rule_figure(stored: dict, *, oracle: float | None = None):
+    """The learned exit rules' validation frontiers (solid; the point each chose on calibration
+    ringed) beside the softmax rules of the same exit-trained patient (dashed): agreement
+    with its full depth against the share of blocks (left) and of FLOPs, checks included
+    (right). ``oracle``: the blocks a perfect rule would run, drawn at 100 % agreement."""
+    from plotly.subplots import make_subplots
+
+    from course_lib.viz import PALETTE, use_style
+
+    use_style()
+    targets = stored["targets"]
+    old = [(TRAINED_NAMES[k], rows, "dash") for k, rows in stored["exit_trained"]["sweeps"].items()]
+    new = [(name, v["sweep"], "solid") for name, v in stored["exit_rule"]["variants"].items()]
+    chosen = {name: v["validation"] for name, v in stored["exit_rule"]["variants"].items()}
+    fig = make_subplots(rows=1, cols=2, shared_yaxes=True, subplot_titles=("blocks run", "FLOPs, exit checks included"))
+    for (label, rows, dash), colour in zip(old + new, PALETTE):
+        for col, field in ((1, "layer_fraction"), (2, "flops_fraction")):
+            fig.add_scatter(
+                x=[r[field] for r in rows],
+                y=[r["agreement"] for r in rows],
+                mode="lines+markers",
+                name=label,
+                legendgroup=label,
+                showlegend=col == 1,
+                line=dict(color=colour, dash=dash),
+                customdata=[r["threshold"] for r in rows],
+                hovertemplate="threshold %{customdata}<br>share %{x:.3f}<br>agreement %{y:.3f}<extra>"
+                + label
+                + "</extra>",
+                row=1,
+                col=col,
+            )
+            if label in chosen:
+                fig.add_scatter(
+                    x=[chosen[label][field]],
+                    y=[chosen[label]["agreement"]],
+                    mode="markers",
+                    marker=dict(color=colour, size=14, symbol="circle-open", line=dict(width=2)),
+                    name=f"{label}: threshold chosen on calibration",
+                    legendgroup=label,
+                    showlegend=False,
+                    hovertemplate=f"chosen on calibration: threshold {chosen[label]['threshold']:g}<extra></extra>",
+                    row=1,
+                    col=col,
+                )
+            fig.add_vline(x=targets["layers"], line=dict(color="grey", dash="dash"), row=1, col=col)
+            fig.add_hline(y=targets["agreement"], line=dict(color="grey", dash="dash"), row=1, col=col)
+    if oracle is not None:
+        fig.add_scatter(
+            x=[oracle],
+            y=[1.0],
+            mode="markers",
+            marker=dict(color="black", size=12, symbol="star"),
+            name="a perfect rule",
+            row=1,
+            col=1,
+        )
+    fig.update_xaxes(title_text="share of the full depth")
+    fig.update_yaxes(title_text="agreement with the full depth", row=1, col=1)
+    fig.update_layout(title="Exit rules of the exit-trained patient on validation text", height=460)
     return fig
 
 
