@@ -909,6 +909,25 @@ def reader_prompt(description: str, passages: Sequence[str] = ()) -> str:
     return "\n".join([*lines, f"Q: {description}", "A:"])
 
 
+def quote_prompt(description: str, passages: Sequence[str]) -> str:
+    """The quoting reader's input: :func:`reader_prompt`'s numbered passages and question, cued ``Quote:``.
+
+    ``[1] <passage>\\nQ: <description>\\nQuote:`` — the answer follows as `` <passage>``, the
+    supporting passage copied verbatim, then end-of-text. A distinct cue (not ``A:``) so one
+    model can tell "name the title" from "quote the passage" (issue 24: an answer that copies
+    a long span of its context is what prompt-lookup speculative decoding is made for). A
+    quote needs something to quote: at least one passage.
+    """
+    check_type("description", description, str)
+    if isinstance(passages, str) or not isinstance(passages, Sequence):
+        raise TypeError(f"passages must be a list of strings, got {type(passages).__name__}")
+    if not passages:
+        raise ValueError("passages must hold at least one passage to quote (a quote needs a source)")
+    for i, p in enumerate(passages):
+        check_type(f"passages[{i}]", p, str)
+    return reader_prompt(description, passages)[: -len("A:")] + "Quote:"
+
+
 class Reader:
     """A patient that answers a description with an article title, closed-book or from passages."""
 

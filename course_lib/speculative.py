@@ -34,6 +34,7 @@ the draft decoded by the same loop as plain generation).
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -583,13 +584,24 @@ def expected_tokens_from_positions(acceptance_by_position: Sequence[float]) -> f
     return total
 
 
+def _per_prompt(name: str, value, n: int) -> list[int]:
+    """``value`` (one int >= 1, or one per prompt) as a list of ``n`` ints."""
+    if isinstance(value, numbers.Integral):  # (a bool is refused by check_int)
+        return [check_int(name, value, min=1)] * n
+    if isinstance(value, (str, bytes)) or not isinstance(value, Sequence):
+        raise TypeError(f"{name} must be an int or a sequence of ints (one per prompt), got {type(value).__name__}")
+    if len(value) != n:
+        raise ValueError(f"{name} must hold one count per prompt ({n}), got {len(value)}")
+    return [check_int(f"{name}[{i}]", v, min=1) for i, v in enumerate(value)]
+
+
 def speculative_benchmark(
     target,
     draft,
     prompts: Sequence,
     *,
     ks: Sequence[int] = (1, 2, 4),
-    new_tokens: int = 48,
+    new_tokens: int | Sequence[int] = 48,
     warmup: int = 1,
     repeats: int = 3,
     return_stats: bool = False,
@@ -601,12 +613,15 @@ def speculative_benchmark(
     pass predicted from the per-position acceptance and the measured tokens per target pass
     over all ``prompts`` (each (1, T)), whether every output equals the target's own greedy output,
     and the speed-up, timed interleaved (each timed call decodes every prompt).
+    ``new_tokens`` is one count for every prompt or one per prompt (e.g. each answer's
+    length, :func:`reader_copy_prompts` with ``answer_tokens``).
     Returns one row per variant, the plain target first (and, with ``return_stats``, also
     ``{k: SpeculativeStats}`` pooling every prompt's rounds).
     """
     if not prompts:
         raise ValueError("prompts must not be empty")
-    reference = [target.generate(p, new_tokens) for p in prompts]
+    news = _per_prompt("new_tokens", new_tokens, len(prompts))
+    reference = [target.generate(p, n) for p, n in zip(prompts, news)]
     pooled_by_k = {}
     rows = [
         {
@@ -620,7 +635,7 @@ def speculative_benchmark(
         }
     ]
     for k in ks:
-        outs = [speculative_generate(target, draft, p, new_tokens, k=k) for p in prompts]
+        outs = [speculative_generate(target, draft, p, n, k=k) for p, n in zip(prompts, news)]
         pooled = SpeculativeStats(k)  # every prompt's rounds together
         for _, st in outs:
             pooled.drafted_per_round += st.drafted_per_round
@@ -637,17 +652,17 @@ def speculative_benchmark(
                 "tokens/pass from per-position acceptance": expected_tokens_from_positions(
                     pooled.acceptance_by_position
                 ),
-                "tokens_per_pass": len(prompts) * new_tokens / rounds,
+                "tokens_per_pass": sum(news) / rounds,
                 "identical": all(torch.equal(o, r) for (o, _), r in zip(outs, reference)),
             }
         )
-    fns = {"target alone": lambda: [target.generate(p, new_tokens) for p in prompts]}
+    fns = {"target alone": lambda: [target.generate(p, n) for p, n in zip(prompts, news)]}
     for k in ks:
         fns[f"speculative k={k}"] = lambda k=k: [
-            speculative_generate(target, draft, p, new_tokens, k=k) for p in prompts
+            speculative_generate(target, draft, p, n, k=k) for p, n in zip(prompts, news)
         ]
     t = measure.interleaved(fns, warmup=warmup, repeats=repeats)
-    n_tokens = len(prompts) * new_tokens
+    n_tokens = sum(news)
     for r in rows:
         r["tokens_per_s"] = n_tokens / t[r["variant"]].median
         r["speedup"] = t["target alone"].median / t[r["variant"]].median
@@ -676,44 +691,121 @@ def rag_copy_prompts(encode, n: int = 6, *, first: int = 100, words: int = 3) ->
     return out
 
 
-def reader_copy_prompts(reader, n: int = 6, *, split: str = "test", first: int = 0, copied_only: bool = False) -> list:
-    """The RAG-copy task with a target trained to copy: chapter 08's reader on its own prompts.
+def reader_copy_prompts(
+    reader,
+    n: int = 6,
+    *,
+    split: str = "test",
+    first: int = 0,
+    copied_only: bool = False,
+    task: str = "title",
+    answer_tokens: bool = False,
+):
+    """The RAG-copy task with a target trained to copy: a reader on its own prompts.
 
-    For ``n`` articles of ``split`` from ``first`` on: the reader's prompt
-    (:func:`course_lib.rag.reader_prompt` with the article's passage,
-    :func:`course_lib.rag.passage_of`), encoded by ``reader.encode`` — the answer is the
-    article's title, which is how its passage begins, so a reader that reads copies the
-    opening words of ``[1]``. With ``copied_only`` only articles whose greedy answer *is*
-    the title (then end-of-text) are kept (:meth:`course_lib.rag.Reader.exact_match`): the
-    answers that copy the passage, the case prompt lookup is for. ``reader`` is a
-    :class:`course_lib.rag.Reader` (:func:`course_lib.experiments.rag.load_reader`).
-    Returns the (1, T) prompts.
+    For ``n`` articles of ``split`` from ``first`` on, the prompt of ``task``, encoded by
+    ``reader.encode``:
+
+    * ``"title"`` — chapter 08's reader (:func:`course_lib.experiments.rag.load_reader`) on
+      :func:`course_lib.rag.reader_prompt` with the article's passage
+      (:func:`course_lib.rag.passage_of`): the answer is the article's title, which is how
+      its passage begins, so a reader that reads copies the opening words of ``[1]`` — a
+      3–5-token answer, too short to amortise a verify pass;
+    * ``"quote"`` — the quoting reader (:func:`course_lib.experiments.rag.load_quoter`) on
+      :func:`course_lib.rag.quote_prompt` with :func:`course_lib.experiments.rag.quote_passage`:
+      the answer is the whole passage, copied — the long copied span prompt lookup is made for.
+
+    With ``copied_only`` only articles whose greedy answer *is* the expected one (the title,
+    or the passage verbatim, then end-of-text) are kept (:meth:`course_lib.rag.Reader.exact_match`).
+    ``reader`` is a :class:`course_lib.rag.Reader`. Returns the (1, T) prompts; with
+    ``answer_tokens`` also, per prompt, the tokens its expected answer takes with its
+    end-of-text (`` answer`` then end-of-text, as :meth:`course_lib.rag.Reader.encode`
+    writes it): how many new tokens decode that answer and stop.
     """
-    from course_lib import data, rag
+    from course_lib import data
 
     if not (callable(getattr(reader, "encode", None)) and callable(getattr(reader, "exact_match", None))):
         raise TypeError(f"reader must be a course_lib.rag.Reader (encode, exact_match), got {type(reader).__name__}")
+    if task not in COPY_TASKS:
+        raise ValueError(f"task must be one of {list(COPY_TASKS)}, got {task!r}")
     pool = data.articles(split)
     check_int("first", first, min=0, max=len(pool) - 1)
     check_int("n", n, min=1, max=len(pool) - first)
-    if not isinstance(copied_only, bool):
-        raise TypeError(f"copied_only must be a bool, got {type(copied_only).__name__}")
+    for name, flag in (("copied_only", copied_only), ("answer_tokens", answer_tokens)):
+        if not isinstance(flag, bool):
+            raise TypeError(f"{name} must be a bool, got {type(flag).__name__}")
     device = reader.model.embed.weight.device
-    out = []
+    out, lengths = [], []
     for s in range(first, len(pool), 64 if copied_only else n):
         arts = pool[s : s + (64 if copied_only else n)]
-        texts = [rag.reader_prompt(a.description, [rag.passage_of(a.text)]) for a in arts]
-        keep = reader.exact_match(texts, [a.title for a in arts]) if copied_only else [True] * len(arts)
-        out += [torch.tensor([reader.encode(t)[0]], device=device) for t, k in zip(texts, keep) if k]
+        texts, answers = zip(*(_copy_task(a, task) for a in arts))
+        keep = reader.exact_match(list(texts), list(answers)) if copied_only else [True] * len(arts)
+        for t, a, k in zip(texts, answers, keep):
+            if k:
+                out.append(torch.tensor([reader.encode(t)[0]], device=device))
+                ids, n_prompt = reader.encode(t, a)
+                lengths.append(len(ids) - n_prompt)  # `` answer`` and its end-of-text
         if len(out) >= n:
-            return out[:n]
+            return (out[:n], lengths[:n]) if answer_tokens else out[:n]
     raise ValueError(
         f"only {len(out)} of {split!r}'s articles from {first} on are answered by copying; n must be <= that"
     )
 
 
+#: the RAG-copy tasks of :func:`reader_copy_prompts`: the answer is the title, or the passage quoted
+COPY_TASKS = ("title", "quote")
+
+
+def _copy_task(article, task: str) -> tuple[str, str]:
+    """(prompt, expected answer) of one article for :func:`reader_copy_prompts`."""
+    from course_lib import rag
+
+    if task == "quote":
+        from course_lib.experiments.rag import quote_passage
+
+        passage = quote_passage(article)
+        return rag.quote_prompt(article.description, [passage]), passage
+    return rag.reader_prompt(article.description, [rag.passage_of(article.text)]), article.title
+
+
+class _NoDraft(PromptLookup):
+    """A lookup that never proposes: each round is one plain step, taken through the speculative loop."""
+
+    def propose(self, tokens: list[int], k: int) -> list[int]:
+        return []
+
+
+def loop_overhead(target, prompts: Sequence, *, new_tokens: int | Sequence[int] = 48, repeats: int = 3) -> float:
+    r"""The speculative loop's own cost per round, in plain decode steps: a round that drafts nothing, timed
+    against ``target.generate`` side by side (interleaved), minus one (0 when it is not slower).
+
+    :func:`cost_curve`'s :math:`c` and :math:`v(k)` time one forward each; a round also builds its
+    inputs, checks the drafts and rolls the cache back, in Python. With this :math:`o` a round
+    costs :math:`kc + v(k) + o` steps, which is what a target whose step is a millisecond or
+    so feels (gpt-fast hides it inside a compiled step)."""
+    if not prompts:
+        raise ValueError("prompts must not be empty")
+    news = _per_prompt("new_tokens", new_tokens, len(prompts))
+    draft = _NoDraft()
+    t = measure.interleaved(
+        {
+            "plain": lambda: [target.generate(p, n) for p, n in zip(prompts, news)],
+            "loop, no draft": lambda: [speculative_generate(target, draft, p, n, k=1) for p, n in zip(prompts, news)],
+        },
+        warmup=1,
+        repeats=check_int("repeats", repeats, min=1),
+    )
+    return max(0.0, t["loop, no draft"].median / t["plain"].median - 1)
+
+
 def break_even_table(
-    target, draft, prompts: Sequence, *, ks: Sequence[int] = (1, 2, 4, 8), new_tokens: int = 48, repeats: int = 3
+    target,
+    draft,
+    prompts: Sequence,
+    *,
+    ks: Sequence[int] = (1, 2, 4, 8),
+    new_tokens: int | Sequence[int] = 48,
+    repeats: int = 3,
 ) -> list[dict]:
     r"""Measured speed-up next to the break-even rule, per ``k``: :func:`speculative_benchmark`
     (tokens/s, acceptance, identical output) with :func:`cost_curve`'s :math:`c` and
@@ -723,10 +815,12 @@ def break_even_table(
     :math:`\alpha` (:func:`break_even_alpha`), and the prediction from the rounds as they ran
     (``predicted (rounds as drafted)``: each round costs its drafts and :math:`v` of the number
     it drafted — what matters for a lookup, which often drafts fewer than k, or none).
-    ``target`` is a model or its fast twin; ``draft`` a model or a :class:`PromptLookup`.
+    ``target`` is a model or its fast twin; ``draft`` a model or a :class:`PromptLookup`;
+    ``new_tokens`` one count for every prompt or one per prompt.
     """
     if not prompts:
         raise ValueError("prompts must not be empty")
+    _per_prompt("new_tokens", new_tokens, len(prompts))  # bad input refused before anything is timed
     context = max(1, round(sum(p.shape[1] for p in prompts) / len(prompts)))
     context = min(context, target.config.max_seq_len - max(ks) - 1)
     # a lookup drafts 0..k tokens per round, so its rounds need v at every length up to k

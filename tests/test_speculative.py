@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 
+from course_lib import data
 from course_lib import speculative as sd
 from course_lib.attention import sparse_config
 from course_lib.model import (
@@ -531,6 +532,102 @@ def test_reader_copy_prompts_hold_the_answer_in_the_passage_and_decode_exactly()
         sd.reader_copy_prompts(reader, 1, first=10**6)
     with pytest.raises(TypeError, match="reader"):
         sd.reader_copy_prompts(reader.model, 1)
+
+
+def test_reader_copy_prompts_bad_task_and_answer_tokens():
+    from course_lib.experiments.rag import load_reader
+
+    reader = load_reader()
+    prompts, lengths = sd.reader_copy_prompts(reader, 2, first=3, answer_tokens=True)
+    assert [p.shape for p in prompts] == [p.shape for p in sd.reader_copy_prompts(reader, 2, first=3)]
+    for n, a in zip(lengths, data.articles("test")[3:5], strict=True):
+        assert n == len(reader.tokenizer.encode(" " + a.title).ids) + 1  # the title and its end-of-text
+    with pytest.raises(ValueError, match="task"):
+        sd.reader_copy_prompts(reader, 1, task="summary")
+    with pytest.raises(TypeError, match="answer_tokens"):
+        sd.reader_copy_prompts(reader, 1, answer_tokens=1)
+
+
+def _quoter_built() -> bool:
+    from course_lib.experiments.rag import QUOTER_CARD
+
+    return QUOTER_CARD.is_file()
+
+
+quoter_built = pytest.mark.skipif(
+    not _quoter_built(),
+    reason="quoting reader not built (python -m course_lib.build rag quoter)",
+)
+
+
+@quoter_built
+@pytest.mark.parametrize("k", [2, 4, 8])
+def test_prompt_lookup_on_the_quoter_equals_plain_greedy(k):
+    from course_lib.experiments.rag import load_quoter, quote_passage
+    from course_lib.fastdecode import FastLM
+
+    quoter = load_quoter()
+    prompts, lengths = sd.reader_copy_prompts(quoter, 3, task="quote", copied_only=True, answer_tokens=True)
+    fast = FastLM(quoter.model)
+    for p, n in zip(prompts, lengths, strict=True):
+        text = quoter.tokenizer.decode(p[0].tolist())
+        assert text.startswith("[1] ") and text.endswith("\nQuote:")
+        plain = quoter.model.generate(p, n + 4)  # past the end-of-text too: equality must not depend on it
+        out, stats = sd.speculative_generate(fast, sd.PromptLookup(), p, n + 4, k=k)
+        assert torch.equal(out, plain) and torch.equal(out, fast.generate(p, n + 4)) and stats.emitted == n + 4
+        new = out[0, p.shape[1] :].tolist()
+        assert new[n - 1] == quoter.eot  # copied_only: the quote, then end-of-text exactly where its length says
+        assert stats.tokens_per_round > 2  # a quote lets the lookup draft most of it
+    arts = [a for a in data.articles("test") if quote_passage(a) in quoter.tokenizer.decode(prompts[0][0].tolist())]
+    assert arts, "the quote prompt shows its article's passage"
+
+
+@quoter_built
+def test_quote_prompts_bad_input():
+    from course_lib.experiments.rag import load_quoter
+
+    quoter = load_quoter()
+    with pytest.raises(ValueError, match="n must be"):
+        sd.reader_copy_prompts(quoter, 0, task="quote")
+    with pytest.raises(ValueError, match="first"):
+        sd.reader_copy_prompts(quoter, 1, task="quote", first=-1)
+    with pytest.raises(ValueError, match="split"):
+        sd.reader_copy_prompts(quoter, 1, task="quote", split="dev")
+    with pytest.raises(TypeError, match="reader"):
+        sd.reader_copy_prompts(quoter.model, 1, task="quote")
+    with pytest.raises(ValueError, match="task"):
+        sd.reader_copy_prompts(quoter, 1, task="Quote")
+
+
+def test_benchmark_decodes_new_tokens_per_prompt():
+    target, _ = _toy_pair()
+    prompts = [torch.tensor([[1, 2, 3, 1, 2]]), torch.tensor([[7, 8, 9]])]
+    kw = dict(ks=(2,), warmup=0, repeats=1)
+    rows, pooled = sd.speculative_benchmark(
+        target, sd.PromptLookup(), prompts, new_tokens=[5, 9], return_stats=True, **kw
+    )
+    assert pooled[2].emitted == 14 and rows[1]["identical"]
+    assert rows[1]["tokens_per_pass"] == 14 / pooled[2].rounds
+    with pytest.raises(ValueError, match="one count per prompt"):
+        sd.speculative_benchmark(target, sd.PromptLookup(), prompts, new_tokens=[5], **kw)
+    with pytest.raises(TypeError, match="new_tokens"):
+        sd.speculative_benchmark(target, sd.PromptLookup(), prompts, new_tokens="5", **kw)
+    with pytest.raises(ValueError, match=r"new_tokens\[1\]"):
+        sd.break_even_table(target, sd.PromptLookup(), prompts, ks=(2,), new_tokens=[5, 0], repeats=1)
+
+
+def test_loop_overhead_is_a_ratio_of_plain_steps():
+    target, _ = _toy_pair()
+    prompts = [torch.tensor([[1, 2, 3, 1, 2]]), torch.tensor([[7, 8, 9]])]
+    o = sd.loop_overhead(target, prompts, new_tokens=[6, 4], repeats=1)
+    assert math.isfinite(o) and o >= 0
+    assert sd._NoDraft().propose([1, 2, 1, 2], 3) == []  # the loop with no draft: plain greedy, one token a round
+    out, stats = sd.speculative_generate(target, sd._NoDraft(), prompts[0], 6, k=3)
+    assert torch.equal(out, target.generate(prompts[0], 6)) and stats.rounds == 6
+    with pytest.raises(ValueError, match="prompts"):
+        sd.loop_overhead(target, [])
+    with pytest.raises(ValueError, match="one count per prompt"):
+        sd.loop_overhead(target, prompts, new_tokens=[3])
 
 
 def test_break_even_table_predicts_from_the_rounds_as_drafted():
