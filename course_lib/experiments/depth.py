@@ -459,27 +459,30 @@ def sweep_figure(stored: dict):
     for (key, label, rows), colour in zip(_sweep_lines(stored), PALETTE):
         dash = "dash" if key.endswith("exit-trained") else "solid"
         for col, field in ((1, "layer_fraction"), (2, "flops_fraction")):
-            fig.add_scatter(
-                x=[r[field] for r in rows],
-                y=[r["agreement"] for r in rows],
-                mode="lines+markers",
-                name=label,
-                legendgroup=key,
-                showlegend=col == 1,
-                line=dict(color=colour, dash=dash),
-                customdata=[r["threshold"] for r in rows],
-                hovertemplate="threshold %{customdata}<br>share %{x:.2f}<br>agreement %{y:.3f}<extra>"
-                + label
-                + "</extra>",
-                row=1,
-                col=col,
-            )
+            _frontier(fig, rows, field, col, label=label, group=key, colour=colour, dash=dash, share=".2f")
             fig.add_vline(x=targets["layers"], line=dict(color="grey", dash="dash"), row=1, col=col)
             fig.add_hline(y=targets["agreement"], line=dict(color="grey", dash="dash"), row=1, col=col)
     fig.update_xaxes(title_text="share of the full model")
     fig.update_yaxes(title_text="agreement with the full model", row=1, col=1)
     fig.update_layout(title="Early exit on the small patient: quality against compute", height=440)
     return fig
+
+
+def _frontier(fig, rows, field: str, col: int, *, label: str, group: str, colour: str, dash: str, share: str):
+    """One sweep's agreement against ``field`` (a share of the full model) in column ``col``."""
+    fig.add_scatter(
+        x=[r[field] for r in rows],
+        y=[r["agreement"] for r in rows],
+        mode="lines+markers",
+        name=label,
+        legendgroup=group,
+        showlegend=col == 1,
+        line=dict(color=colour, dash=dash),
+        customdata=[r["threshold"] for r in rows],
+        hovertemplate=f"threshold %{{customdata}}<br>share %{{x:{share}}}<br>agreement %{{y:.3f}}<extra>{label}</extra>",
+        row=1,
+        col=col,
+    )
 
 
 def rule_figure(stored: dict, *, oracle: float | None = None):
@@ -499,21 +502,7 @@ def rule_figure(stored: dict, *, oracle: float | None = None):
     fig = make_subplots(rows=1, cols=2, shared_yaxes=True, subplot_titles=("blocks run", "FLOPs, exit checks included"))
     for (label, rows, dash), colour in zip(old + new, PALETTE):
         for col, field in ((1, "layer_fraction"), (2, "flops_fraction")):
-            fig.add_scatter(
-                x=[r[field] for r in rows],
-                y=[r["agreement"] for r in rows],
-                mode="lines+markers",
-                name=label,
-                legendgroup=label,
-                showlegend=col == 1,
-                line=dict(color=colour, dash=dash),
-                customdata=[r["threshold"] for r in rows],
-                hovertemplate="threshold %{customdata}<br>share %{x:.3f}<br>agreement %{y:.3f}<extra>"
-                + label
-                + "</extra>",
-                row=1,
-                col=col,
-            )
+            _frontier(fig, rows, field, col, label=label, group=label, colour=colour, dash=dash, share=".3f")
             if label in chosen:
                 fig.add_scatter(
                     x=[chosen[label][field]],
