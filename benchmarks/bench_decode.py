@@ -41,10 +41,12 @@ def bench_speculative_reader_copy() -> list[dict]:
         # each prompt decodes its own answer and end-of-text, as a reader that stops there would
         prompts, lengths = sd.reader_copy_prompts(reader, 8, task=task, copied_only=True, answer_tokens=True)
         target = fastdecode.FastLM(reader.model)
+        target.threads = fastdecode.best_threads(target)  # plain decoding at its best: the honest baseline
         rows = sd.break_even_table(target, sd.PromptLookup(), prompts, ks=ks, new_tokens=lengths, repeats=5)
         o = sd.loop_overhead(target, prompts, new_tokens=lengths, repeats=5)  # the loop's own cost per round
         for r in rows:
             r["loop overhead"] = o
+            r["threads"] = target.threads
             r["predicted + loop overhead"] = (
                 1 / (1 / r["predicted (rounds as drafted)"] + o / r["tokens_per_pass"]) if r["k"] else 1.0
             )
