@@ -43,12 +43,8 @@ def bench_speculative_reader_copy() -> list[dict]:
         target = fastdecode.FastLM(reader.model)
         target.threads = fastdecode.best_threads(target)  # plain decoding at its best: the honest baseline
         rows = sd.break_even_table(target, sd.PromptLookup(), prompts, ks=ks, new_tokens=lengths, repeats=5)
-        o = sd.loop_overhead(target, prompts, new_tokens=lengths, repeats=5)  # the loop's own cost per round
+        sd.add_loop_overhead(rows, sd.loop_overhead(target, prompts, new_tokens=lengths, repeats=5))
         for r in rows:
-            r["loop overhead"] = o
             r["threads"] = target.threads
-            r["predicted + loop overhead"] = (
-                1 / (1 / r["predicted (rounds as drafted)"] + o / r["tokens_per_pass"]) if r["k"] else 1.0
-            )
         out += [{"benchmark": f"speculative: reader copy ({task})", "new tokens": sum(lengths), **r} for r in rows]
     return out

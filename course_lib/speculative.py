@@ -798,6 +798,19 @@ def loop_overhead(target, prompts: Sequence, *, new_tokens: int | Sequence[int] 
     return max(0.0, t["loop, no draft"].median / t["plain"].median - 1)
 
 
+def add_loop_overhead(rows: list[dict], overhead: float) -> list[dict]:
+    r"""Add ``"predicted + loop overhead"`` to :func:`break_even_table`'s rows: the prediction from the
+    rounds as drafted, with the loop's own cost ``overhead`` (:func:`loop_overhead`, in plain steps)
+    charged once per round — :math:`1 / (1/s + o / \text{tokens per pass})`. Returns ``rows``."""
+    overhead = check_float("overhead", overhead, min=0)
+    for r in rows:
+        r["loop overhead"] = overhead
+        r["predicted + loop overhead"] = (
+            1 / (1 / r["predicted (rounds as drafted)"] + overhead / r["tokens_per_pass"]) if r["k"] else 1.0
+        )
+    return rows
+
+
 def break_even_table(
     target,
     draft,

@@ -1182,8 +1182,7 @@ assert all(r["identical"] for r in quote_rows)  # every greedy output equals pla
 # c and v(k) time one forward each; the loop's own work per round (the lookup's list, the accept check, the
 # rollback) is not in them. A round that drafts nothing measures it (sd.loop_overhead, in plain steps).
 q_overhead = sd.loop_overhead(q_fast, q_prompts, new_tokens=q_lengths, repeats=3)
-for r in quote_rows[1:]:  # the rule per token, plus the loop's overhead once per round
-    r["predicted + loop overhead"] = 1 / (1 / r["predicted (rounds as drafted)"] + q_overhead / r["tokens_per_pass"])
+sd.add_loop_overhead(quote_rows, q_overhead)  # the rule per token, plus the loop's overhead once per round
 viz.Table(
     [
         {

@@ -641,3 +641,17 @@ def test_break_even_table_predicts_from_the_rounds_as_drafted():
             assert r["v(k)"] > 0 and r["c"] > 0
     with pytest.raises(ValueError, match="prompts"):
         sd.break_even_table(target, draft, [])
+
+
+def test_add_loop_overhead_charges_it_once_per_round():
+    rows = [
+        {"k": 0, "predicted (rounds as drafted)": 1.0, "tokens_per_pass": 1.0},
+        {"k": 4, "predicted (rounds as drafted)": 2.0, "tokens_per_pass": 3.0},
+    ]
+    assert sd.add_loop_overhead(rows, 0.5) is rows
+    # a token cost 1/2 step; a round of 3 tokens adds 0.5 step: 1 / (0.5 + 0.5 / 3) = 1.5
+    assert rows[1]["predicted + loop overhead"] == pytest.approx(1.5)
+    assert rows[0]["predicted + loop overhead"] == 1.0 and rows[1]["loop overhead"] == 0.5
+    assert sd.add_loop_overhead([dict(rows[1])], 0.0)[0]["predicted + loop overhead"] == pytest.approx(2.0)
+    with pytest.raises(ValueError, match="overhead"):
+        sd.add_loop_overhead(rows, -0.1)

@@ -330,6 +330,22 @@ def reader_accuracy(reader: Reader, rows: Sequence[int], passages: Sequence[Sequ
     return float(reader.exact_match(prompts, [arts[r].title for r in rows]).mean())
 
 
+def _fp16_checkpoint(model, metadata: dict) -> bytes:
+    """The checkpoint bytes of ``model`` in fp16 (half the bytes); the model is left in fp32 but
+    rounded through fp16, so it is evaluated exactly as it will be loaded."""
+    model.half()
+    blob = checkpoint_bytes(model, metadata=metadata)
+    model.float()
+    return blob
+
+
+def _eval_rows(arts) -> tuple[np.ndarray, np.ndarray]:
+    """Rows a reader's card is measured on: every test query's article, and 500 training articles (seeded)."""
+    test_rows, _ = eval_queries("test")
+    train_rows = np.asarray([i for i, a in enumerate(arts) if a.description and data.split_of(a.title) == "train"])
+    return test_rows, train_rows[np.random.default_rng(0).choice(len(train_rows), 500, replace=False)]
+
+
 def build_reader(cfg: ReaderConfig | None = None, *, progress: bool = True) -> dict:
     """Fine-tune the patient into the reader on training-split articles; write checkpoint and card."""
     cfg = cfg or ReaderConfig()
@@ -343,13 +359,9 @@ def build_reader(cfg: ReaderConfig | None = None, *, progress: bool = True) -> d
     t0 = time.perf_counter()
     losses = finetune_reader(reader, examples, cfg, progress=progress)
     seconds = time.perf_counter() - t0
-    reader.model.half()  # stored in fp16 (half the bytes); evaluated exactly as it will be loaded
-    blob = checkpoint_bytes(reader.model, metadata={"rag_reader": asdict(cfg)})  # written with its card below
-    reader.model.float()
+    blob = _fp16_checkpoint(reader.model, {"rag_reader": asdict(cfg)})  # written with its card below
     arts = data.load_articles()
-    test_rows, _ = eval_queries("test")
-    train_rows = np.asarray([i for i, a in enumerate(arts) if a.description and data.split_of(a.title) == "train"])
-    train_sample = train_rows[np.random.default_rng(0).choice(len(train_rows), 500, replace=False)]
+    test_rows, train_sample = _eval_rows(arts)
     oracle = [[passage_of(arts[r].extract, cfg.passage_words)] for r in test_rows]
     card = {
         "config": asdict(cfg),
@@ -397,13 +409,8 @@ def build_quoter(cfg: QuoterConfig | None = None, *, progress: bool = True) -> d
     with measure.num_threads(1):
         losses = finetune_reader(quoter, examples, cfg, progress=progress)
     seconds, cpu_seconds = time.perf_counter() - t0, time.process_time() - c0
-    quoter.model.half()  # stored in fp16 (half the bytes); evaluated exactly as it will be loaded
-    blob = checkpoint_bytes(quoter.model, metadata={"rag_quoter": asdict(cfg)})  # written with its card below
-    quoter.model.float()
-    arts = data.load_articles()
-    test_rows, _ = eval_queries("test")
-    train_rows = np.asarray([i for i, a in enumerate(arts) if a.description and data.split_of(a.title) == "train"])
-    train_sample = train_rows[np.random.default_rng(0).choice(len(train_rows), 500, replace=False)]
+    blob = _fp16_checkpoint(quoter.model, {"rag_quoter": asdict(cfg)})  # written with its card below
+    test_rows, train_sample = _eval_rows(data.load_articles())
     card = {
         "config": asdict(cfg),
         "base_reader_sha256": base.card["sha256"],
