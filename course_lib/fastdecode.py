@@ -19,20 +19,31 @@ computes the same function with fewer, larger ops — gpt-fast's recipe, without
   mask (one token sees every cached position);
 * **no materialised mask** at prefill (``is_causal``); only a multi-token verify pass in the
   middle of a sequence builds an additive causal mask, once per pass (tiled over the groups);
-* **fused projections**: V, K, Q and the RoPE "rotate-half" images of K and Q are one matmul
-  (rotate-half is a signed permutation of output rows, so it can be folded into the weights:
-  extra weight bytes read per step, traded for fewer operators per layer), laid out so that
-  one ``addcmul`` with cos/sin tables (1 and 0 over V) applies RoPE; gate/up is one matmul;
+* **fused projections**: V, K and Q are one matmul, gate/up another. Q's and K's rows are
+  reordered per head so that each RoPE pair :math:`(x_i, x_{i+d/2})` comes out as two
+  adjacent numbers — one complex number — and RoPE is a single in-place complex product with
+  a table :math:`e^{ip\omega}` (1 over V's pairs). Q and K are reordered alike, so every
+  :math:`q\cdot k` is unchanged; Q's rows also carry attention's :math:`1/\sqrt d`;
 * **RMSNorm folded**: the norm's gain :math:`g` (and :math:`\sqrt{C}`) is multiplied into the
-  next matmul's weights once, so a step computes only the per-token scale
-  :math:`1/\sqrt{\sum x^2 + C\epsilon}` — four small ops instead of PyTorch's composite
-  ``rms_norm``, measured at several times the cost of one elementwise op here;
-* **each matmul in the kernel that suits it**: weights are kept both as (in, out), for ``x @ W``
-  on one row (a decode step), and as (out, in), for ``W @ x.T`` on several rows (a verify
-  pass), which MKL runs markedly faster — so verifying k drafted tokens costs little more
-  than one step. Twice the weight memory, the same bytes read per step;
+  next matmul's weights once. And the residual stream carries one extra coordinate, the
+  constant :math:`\sqrt{C\epsilon}` (every residual update's weights have a zero column
+  there, every norm's matmul a zero row), so the stream's plain length
+  :math:`\sqrt{\sum x^2 + C\epsilon}` is the norm's denominator: a norm is one
+  ``vector_norm`` and one divide, not PyTorch's composite ``rms_norm`` (measured at several
+  times the cost of one elementwise op here);
+* **one weight layout**, (in, out) for ``x @ W``: for one row it is the layout MKL streams
+  fastest here (measured against (out, in)), and for the several rows of a verify pass or a
+  prefill it measured no slower in most cases, so the weights are stored once;
 * **fewer ops**: residual adds fused into ``addmm``, the whole step in one function with no
-  module calls and no argument checks inside the loop;
+  module calls and no argument checks inside the loop; the batch-1 step (:meth:`FastLM._decode_one`)
+  writes its projections into scratch rows whose views were made once and attends with two
+  small ``bmm`` and a softmax instead of the general attention kernel, whose fixed cost for a
+  single query is several such ops;
+* **the weights in one buffer on huge pages** (``huge_pages=True``, :func:`_arena`): a step
+  reads every weight once, from DRAM when they are larger than the share of the last-level
+  cache the process gets. One 2 MiB-aligned buffer advised for transparent huge pages
+  (Linux) needs a few page translations where 4 KiB pages need thousands; the benchmark
+  times it against 4 KiB pages;
 * **its thread count measured** (``FastLM(model, threads=n)``, :func:`best_threads`): at batch 1
   each op is microseconds of work, and a second thread's hand-off can cost more than it saves;
 * **opt-in, compiled** (``FastLM(model, compile=True)``): the one-token step written with
@@ -86,6 +97,10 @@ class StaticKVCache:
         split = self.kv.view(n_layers, batch_size, max_len, 2, n_kv_heads, head_dim)
         self.values = [split[i, :, :, 0].transpose(1, 2) for i in range(n_layers)]  # (B, H_kv, L, d) each
         self.keys = [split[i, :, :, 1].transpose(1, 2) for i in range(n_layers)]
+        # the first sequence's rows, values and transposed keys per layer, for the batch-1 step
+        self.rows0 = [self.kv[i, 0] for i in range(n_layers)]  # (max_len, 2·H_kv·d)
+        self.values0 = [v[0] for v in self.values]  # (H_kv, max_len, d)
+        self.keys0_t = [k[0].transpose(1, 2) for k in self.keys]  # (H_kv, d, max_len)
         self.pos = 0
 
     @property
@@ -100,33 +115,62 @@ class StaticKVCache:
         return self.kv.nbytes
 
 
-def _rotate_rows(w: torch.Tensor, n_heads: int, head_dim: int) -> torch.Tensor:
-    """Rows of ``w`` (n_heads·d, C) such that ``x @ out.T`` = rotate_half of ``x @ w.T`` per head."""
-    w = w.view(n_heads, head_dim, -1)
-    half = head_dim // 2
-    return torch.cat([-w[:, half:], w[:, :half]], dim=1).reshape(n_heads * head_dim, -1)
+def _pair_rows(w: torch.Tensor, n_heads: int, head_dim: int) -> torch.Tensor:
+    """Rows of ``w`` (n_heads·d, C) reordered per head as (0, d/2, 1, d/2+1, ...): each RoPE pair
+    (i, i + d/2) becomes two adjacent outputs, one complex number for ``view_as_complex``.
 
-
-def _rms_scale(x: torch.Tensor, eps_c: float) -> torch.Tensor:
-    r"""``x`` (N, C) times :math:`1/\sqrt{\sum x^2 + C\epsilon}`: RMSNorm without its
-    :math:`\sqrt{C}\,g`, which :class:`FastLM` folds into the next matmul's weights."""
-    return x * (x * x).sum(-1, keepdim=True).add_(eps_c).rsqrt_()
-
-
-def _times(x: torch.Tensor, cols: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
-    """``x @ W`` for x (M, in), contiguous (M, out), with W stored both ways.
-
-    One row (a batch-1 decode step): ``x @ cols``, cols (in, out) — MKL's fastest kernel for a
-    single row, measured. Several rows (a prefill, a speculative verify pass): ``rows @ x.T``,
-    rows (out, in), measured about 1.7× faster than ``x @ cols`` at M = 5 on this course's
-    patients: what makes verifying k drafted tokens cost little more than one step.
+    Queries and keys are reordered alike, so every q·k (the only thing they are used for) is
+    unchanged; the cache simply holds the keys in this order.
     """
-    return x @ cols if x.shape[0] == 1 else (rows @ x.t()).t().contiguous()
+    w = w.view(n_heads, 2, head_dim // 2, -1).transpose(1, 2)  # (H, d/2, 2, C)
+    return w.reshape(n_heads * head_dim, -1)
 
 
-def _plus_times(x: torch.Tensor, a: torch.Tensor, cols: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
-    """The residual update ``x + a @ W`` (``addmm`` for one row, :func:`_times` otherwise)."""
-    return torch.addmm(x, a, cols) if a.shape[0] == 1 else x + (rows @ a.t()).t()
+def _arena(tensors, *, huge_pages: bool) -> tuple[list[torch.Tensor], bool, tuple]:
+    """Copies of ``tensors`` as views into one flat, 2 MiB-aligned fp32 buffer.
+
+    A decode step streams every weight once. Spread over many allocations of 4 KiB pages,
+    a stream of megabytes touches more pages than the TLB can map, and pays page-table walks
+    as it goes. With ``huge_pages`` the buffer is a fresh private anonymous mapping advised
+    ``MADV_HUGEPAGE`` (Linux transparent huge pages, where the kernel grants them), so a few
+    2 MiB pages cover it. Returns the views, whether the advice was taken, and the objects
+    that own the memory (keep them alive as long as the views).
+    """
+    import mmap
+
+    align = 2 * 1024 * 1024  # one huge page
+    n = sum(t.numel() for t in tensors)
+    size = n * 4 + align  # room to start on a page boundary
+    advised, owner = False, None
+    if huge_pages and hasattr(mmap, "MADV_HUGEPAGE"):
+        try:  # private and anonymous: shared memory is shmem, which THP usually leaves alone
+            owner = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+            owner.madvise(mmap.MADV_HUGEPAGE)
+            flat = torch.frombuffer(owner, dtype=torch.float32)
+            advised = True
+        except (OSError, ValueError):  # no THP here: an ordinary buffer
+            owner = None
+    if owner is None:
+        flat = torch.empty(size // 4)
+    start = (-flat.data_ptr() % align) // 4
+    views, at = [], start
+    for t in tensors:
+        v = flat[at : at + t.numel()].view(t.shape)
+        v.copy_(t)
+        views.append(v)
+        at += t.numel()
+    return views, advised, (owner, flat)
+
+
+def _pad(w: torch.Tensor, *, row: bool) -> torch.Tensor:
+    """``w`` (in, out) with one zero row appended (``row``) or one zero column, contiguous."""
+    return torch.cat([w, w.new_zeros((1, w.shape[1]) if row else (w.shape[0], 1))], dim=0 if row else 1)
+
+
+def _unit(x: torch.Tensor) -> torch.Tensor:
+    r"""RMSNorm on the extended residual stream (:meth:`FastLM._decode_one`): ``x`` over its length,
+    :math:`x / \sqrt{\sum x^2 + C\epsilon}` — its gain and :math:`\sqrt C` live in the next matmul."""
+    return x / torch.linalg.vector_norm(x, dim=-1, keepdim=True)
 
 
 class FastLM:
@@ -138,6 +182,9 @@ class FastLM:
     :class:`StaticKVCache` and :meth:`generate` decodes. It has ``config``,
     ``flops_per_token`` and ``embed`` of the readable model, so the speculative decoder and
     the benchmarks take either.
+
+    ``huge_pages`` puts the one-token step's weights in one buffer advised for transparent
+    huge pages (where the OS offers them; ``huge_pages`` attribute: whether it did).
 
     ``threads`` (an int, or None to leave PyTorch's setting alone) is the intra-op thread
     count :meth:`forward` and :meth:`generate` run with, restored afterwards: at batch 1 the
@@ -153,10 +200,11 @@ class FastLM:
     compiles again on its first step.
     """
 
-    def __init__(self, model: TinyLM, *, compile: bool = False, threads: int | None = None):
+    def __init__(self, model: TinyLM, *, compile: bool = False, threads: int | None = None, huge_pages: bool = True):
         check_type("model", model, TinyLM)
-        if not isinstance(compile, bool):
-            raise TypeError(f"compile must be a bool, got {type(compile).__name__}")
+        for flag, value in (("compile", compile), ("huge_pages", huge_pages)):
+            if not isinstance(value, bool):
+                raise TypeError(f"{flag} must be a bool, got {type(value).__name__}")
         self.threads = check_int("threads", threads, min=1, allow_none=True)
         c = model.config
         for what, kind in (("attention", c.attention), ("mlp", c.mlp)):
@@ -178,38 +226,54 @@ class FastLM:
         self.eps_c = c.norm_eps * c.d_model  # RMSNorm's eps, on the sum of squares instead of the mean
         root_c = c.d_model**0.5
         self.vk = 2 * self.hkv * self.d  # width of [v k]: what the cache stores per position
-        self.qk = (self.h + self.hkv) * self.d  # width of [k q], and of its rotated image
-        self.width = self.hkv * self.d + self.qk  # width of [v k q]
-        self.layers, self.layers_rows = [], []
+        self.width = self.vk + self.h * self.d  # width of [v k q]
+        self.layers = []
         with torch.no_grad():
+            cols = []
             for blk in model.blocks:
                 a, mlp = blk.attn, blk.mlp
                 assert isinstance(mlp, SwiGLU)
-                # rows [v, k, q, rot(k), rot(q)], each input column scaled by the norm's sqrt(C)·g
+                # rows [v, k, q]: k and q in RoPE-pair order, q pre-scaled by 1/sqrt(d) (attention then
+                # uses scale 1), each input column scaled by the norm's sqrt(C)·g
                 wvkq = torch.cat(
                     [
                         a.v_proj.weight,
-                        a.k_proj.weight,
-                        a.q_proj.weight,
-                        _rotate_rows(a.k_proj.weight, self.hkv, self.d),
-                        _rotate_rows(a.q_proj.weight, self.h, self.d),
+                        _pair_rows(a.k_proj.weight, self.hkv, self.d),
+                        _pair_rows(a.q_proj.weight, self.h, self.d) / self.d**0.5,
                     ]
                 ) * (blk.attn_norm.weight * root_c)
                 wgu = torch.cat([mlp.gate_proj.weight, mlp.up_proj.weight]) * (blk.mlp_norm.weight * root_c)
-                rows = (wvkq, a.o_proj.weight, wgu, mlp.down_proj.weight)  # (out, in) each, as nn.Linear keeps them
-                self.layers.append(tuple(w.t().contiguous() for w in rows))  # (in, out): x @ w for one token
-                self.layers_rows.append(tuple(w.detach().clone() for w in rows))  # (out, in): w @ x.T for several
+                # stored (in, out) for x @ w, over the residual stream's extra coordinate (see _decode_one):
+                # a zero input row (it adds nothing) on the norms' matmuls, a zero output column (it is
+                # never changed) on the residual updates
+                cols += [_pad(wvkq.t(), row=True), _pad(a.o_proj.weight.t(), row=False)]
+                cols += [_pad(wgu.t(), row=True), _pad(mlp.down_proj.weight.t(), row=False)]
+            head = (model.lm_head.weight * (model.norm.weight * root_c)).t()  # (C, V)
+            # every weight a step reads, in one buffer (huge pages where the kernel grants them)
+            cols, self.huge_pages, self._arena = _arena([*cols, _pad(head, row=True)], huge_pages=huge_pages)
+            self.layers = [tuple(cols[4 * i : 4 * i + 4]) for i in range(c.n_layers)]
+            self.head_t = cols[-1]  # (C+1, V)
             self.embed_w = model.embed.weight.detach()
-            self.head_rows = (model.lm_head.weight * (model.norm.weight * root_c)).detach()  # (V, C)
-            self.head_t = self.head_rows.t().contiguous()  # (C, V)
-            # RoPE tables over the [v k q] row: v is multiplied by 1 and its partner by 0 (it is left as is)
-            cos, sin = model.rope_cos, model.rope_sin  # (L, d)
-            n_kq = self.h + self.hkv
-            vw = self.hkv * self.d
-            self.cos = torch.cat([torch.ones(len(cos), vw), cos.repeat(1, n_kq)], dim=1)  # (L, width)
-            self.sin = torch.cat([torch.zeros(len(sin), vw), sin.repeat(1, n_kq)], dim=1)
+            # the embedding with the constant coordinate sqrt(C·eps) appended: the one-row step's residual stream
+            self.embed_1 = torch.cat([self.embed_w, torch.full((c.vocab_size, 1), self.eps_c**0.5)], dim=1)
+            # RoPE as one complex product over the [v k q] row read as pairs: e^{i p w} on k and q, 1 on v
+            cos, sin = model.rope_cos[:, : self.d // 2], model.rope_sin[:, : self.d // 2]  # (L, d/2)
             n = c.max_seq_len
+            self.cis = torch.cat(
+                [
+                    torch.ones(n, self.hkv * self.d // 2, dtype=torch.complex64),
+                    torch.complex(cos, sin).repeat(1, self.h + self.hkv),
+                ],
+                dim=1,
+            )  # (L, width/2)
+            self._cos, self._sin = self.cis.real.contiguous(), self.cis.imag.contiguous()  # for the compiled step
             self.causal = torch.ones(n, n, dtype=torch.bool, device=cos.device).tril()
+            # scratch rows of a batch-1 step, and views of them made once (see _decode_one)
+            self._z = torch.zeros(1, self.width)
+            self._z_pairs = torch.view_as_complex(self._z.view(-1, 2))  # (width/2,) complex
+            self._z_vk, self._z_q = self._z[0, : self.vk], self._z[0, self.vk :].view(self.hkv, self.rep, self.d)
+            self._g = torch.zeros(1, 2 * c.d_ff)
+            self._gate, self._up = self._g[:, : c.d_ff], self._g[:, c.d_ff :]
         self.dff = c.d_ff
         self.compiled, self.compile_seconds = None, 0.0
         if compile:
@@ -269,64 +333,101 @@ class FastLM:
             out = self.compiled(idx, torch.tensor([start], device=idx.device), cache.kv)  # (B, V)
             cache.pos = end
             return out.view(b, 1, -1) if all_logits else out
-        h, hkv, d, rep, qk, vk, w, eps_c = self.h, self.hkv, self.d, self.rep, self.qk, self.vk, self.width, self.eps_c
-        cos, sin = self.cos[start:end], self.sin[start:end]  # (T, width)
-        x = self.embed_w[idx.reshape(-1)]  # (B·T, C): the residual stream
+        if t == 1 and b == 1:
+            out = self._decode_one(idx, cache)  # (1, V)
+            return out.view(1, 1, -1) if all_logits else out
+        h, hkv, d, rep, vk, dff = self.h, self.hkv, self.d, self.rep, self.vk, self.dff
+        cis = self.cis[start:end]  # (T, width/2)
+        x = F.embedding(idx.reshape(-1), self.embed_1)  # (B·T, C+1): the residual stream (see _decode_one)
         mask = None
         if t > 1 and start > 0:  # additive, made once per pass rather than converted from bool in every layer
             mask = torch.zeros((t, end), dtype=x.dtype).masked_fill_(~self.causal[start:end, :end], float("-inf"))
             mask = mask.repeat(self.rep, 1)  # (rep·T, end): the causal rows tiled per query group
-        for i, (cols, rows) in enumerate(zip(self.layers, self.layers_rows)):
-            z = _times(_rms_scale(x, eps_c), cols[0], rows[0]).view(b, t, -1)  # (B, T, [v k q rot(k) rot(q)])
-            # RoPE on k and q at once: x cos + rotate_half(x) sin, rotate_half precomputed in the weights;
-            # v's slots have cos 1 and sin 0, so one addcmul gives [v, rope(k), rope(q)]
-            vkq = torch.addcmul(z[..., :w] * cos, z[..., qk : qk + w], sin)  # (B, T, width)
-            cache.kv[i, :, start:end] = vkq[..., :vk]  # one write: values and keys
+        for i, (wvkq, wo, wgu, wd) in enumerate(self.layers):
+            z = (_unit(x) @ wvkq).view(b, t, -1)  # (B, T, [v k q])
+            # RoPE on k and q at once: each pair times e^{i p w} (v's pairs times 1), in place
+            torch.view_as_complex(z.view(b, t, -1, 2)).mul_(cis)
+            cache.kv[i, :, start:end] = z[..., :vk]  # one write: values and keys
             keys, values = cache.keys[i][:, :, :end], cache.values[i][:, :, :end]  # (B, H_kv, end, d): views
             if t == 1:  # GQA by grouping: the rep query heads of a kv head are its "queries"
-                y = F.scaled_dot_product_attention(vkq[:, 0, vk:].view(b, hkv, rep, d), keys, values)
+                y = F.scaled_dot_product_attention(z[:, 0, vk:].view(b, hkv, rep, d), keys, values, scale=1.0)
             elif mask is None:  # prefill from position 0: causal without a mask
-                q = vkq[..., vk:].view(b, t, h, d).transpose(1, 2)  # (B, H, T, d)
-                y = F.scaled_dot_product_attention(q, keys, values, is_causal=True, enable_gqa=rep > 1)
+                q = z[..., vk:].view(b, t, h, d).transpose(1, 2)  # (B, H, T, d)
+                y = F.scaled_dot_product_attention(q, keys, values, is_causal=True, enable_gqa=rep > 1, scale=1.0)
                 y = y.transpose(1, 2)  # (B, T, H, d)
             else:  # a verify pass mid-sequence: grouped queries, the causal rows tiled per group
-                q = vkq[..., vk:].reshape(b, t, hkv, rep, d).permute(0, 2, 3, 1, 4).reshape(b, hkv, rep * t, d)
-                y = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask)  # (B, H_kv, rep·T, d)
+                q = z[..., vk:].reshape(b, t, hkv, rep, d).permute(0, 2, 3, 1, 4).reshape(b, hkv, rep * t, d)
+                y = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, scale=1.0)  # (B, H_kv, rep·T, d)
                 y = y.view(b, hkv, rep, t, d).permute(0, 3, 1, 2, 4)  # (B, T, H_kv, rep, d)
-            x = _plus_times(x, y.reshape(b * t, h * d), cols[1], rows[1])
-            g = _times(_rms_scale(x, eps_c), cols[2], rows[2])  # (B·T, 2·d_ff)
-            x = _plus_times(x, F.silu(g[:, : self.dff]).mul_(g[:, self.dff :]), cols[3], rows[3])
+            x = torch.addmm(x, y.reshape(b * t, h * d), wo)
+            g = _unit(x) @ wgu  # (B·T, 2·d_ff)
+            x = torch.addmm(x, F.silu(g[:, :dff]).mul_(g[:, dff:]), wd)
         cache.pos = end
         if not all_logits:
             x = x.view(b, t, -1)[:, -1]
-        out = _times(_rms_scale(x, eps_c), self.head_t, self.head_rows)
+        out = _unit(x) @ self.head_t
         return out.view(b, t, -1) if all_logits else out  # (B, T, V) or (B, V)
+
+    def _decode_one(self, idx, cache: StaticKVCache):
+        r"""The batch-1 decode step, with as few operators as the arithmetic allows; logits (1, V).
+
+        The same function as :meth:`_step`, arranged so that almost every operator is a matmul:
+
+        * the residual stream carries one extra coordinate, the constant :math:`\sqrt{C\epsilon}`
+          (``embed_1``; every residual update's weights have a zero column there, every norm's
+          matmul a zero row). Then the plain length :math:`\lVert x\rVert = \sqrt{\sum x^2 + C\epsilon}`
+          is RMSNorm's denominator, and a norm is one ``vector_norm`` and one divide;
+        * the fused projection writes into a scratch row whose views (values+keys, queries, the
+          complex pairs) were made once, so no slicing happens per layer;
+        * attention for one query is two small ``bmm`` and a softmax over the grouped query
+          heads: no mask, and no call into the general attention kernel, whose fixed cost for
+          one query is several of these ops.
+        """
+        pos = cache.pos
+        end = pos + 1
+        z, z_vk, pairs, q, g, gate, up = self._z, self._z_vk, self._z_pairs, self._z_q, self._g, self._gate, self._up
+        rows, values, keys_t = cache.rows0, cache.values0, cache.keys0_t
+        cis = self.cis[pos]  # (width/2,) complex
+        x = F.embedding(idx[0], self.embed_1)  # (1, C+1)
+        for i, (wvkq, wo, wgu, wd) in enumerate(self.layers):
+            torch.mm(_unit(x), wvkq, out=z)  # (1, [v k q])
+            pairs.mul_(cis)  # RoPE on k and q (v's pairs times 1)
+            rows[i][pos].copy_(z_vk)  # values and keys, one copy
+            p = torch.bmm(q, keys_t[i][:, :, :end]).softmax(-1)  # (H_kv, rep, end)
+            x = torch.addmm(x, torch.bmm(p, values[i][:, :end]).view(1, -1), wo)
+            torch.mm(_unit(x), wgu, out=g)  # (1, 2·d_ff)
+            x = torch.addmm(x, F.silu(gate, inplace=True).mul_(up), wd)
+        cache.pos = end
+        return torch.mm(_unit(x), self.head_t)
 
     def _decode_static(self, tok, pos, kv_all):
         """One token per sequence with static shapes, for ``torch.compile``: tok (B, 1) at
         position ``pos`` (a (1,) tensor, not a Python int, so one graph serves every position),
         ``kv_all`` the whole :class:`StaticKVCache` tensor. Same arithmetic as :meth:`_step`,
-        but the new values/keys go in with ``index_copy_`` and each query attends to all
+        but the new values/keys go in with ``index_copy_``, RoPE is written with real numbers
+        (pairs (a, b) -> (a cos - b sin, a sin + b cos)) and each query attends to all
         ``max_len`` cached positions through the causal mask's row ``pos`` (positions not yet
         written get weight exactly 0). Returns logits (B, V); the caller moves ``cache.pos``."""
         b = tok.shape[0]
-        h, hkv, d, rep, qk, vk, w, eps_c = self.h, self.hkv, self.d, self.rep, self.qk, self.vk, self.width, self.eps_c
+        h, hkv, d, rep, vk = self.h, self.hkv, self.d, self.rep, self.vk
         n = kv_all.shape[2]
-        cos, sin = self.cos[pos], self.sin[pos]  # (1, width)
+        cos, sin = self._cos[pos], self._sin[pos]  # (1, width/2): RoPE in real numbers (inductor has no complex)
         mask = self.causal[pos, :n]  # (1, L): True up to and including pos
-        x = self.embed_w[tok.reshape(-1)]  # (B, C)
+        x = self.embed_1[tok.reshape(-1)]  # (B, C+1): the stream with its constant coordinate (_decode_one)
         for i, (wvkq, wo, wgu, wd) in enumerate(self.layers):
-            z = _rms_scale(x, eps_c) @ wvkq
-            vkq = z[:, :w] * cos + z[:, qk : qk + w] * sin  # (B, width)
+            z = (_unit(x) @ wvkq).view(b, -1, 2)  # (B, width/2, 2)
+            re, im = z[..., 0], z[..., 1]
+            vkq = torch.stack([re * cos - im * sin, re * sin + im * cos], dim=-1).view(b, -1)  # (B, width)
             kv = kv_all[i]  # (B, L, 2 H_kv d)
             kv.index_copy_(1, pos, vkq[:, None, :vk])
             split = kv.view(b, n, 2, hkv, d)
             values, keys = split[:, :, 0].transpose(1, 2), split[:, :, 1].transpose(1, 2)  # (B, H_kv, L, d)
-            y = F.scaled_dot_product_attention(vkq[:, vk:].view(b, hkv, rep, d), keys, values, attn_mask=mask)
+            q = vkq[:, vk:].view(b, hkv, rep, d)
+            y = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, scale=1.0)
             x = torch.addmm(x, y.reshape(b, h * d), wo)
-            g = _rms_scale(x, eps_c) @ wgu
+            g = _unit(x) @ wgu
             x = torch.addmm(x, F.silu(g[:, : self.dff]) * g[:, self.dff :], wd)
-        return _rms_scale(x, eps_c) @ self.head_t
+        return _unit(x) @ self.head_t
 
     # -- decoding ------------------------------------------------------------------------
 
@@ -390,7 +491,7 @@ def matmuls_fn(fast: FastLM, *, new_tokens: int):
     operator gone, the floor that removing operators alone cannot pass."""
     check_type("fast", fast, FastLM)
     check_int("new_tokens", new_tokens, min=1)
-    x = torch.randn(1, fast.config.d_model, generator=torch.Generator().manual_seed(0))
+    x = torch.randn(1, fast.config.d_model + 1, generator=torch.Generator().manual_seed(0))  # the one-row stream
     ff = torch.randn(1, fast.dff, generator=torch.Generator().manual_seed(1))
     o = torch.randn(1, fast.h * fast.d, generator=torch.Generator().manual_seed(2))
 

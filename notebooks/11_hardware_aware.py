@@ -910,11 +910,16 @@ display(
 # without changing a single weight. `course_lib.fastdecode.FastLM` is built from the
 # readable patient: a static KV cache written by position (values and keys of a token in one
 # row, so one copy writes both), GQA by grouping the query heads instead of copying the cache
-# per layer, no mask for a one-token step, V, K, Q and RoPE's rotate-half in one matmul (so
-# one `addcmul` applies RoPE), gate and up in another, RMSNorm's gain folded into the next
-# matmul's weights (only the per-token scale $1/\sqrt{\sum x^2 + C\epsilon}$ is computed),
-# residual adds fused into `addmm`. And it picks its thread count by measuring: at batch 1
-# each operator is microseconds of work, and handing it to a second thread can cost more than
+# per layer, V, K and Q in one matmul and gate and up in another, RoPE as one in-place complex
+# product (Q's and K's rows reordered so that each rotated pair is one complex number),
+# RMSNorm's gain folded into the next matmul's weights, residual adds fused into `addmm`. The
+# one-token step goes further: the residual stream carries an extra constant coordinate
+# $\sqrt{C\epsilon}$, so RMSNorm's denominator $\sqrt{\sum x^2 + C\epsilon}$ is the stream's
+# plain length (one `vector_norm`), projections land in scratch rows whose views were made
+# once, attention for one query is two small `bmm` and a softmax, and all weights sit in one
+# buffer on huge pages (a step reads every weight once: fewer page translations). And it
+# picks its thread count by measuring: at batch 1 each operator is microseconds of work, and
+# handing it to a second thread can cost more than
 # it saves (`fastdecode.best_threads`). Greedy tokens are identical (checked below and in the
 # tests). Both paths decode side by side, each set against the bandwidth bound; when the fast
 # path runs at another thread count than the notebook's, the readable path is timed at that

@@ -53,6 +53,46 @@ def test_fast_logits_match_readable_prefill_decode_and_verify(n_kv_heads):
     assert torch.equal(fast.generate(x[:, :5], 30), model.generate(x[:, :5], 30))
 
 
+@pytest.mark.parametrize("n_kv_heads", [1, 2, 4])
+def test_batch1_step_matches_the_general_step_and_the_readable_logits(n_kv_heads):
+    """The batch-1 one-token step (_decode_one: scratch rows, bmm attention) against the readable
+    model, position by position, and against the general step (batch 2, same sequence twice)."""
+    model = _toy(n_kv_heads)
+    fast = FastLM(model)
+    x = torch.randint(0, 97, (1, 24), generator=torch.Generator().manual_seed(4))
+    ref = model(x)
+    one, two = fast.new_cache(1), fast.new_cache(2)
+    fast(x[:, :3], cache=one), fast(x.expand(2, -1)[:, :3], cache=two)
+    steps = [fast(x[:, i : i + 1], cache=one) for i in range(3, 24)]  # 21 batch-1 steps
+    general = [fast(x.expand(2, -1)[:, i : i + 1], cache=two) for i in range(3, 24)]
+    torch.testing.assert_close(torch.cat(steps, 1), ref[:, 3:], atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(torch.cat(steps, 1), torch.cat(general, 1)[:1], atol=1e-5, rtol=1e-4)
+    # the cache rows the batch-1 step wrote are the general step's
+    torch.testing.assert_close(one.kv[:, 0, :24], two.kv[:, 0, :24], atol=1e-5, rtol=1e-4)
+
+
+def test_huge_pages_change_where_the_weights_live_not_what_is_computed():
+    model = _toy()
+    paged, plain = FastLM(model), FastLM(model, huge_pages=False)
+    assert plain.huge_pages is False and isinstance(paged.huge_pages, bool)
+    for fast in (paged, plain):  # one buffer, starting on a 2 MiB boundary
+        assert fast.layers[0][0].data_ptr() % (2 * 2**20) == 0
+        assert fast.head_t.data_ptr() + fast.head_t.nbytes <= fast._arena[1].data_ptr() + fast._arena[1].nbytes
+    p = torch.randint(0, 97, (1, 5), generator=torch.Generator().manual_seed(5))
+    assert torch.equal(paged.generate(p, 30), plain.generate(p, 30))
+    with pytest.raises(TypeError, match="huge_pages"):
+        FastLM(model, huge_pages=1)
+
+
+def test_arena_copies_each_tensor_into_one_aligned_buffer():
+    ts = [torch.randn(3, 5), torch.randn(7), torch.randn(2, 2, 2)]
+    views, _, (_, flat) = fastdecode._arena(ts, huge_pages=False)
+    assert [v.shape for v in views] == [t.shape for t in ts]
+    assert all(torch.equal(v, t) for v, t in zip(views, ts))
+    assert all(v.untyped_storage().data_ptr() == flat.untyped_storage().data_ptr() for v in views)
+    assert views[0].data_ptr() % (2 * 2**20) == 0 and views[1].data_ptr() == views[0].data_ptr() + 15 * 4
+
+
 def test_fast_truncate_then_continue_equals_a_fresh_cache():
     model = _toy()
     fast = FastLM(model)
@@ -215,7 +255,7 @@ def test_matmuls_fn_runs_the_fast_paths_matmuls_and_the_row_reports_their_share(
         fastdecode.matmuls_fn(fast, new_tokens=2)()
     finally:
         torch.Tensor.__matmul__ = real
-    # per token: [v k q rot(k) rot(q)] and gate|up per layer (3 layers), then the head
+    # per token: [v k q] and gate|up per layer (3 layers), then the head
     per_token = [tuple(w.shape) for layer in fast.layers for w in (layer[0], layer[2])] + [tuple(fast.head_t.shape)]
     assert calls == per_token * 2
     rows = fastdecode.readable_vs_fast({"toy": _toy()}, prompt_len=8, new_tokens=4, threads=None, warmup=0, repeats=1)
