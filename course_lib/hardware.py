@@ -398,6 +398,41 @@ def memory_bandwidth(
 
 
 @dataclass
+class Residency:
+    """Whether a working set of ``nbytes`` stays in the cache between passes (:func:`cache_residency`)."""
+
+    nbytes: int
+    bytes_per_s: float  # reading a buffer of nbytes over and over, best of the repeats
+    dram_bytes_per_s: float  # the rate it is compared with: memory past every cache
+
+    @property
+    def ratio(self) -> float:
+        return self.bytes_per_s / self.dram_bytes_per_s
+
+    @property
+    def in_cache(self) -> bool:
+        """Read at least twice as fast as from DRAM: served by a cache, not by memory."""
+        return self.ratio > 2
+
+
+def cache_residency(nbytes: int, dram_bytes_per_s: float, *, device=None, repeats: int = 3) -> Residency:
+    """Does a working set of ``nbytes`` (a model's weights, say) stay in the cache from one pass to the next?
+
+    Measured, not read off the cache size: on a shared machine (a cloud VM, a laptop with a
+    browser open) a process keeps only part of the last-level cache, and that part changes
+    with what the neighbours do. A buffer of ``nbytes`` is read over and over
+    (:func:`memory_bandwidth`, ``"read"``); if that runs more than twice as fast as
+    ``dram_bytes_per_s`` (a rate measured on arrays past every cache), the working set is
+    served by a cache. A decode step that reads every weight once per token streams them
+    from memory when ``in_cache`` is False.
+    """
+    nbytes = _pos_int("nbytes", nbytes)
+    check_float("dram_bytes_per_s", dram_bytes_per_s, min=0, min_inclusive=False)
+    rate = memory_bandwidth("read", array_bytes=nbytes, device=device, repeats=repeats).bytes_per_s
+    return Residency(nbytes, rate, float(dram_bytes_per_s))
+
+
+@dataclass
 class Roofline:
     """Measured roofs: peak FLOP/s per format and bandwidth per STREAM kernel (bytes/s)."""
 

@@ -990,18 +990,15 @@ w_bytes = measure.weight_bytes(small.model)
 stream_s = w_bytes / bw.bytes_per_s  # one decode step must read every weight once: from DRAM, this long
 over = sc["target_step_s"] / stream_s
 # do the weights stay in the cache between steps? Measured, not read off the L3 size: on a shared
-# machine a process keeps only part of the L3. Read a buffer of the weights' size over and over.
-at_w = hardware.memory_bandwidth("read", array_bytes=w_bytes, repeats=3).bytes_per_s
-fits = at_w > 2 * bw.bytes_per_s
+# machine a process keeps only part of the L3 (hardware.cache_residency)
+res = hardware.cache_residency(w_bytes, bw.bytes_per_s)
 l3_part = f" (the L3 is {l3 / 2**20:.0f} MiB)" if l3 else ""
-cache_part = (
-    f"Reading a buffer the size of the target's {w_bytes / 1e6:.1f} MB of weights over and over runs at "
-    f"{at_w / 1e9:.1f} GB/s here, {at_w / bw.bytes_per_s:.1f}x the DRAM rate: they stay in the cache{l3_part}, "
+cache_part = f"Reading a buffer the size of the target's {w_bytes / 1e6:.1f} MB of weights over and over runs at " + (
+    f"{res.bytes_per_s / 1e9:.1f} GB/s here, {res.ratio:.1f}x the DRAM rate: they stay in the cache{l3_part}, "
     "so after the first step they need not come from memory at all. "
-    if fits
-    else f"Reading a buffer the size of the target's {w_bytes / 1e6:.1f} MB of weights over and over runs at "
-    f"{at_w / 1e9:.1f} GB/s here, about the DRAM rate ({bw.bytes_per_s / 1e9:.1f} GB/s): the part of the cache "
-    f"this process keeps{l3_part} is smaller than the weights, so every step streams them from memory. "
+    if res.in_cache
+    else f"{res.bytes_per_s / 1e9:.1f} GB/s here, about the DRAM rate ({bw.bytes_per_s / 1e9:.1f} GB/s): the part "
+    f"of the cache this process keeps{l3_part} is smaller than the weights, so every step streams them from memory. "
 )
 bound_part = (
     f"A measured target step ({sc['target_step_s'] * 1e3:.2f} ms) takes {over:.1f}x the time of streaming every "

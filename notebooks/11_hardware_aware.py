@@ -883,15 +883,22 @@ print(
 bound = hardware.decode_bound(step_bytes, roof.bandwidth)
 measured = sweep[0]["decode tokens/s"]  # batch 1, from the sweep in section 6
 llc = info["L3 cache (MiB)"]
+# does a step's working set stay in the cache? Measured: a process on a shared machine keeps only part of the L3
+res = hardware.cache_residency(step_bytes, roof.bandwidth)
 display(
     Markdown(
         f"Bound at {roof.bandwidth / 1e9:.1f} GB/s: **{bound:,.0f} tokens/s**; measured: **{measured:,.0f} tokens/s** "
         f"({measured / bound:.0%} of the bound). "
         + (
-            f"The patient's {step_bytes / 2**20:.1f} MiB fit in this CPU's {llc:.0f} MiB L3 cache, so DRAM is not even the "
-            f"memory it reads from. "
-            if llc and step_bytes < llc * 2**20
-            else ""
+            f"A buffer the size of the patient's {step_bytes / 2**20:.1f} MiB, read over and over, runs at "
+            f"{res.bytes_per_s / 1e9:.1f} GB/s here ({res.ratio:.1f}x the DRAM rate): it stays in the cache"
+            + (f" ({llc:.0f} MiB of L3)" if llc else "")
+            + ", so DRAM is not even the memory a step reads from. "
+            if res.in_cache
+            else f"A buffer the size of the patient's {step_bytes / 2**20:.1f} MiB, read over and over, runs at "
+            f"{res.bytes_per_s / 1e9:.1f} GB/s here, about the DRAM rate: "
+            + (f"although the L3 is {llc:.0f} MiB, " if llc else "")
+            + "the part of the cache this process keeps is smaller, so every step streams the weights from memory. "
         )
         + (
             "By section 5's rule a step of this model is dispatch-bound: launching operators, not bytes, sets its "

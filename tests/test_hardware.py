@@ -133,6 +133,15 @@ def test_bandwidth_positive_and_finite():
         assert math.isfinite(b.bytes_per_s) and b.bytes_per_s > 0 and b.array_bytes == 8 * 2**20
 
 
+def test_cache_residency_compares_the_working_sets_read_rate_with_the_given_dram_rate():
+    """The decision is the measured ratio against the rate given, not the cache size (no timing asserted:
+    the DRAM rates given are far below and far above anything a read can reach)."""
+    small = hardware.cache_residency(256 * 2**10, dram_bytes_per_s=1.0, repeats=2)
+    assert small.nbytes == 256 * 2**10 and small.bytes_per_s > 0
+    assert small.ratio == small.bytes_per_s and small.in_cache  # any real rate is > 2 B/s
+    assert not hardware.cache_residency(256 * 2**10, dram_bytes_per_s=1e18, repeats=2).in_cache
+
+
 def test_bandwidth_bound_op_stays_under_its_bound():
     """A GEMV streaming a weight bigger than the L3 cache cannot beat the memory roof."""
     size = hardware.working_set_bytes(factor=2, floor=32 * 2**20, cap=128 * 2**20)
@@ -323,6 +332,9 @@ def test_config_step_bytes():
         (lambda: hardware.decode_bound(0, 1e9), "bytes_per_step"),
         (lambda: hardware.decode_bound(1e9, float("inf")), "bandwidth"),
         (lambda: hardware.decode_bound(1e9, 1e9, batch_size=0), "batch_size"),
+        (lambda: hardware.cache_residency(0, 1e9), "nbytes"),
+        (lambda: hardware.cache_residency(2**20, 0.0), "dram_bytes_per_s"),
+        (lambda: hardware.cache_residency(2**20, float("nan")), "dram_bytes_per_s"),
         (lambda: hardware_runs.profile(lambda: None, repeats=0), "repeats"),
     ],
 )
