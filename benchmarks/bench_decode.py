@@ -56,6 +56,45 @@ def bench_fast_huge_pages() -> list[dict]:
     ]
 
 
+def bench_weight_layout() -> list[dict]:
+    """The fast path's one weight layout, checked: every matmul of the small patient's step (its fused weights, in
+    step order) as ``x @ W`` with W stored (in, out) — the layout FastLM keeps — against ``(W @ x.T).T`` with W
+    stored (out, in), as nn.Linear keeps it, for M rows at once (1: a decode step; 5 and 13: verify passes of k = 4
+    and 12; 64: a prefill), interleaved, one thread."""
+    import torch
+
+    fast = fastdecode.FastLM(zoo.load("small").model)
+    cols = [w for layer in fast.layers for w in layer] + [fast.head_t]  # (in, out), in the huge-page buffer
+    rows = [w.t().contiguous() for w in cols]  # (out, in)
+    out = []
+    for m in (1, 5, 13, 64):
+        xs = [torch.randn(m, w.shape[0], generator=torch.Generator().manual_seed(i)) for i, w in enumerate(cols)]
+
+        def in_out(xs=xs):
+            with torch.inference_mode(), measure.num_threads(1):
+                for x, w in zip(xs, cols):
+                    x @ w
+
+        def out_in(xs=xs):
+            with torch.inference_mode(), measure.num_threads(1):
+                for x, w in zip(xs, rows):
+                    (w @ x.t()).t().contiguous()
+
+        t = measure.interleaved({"(in, out)": in_out, "(out, in)": out_in}, warmup=2, repeats=9)
+        for name in ("(in, out)", "(out, in)"):
+            out.append(
+                {
+                    "benchmark": "decode: weight layout",
+                    "variant": f"M = {m}, W stored {name}",
+                    "rows M": m,
+                    "ms per pass": t[name].median * 1e3,
+                    "x vs (out, in)": t["(out, in)"].median / t[name].median,
+                    "note": t.note(),
+                }
+            )
+    return out
+
+
 def bench_speculative_reader_copy() -> list[dict]:
     """Prompt-lookup speculative vs plain greedy on the fast path for the RAG-copy task, side by side per target:
     the quoting reader (its answer is its passage, quoted: ~50 tokens copied, where a free draft pays) and chapter

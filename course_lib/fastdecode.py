@@ -32,8 +32,10 @@ computes the same function with fewer, larger ops — gpt-fast's recipe, without
   ``vector_norm`` and one divide, not PyTorch's composite ``rms_norm`` (measured at several
   times the cost of one elementwise op here);
 * **one weight layout**, (in, out) for ``x @ W``: for one row it is the layout MKL streams
-  fastest here (measured against (out, in)), and for the several rows of a verify pass or a
-  prefill it measured no slower in most cases, so the weights are stored once;
+  fastest here; for several rows it depends on their number (``benchmarks decode``,
+  ``weight_layout``: on the course's CI machine faster for a 13-row verify pass and a prefill,
+  slower for a 5-row one), and one copy of the weights, streamed from one buffer, is worth
+  more than the best layout for every pass;
 * **fewer ops**: residual adds fused into ``addmm``, the whole step in one function with no
   module calls and no argument checks inside the loop; the batch-1 step (:meth:`FastLM._decode_one`)
   writes its projections into scratch rows whose views were made once and attends with two
@@ -183,8 +185,8 @@ class FastLM:
     ``flops_per_token`` and ``embed`` of the readable model, so the speculative decoder and
     the benchmarks take either.
 
-    ``huge_pages`` puts the one-token step's weights in one buffer advised for transparent
-    huge pages (where the OS offers them; ``huge_pages`` attribute: whether it did).
+    ``huge_pages`` puts the weights in one buffer advised for transparent huge pages (where
+    the OS offers them; the ``huge_pages`` attribute says whether it did).
 
     ``threads`` (an int, or None to leave PyTorch's setting alone) is the intra-op thread
     count :meth:`forward` and :meth:`generate` run with, restored afterwards: at batch 1 the
