@@ -34,8 +34,7 @@ computes the same function with fewer, larger ops — gpt-fast's recipe, without
 * **one weight layout**, (in, out) for ``x @ W``: for one row it is the layout MKL streams
   fastest here; for several rows it depends on their number (``benchmarks decode``,
   ``weight_layout``: on the course's CI machine faster for a 13-row verify pass and a prefill,
-  slower for a 5-row one), and one copy of the weights, streamed from one buffer, is worth
-  more than the best layout for every pass;
+  slower for a 5-row one). The fast path keeps one copy, half the memory of keeping both;
 * **fewer ops**: residual adds fused into ``addmm``, the whole step in one function with no
   module calls and no argument checks inside the loop; the batch-1 step (:meth:`FastLM._decode_one`)
   writes its projections into scratch rows whose views were made once and attends with two
