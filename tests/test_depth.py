@@ -492,6 +492,20 @@ def test_build_refuses_unknown_parts():
         depth_runs.build(parts=["exits"])
 
 
+def test_build_restores_the_thread_count_when_a_part_fails(tmp_path, monkeypatch):
+    before = torch.get_num_threads()
+    threads = 2 if before == 1 else 1  # another count than the current one, so restoring it is observable
+
+    def fail(progress):
+        assert torch.get_num_threads() == threads  # the part runs at the build's thread count
+        raise RuntimeError("part failed")
+
+    monkeypatch.setattr(depth_runs, "build_exit", fail)
+    with pytest.raises(RuntimeError, match="part failed"):
+        depth_runs.build(parts=["exit"], threads=threads, path=tmp_path / "runs.json")
+    assert torch.get_num_threads() == before and not (tmp_path / "runs.json").exists()
+
+
 def test_sweep_batches_thresholds_like_separate_runs(lm):
     x = ids(2, 12, seed=8)
     rows = depth.exit_sweep(lm, x, [0.3, 0.15, 1.0], min_layer=1)

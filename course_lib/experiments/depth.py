@@ -45,7 +45,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load
 
-from course_lib import data, depth, fingerprint, zoo
+from course_lib import data, depth, fingerprint, measure, zoo
 from course_lib.paths import (
     ZOO_DIR,
     atomic_write_bytes,
@@ -347,13 +347,11 @@ def build(*, parts=PARTS, progress: bool = True, threads: int = 1, path: Path | 
     for part in parts:
         if part not in PARTS:
             raise ValueError(f"parts must be chosen from {list(PARTS)}, got {part!r}")
-    previous = torch.get_num_threads()
-    torch.set_num_threads(threads)
     path = Path(path) if path is not None else ZOO_DIR / RUNS_FILE
     heads_path = path.parent / HEADS_FILE
     trained_path = path.parent / TRAINED_FILE
     sections = {}
-    try:
+    with measure.num_threads(threads):
         if "exit" in parts:
             sections["early_exit"], heads = build_exit(progress)
             state = {k: v.detach().half().contiguous() for k, v in heads.state_dict().items()}
@@ -375,8 +373,6 @@ def build(*, parts=PARTS, progress: bool = True, threads: int = 1, path: Path | 
                 if progress:
                     print(f"  MoD capacity {c}: val loss {mod[-1]['val_loss']}, FLOPs x{mod[-1]['flops_fraction']}")
             sections["mod"] = {"patient": MOD_PATIENT, "layers": list(MOD_LAYERS), "train": MOD_TRAIN, "runs": mod}
-    finally:
-        torch.set_num_threads(previous)
     for section in sections.values():  # the parts may be built apart, with different thread counts
         section["threads"] = threads
     old = json.loads(path.read_text()) if path.is_file() else {}  # re-read: the other part may have written
