@@ -169,7 +169,7 @@ def _pad(w: torch.Tensor, *, row: bool) -> torch.Tensor:
 
 
 def _unit(x: torch.Tensor) -> torch.Tensor:
-    r"""RMSNorm on the extended residual stream (:meth:`FastLM._decode_one`): ``x`` over its length,
+    r"""RMSNorm on the extended residual stream (see :meth:`FastLM._decode_one`): ``x`` over its length,
     :math:`x / \sqrt{\sum x^2 + C\epsilon}` — its gain and :math:`\sqrt C` live in the next matmul."""
     return x / torch.linalg.vector_norm(x, dim=-1, keepdim=True)
 
@@ -372,12 +372,13 @@ class FastLM:
     def _decode_one(self, idx, cache: StaticKVCache):
         r"""The batch-1 decode step, with as few operators as the arithmetic allows; logits (1, V).
 
-        The same function as :meth:`_step`, arranged so that almost every operator is a matmul:
+        The same function as :meth:`_step`, arranged so that almost every operator is a matmul.
+        Like every pass here it runs on the extended residual stream (``embed_1``: one extra
+        coordinate, the constant :math:`\sqrt{C\epsilon}`, with a zero column in every residual
+        update's weights and a zero row in every norm's matmul), so
+        :math:`\lVert x\rVert = \sqrt{\sum x^2 + C\epsilon}` is RMSNorm's denominator and a norm
+        is :func:`_unit`, one ``vector_norm`` and one divide. Beyond that:
 
-        * the residual stream carries one extra coordinate, the constant :math:`\sqrt{C\epsilon}`
-          (``embed_1``; every residual update's weights have a zero column there, every norm's
-          matmul a zero row). Then the plain length :math:`\lVert x\rVert = \sqrt{\sum x^2 + C\epsilon}`
-          is RMSNorm's denominator, and a norm is one ``vector_norm`` and one divide;
         * the fused projection writes into a scratch row whose views (values+keys, queries, the
           complex pairs) were made once, so no slicing happens per layer;
         * attention for one query is two small ``bmm`` and a softmax over the grouped query
@@ -642,7 +643,7 @@ def readable_vs_fast(
 
 
 def _readable_at(n: int) -> str:
-    return f"readable, {n} thread{'s' if n != 1 else ''}"
+    return f"readable, {measure.threads_phrase(n)}"
 
 
 def _at_threads(n: int, run):

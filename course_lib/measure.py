@@ -128,8 +128,7 @@ class Timings(dict):
             busy = f"; other processes used {self.others:.1f} CPU cores meanwhile, so treat close calls as noise"
         else:
             busy = f"; the machine was busy (probe ×{self.load:.1f} slower than its best), treat close calls as noise"
-        threads = f"{self.threads} thread{'s' if self.threads != 1 else ''}"
-        return f"median of {self.rounds} interleaved rounds, {threads}{busy}"
+        return f"median of {self.rounds} interleaved rounds, {threads_phrase(self.threads)}{busy}"
 
 
 # --------------------------------------------------------------------------- other work on the machine
@@ -244,6 +243,11 @@ def interleaved(
         out = again if calmer else out
         out.remeasured = True
     return out
+
+
+def threads_phrase(n: int) -> str:
+    """``"1 thread"``, ``"2 threads"``: a thread count for prose and captions."""
+    return f"{n} thread{'s' if n != 1 else ''}"
 
 
 @contextlib.contextmanager

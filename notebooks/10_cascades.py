@@ -1202,8 +1202,8 @@ viz.Table(
         }
         for r in quote_rows[1:]
     ],
-    caption=f"Prompt lookup drafting the quoting reader on the fast path ({q_fast.threads} thread"
-    f"{'s' if q_fast.threads != 1 else ''}), {len(q_prompts)} test questions, "
+    caption=f"Prompt lookup drafting the quoting reader on the fast path ({measure.threads_phrase(q_fast.threads)}), "
+    f"{len(q_prompts)} test questions, "
     f"{sum(q_lengths)} quoted tokens in all; greedy output identical; speed-up over the fast path alone",
 )
 

@@ -889,14 +889,13 @@ display(
     Markdown(
         f"Bound at {roof.bandwidth / 1e9:.1f} GB/s: **{bound:,.0f} tokens/s**; measured: **{measured:,.0f} tokens/s** "
         f"({measured / bound:.0%} of the bound). "
+        + f"A buffer the size of the patient's {step_bytes / 2**20:.1f} MiB, read over and over, runs at "
         + (
-            f"A buffer the size of the patient's {step_bytes / 2**20:.1f} MiB, read over and over, runs at "
             f"{res.bytes_per_s / 1e9:.1f} GB/s here ({res.ratio:.1f}x the DRAM rate): it stays in the cache"
             + (f" ({llc:.0f} MiB of L3)" if llc else "")
             + ", so DRAM is not even the memory a step reads from. "
             if res.in_cache
-            else f"A buffer the size of the patient's {step_bytes / 2**20:.1f} MiB, read over and over, runs at "
-            f"{res.bytes_per_s / 1e9:.1f} GB/s here, about the DRAM rate: "
+            else f"{res.bytes_per_s / 1e9:.1f} GB/s here, about the DRAM rate: "
             + (f"although the L3 is {llc:.0f} MiB, " if llc else "")
             + "the part of the cache this process keeps is smaller, so every step streams the weights from memory. "
         )
@@ -919,12 +918,12 @@ display(
 # row, so one copy writes both), GQA by grouping the query heads instead of copying the cache
 # per layer, V, K and Q in one matmul and gate and up in another, RoPE as one in-place complex
 # product (Q's and K's rows reordered so that each rotated pair is one complex number),
-# RMSNorm's gain folded into the next matmul's weights, residual adds fused into `addmm`. The
-# one-token step goes further: the residual stream carries an extra constant coordinate
-# $\sqrt{C\epsilon}$, so RMSNorm's denominator $\sqrt{\sum x^2 + C\epsilon}$ is the stream's
-# plain length (one `vector_norm`), projections land in scratch rows whose views were made
-# once, attention for one query is two small `bmm` and a softmax, and all weights sit in one
-# buffer on huge pages (a step reads every weight once: fewer page translations). And it
+# RMSNorm's gain folded into the next matmul's weights, and the residual stream given an extra
+# constant coordinate $\sqrt{C\epsilon}$, so RMSNorm's denominator $\sqrt{\sum x^2 + C\epsilon}$
+# is the stream's plain length (one `vector_norm`); residual adds fused into `addmm`, all
+# weights in one buffer on huge pages (a step reads every weight once: fewer page
+# translations). The one-token step goes further: projections land in scratch rows whose
+# views were made once, and attention for one query is two small `bmm` and a softmax. And it
 # picks its thread count by measuring: at batch 1 each operator is microseconds of work, and
 # handing it to a second thread can cost more than
 # it saves (`fastdecode.best_threads`). Greedy tokens are identical (checked below and in the
@@ -961,7 +960,7 @@ viz.Table(
 fr = {(r["model"], r["path"]): r for r in fast_rows}
 f_row = fr[(PATIENT, "fast")]
 gain = f_row["speedup"]
-n_thr = f"{f_row['threads']} thread{'s' if f_row['threads'] != 1 else ''}"
+n_thr = measure.threads_phrase(f_row["threads"])
 display(
     Markdown(
         f"The fast path decodes the {PATIENT} patient at **{f_row['tokens_per_s']:,.0f} tokens/s** on {n_thr}, "

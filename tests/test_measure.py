@@ -275,3 +275,7 @@ def test_num_threads_sets_and_restores_the_count_even_when_the_block_raises():
     for bad, err in ((0, ValueError), (1.5, TypeError)):
         with pytest.raises(err, match="n"), measure.num_threads(bad):
             pass
+
+
+def test_threads_phrase_counts_threads():
+    assert measure.threads_phrase(1) == "1 thread" and measure.threads_phrase(2) == "2 threads"
