@@ -516,6 +516,11 @@ SWEEP_STEPS = 500
 SWEEP_LR_AT_32 = 3e-3
 #: (d_model, n_layers, n_heads) of the mini scaling law's patients.
 SWEEP_SHAPES = [(16, 1, 2), (24, 2, 2), (32, 2, 2), (48, 3, 3), (64, 4, 4)]
+#: torch threads while the sweep trains. Its matrices (width <= 64, 512 tokens a step) are
+#: too small for a second thread to pay for its synchronisation: on the course's 2-core CI
+#: machine (AMD EPYC, AVX2, 2026-12-02) the whole sweep took 61.6 s of CPU / 61.7 s wall on
+#: 1 thread against 81.1 s / 67.3 s on 2, with the same losses.
+SWEEP_THREADS = 1
 
 
 def sweep_configs(shapes=None):
@@ -549,19 +554,25 @@ def sweep_train_config(model_config=None, *, steps: int = SWEEP_STEPS):
     )
 
 
-def run_sweep(train_ids, val_ids, *, model_configs=None, train_config=None, seed: int = 0) -> list[dict]:
+def run_sweep(
+    train_ids, val_ids, *, model_configs=None, train_config=None, seed: int = 0, threads: int | None = SWEEP_THREADS
+) -> list[dict]:
     """Train each config from the same seed on the same tokens; one row of measurements per size.
 
     ``train_config``: None (each size gets :func:`sweep_train_config` for its width), one
-    ``TrainConfig`` for all, or a function ``model_config -> TrainConfig``.
+    ``TrainConfig`` for all, or a function ``model_config -> TrainConfig``. ``threads``:
+    torch's thread count while training (:data:`SWEEP_THREADS`; None leaves the current
+    one); each row records it, since the seconds and tokens per second depend on it.
     """
     import time
 
     import torch
 
+    from course_lib.measure import num_threads
     from course_lib.model import TinyLM
     from course_lib.train import train
 
+    threads = check_int("threads", threads, min=1, allow_none=True)
     train_ids = np.asarray(train_ids, dtype=np.int64)  # once, not every step
     val_ids = np.asarray(val_ids, dtype=np.int64)
     model_configs = model_configs if model_configs is not None else sweep_configs()
@@ -577,10 +588,12 @@ def run_sweep(train_ids, val_ids, *, model_configs=None, train_config=None, seed
     for cfg in model_configs:
         torch.manual_seed(seed)
         model = TinyLM(cfg)
-        t0 = time.perf_counter()
         tcfg = train_config(cfg) if callable(train_config) else train_config
-        hist = train(model, train_ids, val_ids, tcfg, progress=False)
-        seconds = time.perf_counter() - t0
+        with num_threads(threads):
+            n_threads = torch.get_num_threads()
+            t0 = time.perf_counter()
+            hist = train(model, train_ids, val_ids, tcfg, progress=False)
+            seconds = time.perf_counter() - t0
         flops = patient_training_flops(model, n_tokens=hist.tokens_seen, seq_len=tcfg.seq_len)
         rows.append(
             {
@@ -594,6 +607,7 @@ def run_sweep(train_ids, val_ids, *, model_configs=None, train_config=None, seed
                 "val_loss": hist.final_val_loss,
                 "seconds": seconds,
                 "tokens_per_second": hist.tokens_seen / seconds,
+                "threads": n_threads,
             }
         )
     return rows

@@ -225,6 +225,25 @@ def test_tiny_sweep_runs_and_reports():
     assert all(c.vocab_size == 256 for c in scaling.sweep_configs())
 
 
+def test_sweep_trains_at_its_thread_count_and_restores_it():
+    from course_lib.train import TrainConfig
+
+    ids = np.random.default_rng(0).integers(0, 64, size=2000).astype(np.int64)
+    cfgs = [ModelConfig(vocab_size=64, d_model=8, n_layers=1, n_heads=2, max_seq_len=16)]
+    tc = TrainConfig(steps=2, batch_size=2, seq_len=16, warmup_steps=1, eval_every=0, eval_batches=1)
+    before = torch.get_num_threads()
+    assert scaling.SWEEP_THREADS == 1
+    (row,) = scaling.run_sweep(ids, ids, model_configs=cfgs, train_config=tc)
+    assert row["threads"] == scaling.SWEEP_THREADS and torch.get_num_threads() == before
+    (row,) = scaling.run_sweep(ids, ids, model_configs=cfgs, train_config=tc, threads=None)
+    assert row["threads"] == before
+    with pytest.raises(ValueError, match="threads"):
+        scaling.run_sweep(ids, ids, model_configs=cfgs, train_config=tc, threads=0)
+    with pytest.raises(TypeError, match="threads"):
+        scaling.run_sweep(ids, ids, model_configs=cfgs, train_config=tc, threads=1.5)
+    assert torch.get_num_threads() == before
+
+
 def test_byte_tokens_round_trip():
     from course_lib import data
 
