@@ -26,6 +26,7 @@ def bench_mini_scaling_law() -> list[dict]:
             "train tok/s": round(r["tokens_per_second"]),
             "achieved GFLOP/s": round(r["train_flops"] / r["seconds"] / 1e9, 2),
             "seconds": round(r["seconds"], 1),
+            "threads": r["threads"],
         }
         for r in rows
     ]
