@@ -548,22 +548,31 @@ _SIDES = (
 )
 
 
-def _label_sides(xs, ys, labels, *, x_range, y_range, width_px=300.0, height_px=330.0, font_px=10.0) -> list[str]:
+def _label_sides(
+    xs, ys, labels, *, x_range, y_range, avoid=(), width_px=260.0, height_px=270.0, font_px=10.0
+) -> list[str]:
     """A text position for each point's label so that labels and markers do not overlap (greedy, log-log axes).
 
     Positions are estimated in pixels for a narrow plot area (a phone's column), where crowding
-    is worst: a label is about 0.62 x ``font_px`` per character wide and 1.5 x ``font_px`` high,
-    placed 7 px from its marker, with 3 px of clearance. Each label, in order of intensity, takes the first side of
-    :data:`_SIDES` that touches no marker, no label already placed and no edge of the plot (else
-    the least crowded).
+    is worst: the book's page at 390 px gives the plot area 268 x 280 px (measured in chromium),
+    and the defaults stay a little inside that. A label is about 0.62 x ``font_px`` per character
+    wide and 1.5 x ``font_px`` high, placed 7 px from its marker, with 3 px of clearance. Each
+    label, in order of intensity, takes the first side of :data:`_SIDES` that touches no marker,
+    no label already placed and no edge of the plot; else the least crowded one, where a pixel cut
+    off by the plot's edge counts ten times a pixel of overlap (a cut label cannot be read at all).
+    ``avoid``: (x, y) of other markers the labels must not cover (the figure's predicted points).
     """
 
     def to_px(v, rng, size):
         a, b = math.log10(rng[0]), math.log10(rng[1])
         return (math.log10(v) - a) / (b - a) * size if b > a else size / 2
 
-    pts = [(to_px(x, x_range, width_px), height_px - to_px(y, y_range, height_px)) for x, y in zip(xs, ys)]
+    def px_of(x, y):
+        return to_px(x, x_range, width_px), height_px - to_px(y, y_range, height_px)
+
+    pts = [px_of(x, y) for x, y in zip(xs, ys)]
     boxes = [(px - 5, py - 5, px + 5, py + 5) for px, py in pts]  # the markers
+    boxes += [(px - 7, py - 7, px + 7, py + 7) for px, py in (px_of(x, y) for x, y in avoid)]
 
     def box(i, side):
         (px, py), w, h = pts[i], 0.62 * font_px * len(labels[i]), 1.5 * font_px
@@ -582,7 +591,9 @@ def _label_sides(xs, ys, labels, *, x_range, y_range, width_px=300.0, height_px=
 
     sides = [""] * len(xs)
     for i in sorted(range(len(xs)), key=lambda j: (xs[j], ys[j])):
-        costs = [(sum(overlap(box(i, s), b) for b in boxes) + outside(box(i, s)), k, s) for k, s in enumerate(_SIDES)]
+        costs = [
+            (sum(overlap(box(i, s), b) for b in boxes) + 10 * outside(box(i, s)), k, s) for k, s in enumerate(_SIDES)
+        ]
         _, _, best = min(costs)
         sides[i] = best
         boxes.append(box(i, best))
@@ -631,6 +642,10 @@ def roofline_figure(
                 "<br>intensity %{x:.3g} FLOP/B: at most %{y:,.2f} GFLOP/s<extra></extra>"
             ),
         )
+    on_roof = [
+        (c.intensity, roof.attainable(c.intensity, c.dtype if c.dtype in roof.peaks else "fp32") / 1e9)
+        for c in predicted
+    ]
     if placements:
         all_y = [y for tr in fig.data for y in tr.y] + [p.achieved / 1e9 for p in placements]
         sides = _label_sides(
@@ -639,6 +654,7 @@ def roofline_figure(
             [p.name for p in placements],
             x_range=(lo, hi),
             y_range=(min(v for v in all_y if v > 0), max(all_y)),
+            avoid=on_roof,
         )
         fig.add_scatter(
             x=[p.intensity for p in placements],
@@ -658,8 +674,8 @@ def roofline_figure(
         )
     if predicted:
         fig.add_scatter(
-            x=[c.intensity for c in predicted],
-            y=[roof.attainable(c.intensity, c.dtype if c.dtype in roof.peaks else "fp32") / 1e9 for c in predicted],
+            x=[x for x, _ in on_roof],
+            y=[y for _, y in on_roof],
             mode="markers",
             name="predicted",
             marker=dict(size=13, symbol="diamond-open", color=PALETTE[4], line=dict(width=2)),

@@ -431,3 +431,22 @@ def test_live_runs_are_not_a_build_and_have_a_command(capsys):
     with pytest.raises(SystemExit) as e:
         hardware_runs.main(["--help"])
     assert e.value.code == 0 and "roofline" in capsys.readouterr().out
+
+
+def test_label_sides_keep_labels_inside_the_plot_and_off_other_markers():
+    from course_lib.hardware import _label_sides
+
+    rng = dict(x_range=(0.01, 1000.0), y_range=(0.1, 100.0))
+    # a long label on a point near the right edge: placed to the left, not cut by the edge
+    (side,) = _label_sides([500.0], [1.0], ["decode GEMV, batch 16"], **rng)
+    assert side.endswith("left"), side
+    # near the top edge: placed below
+    (side,) = _label_sides([1.0], [95.0], ["matmul 1024"], **rng)
+    assert side.startswith("bottom"), side
+    # a marker to avoid right above the point: its label goes elsewhere
+    free = _label_sides([1.0], [1.0], ["softmax"], **rng)
+    blocked = _label_sides([1.0], [1.0], ["softmax"], avoid=[(1.0, 1.3)], **rng)
+    assert free[0].startswith("top") and not blocked[0].startswith("top"), (free, blocked)
+    # two points at the same place get different sides
+    a, b = _label_sides([1.0, 1.0], [1.0, 1.0], ["RMSNorm", "softmax"], **rng)
+    assert a != b
