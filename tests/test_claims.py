@@ -81,20 +81,23 @@ def test_wrong_chapter_is_a_problem(tmp_path):
 
 
 def test_page_script_writes_the_page(tmp_path):
-    import subprocess
-    import sys
+    import importlib.util
 
+    # the script's main() in this process (a subprocess would pay torch's and nbformat's imports twice)
+    spec = importlib.util.spec_from_file_location("article_page", ROOT / "scripts" / "article_page.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
     v = claims.verdict("Q1", "holds", "int8 weights take 3.95x fewer bytes here.", show=False)
     _executed(tmp_path, "05_quantization.ipynb", [v])
     out = tmp_path / "page.md"
     nbs = tmp_path / "nbs"
     nbs.mkdir()
     (nbs / "05_quantization.py").write_text("")
-    cmd = [sys.executable, str(ROOT / "scripts" / "article_page.py"), str(tmp_path), str(out), "--notebooks", str(nbs)]
-    assert subprocess.run(cmd, capture_output=True).returncode == 0
+    args = [str(tmp_path), str(out), "--notebooks", str(nbs)]
+    assert script.main(args) == 0
     assert "int8 weights take 3.95x fewer bytes" in out.read_text()
     (nbs / "06_pruning.py").write_text("")  # chapter 06 exists now, without a verdict: strict fails
-    assert subprocess.run(cmd + ["--strict"], capture_output=True).returncode == 1
+    assert script.main(args + ["--strict"]) == 1
 
 
 def test_verdict_displays_once(monkeypatch):
