@@ -572,9 +572,10 @@ class Report:
         s = self.settings
         rounds = s.get("rounds", s["repeats"])
         busy = "; the machine was busy: treat close calls as noise" if s.get("busy") else ""
+        threads = f", {threads_phrase(s['threads'])}" if s.get("threads") else ""
         return (
             f"prompt {s['prompt_len']} tokens, decode {s['new_tokens']} tokens, batch 1, "
-            f"median of {rounds} rounds, {s['device']}{busy}"
+            f"median of {rounds} rounds{threads}, {s['device']}{busy}"
         )
 
     def _repr_html_(self) -> str:

@@ -605,23 +605,28 @@ viz.static_twin(
 # prompt processed at once) and decode latency (one token at a time with a KV cache),
 # and peak memory while generating. Latencies are medians after warm-up, measured
 # **interleaved** — tiny, small, tiny, small, … — so any drift of the machine hits both,
-# and the comparison is reported as ratios. Peak memory is the process's resident-memory
+# and the comparison is reported as ratios. They run at **one thread**
+# (`measure.num_threads(1)` sets the count for a block and puts it back; the caption names
+# it), as do the decode timings after them, so that they describe the model rather than how
+# two threads share a machine busy with other work (chapter 11 measures what a second
+# thread buys at batch 1). Peak memory is the process's resident-memory
 # high-water mark above what was in use when `generate` started, read after the C heap's
 # free pages are handed back to the system (`measure.peak_memory`); it counts whole 4 kB
 # pages and everything the process allocates meanwhile, so at this size read it as
 # megabytes, not bytes.
 
 # %% tags=["nbval-ignore-output"]
-card = measure.report_card(
-    {"tiny": tiny.model, "small": small.model},
-    baseline="tiny",
-    val_tokens=val_ids,
-    eval_seq_len=256,
-    eval_batches=8,
-    prompt_len=64,
-    new_tokens=32,
-    repeats=5,
-)
+with measure.num_threads(1):  # batch 1: one thread (the caption says so), restored afterwards
+    card = measure.report_card(
+        {"tiny": tiny.model, "small": small.model},
+        baseline="tiny",
+        val_tokens=val_ids,
+        eval_seq_len=256,
+        eval_batches=8,
+        prompt_len=64,
+        new_tokens=32,
+        repeats=5,
+    )
 card
 
 # %%
@@ -640,7 +645,8 @@ assert all(c["peak_mem_mb"] is None or c["peak_mem_mb"] > 0 for c in card.cards.
 # %% tags=["nbval-ignore-output"]
 from course_lib import fastdecode
 
-fast_card = fastdecode.readable_vs_fast({"tiny": tiny.model, "small": small.model}, repeats=5)
+with measure.num_threads(1):  # as the report card above: both paths at one thread
+    fast_card = fastdecode.readable_vs_fast({"tiny": tiny.model, "small": small.model}, repeats=5)
 assert all(r["identical"] for r in fast_card)
 viz.Table(
     [
@@ -717,38 +723,39 @@ print(repr(tokenizer.decode(ours_tokens[0].tolist())))
 # %% [markdown]
 # The same 24 tokens as the library's `generate`, with and without its cache: keeping the
 # keys and values changes the work, not the answer. Now we time both on the small patient
-# at several context lengths, side by side in one run. Each point is the median of the
-# interleaved rounds; the bars span the fastest to the slowest round, so a point the
-# machine disturbed shows as a long bar, not as a fact.
+# at several context lengths, side by side in one run, at one thread like the report card.
+# Each point is the median of the interleaved rounds; the bars span the fastest to the
+# slowest round, so a point the machine disturbed shows as a long bar, not as a fact.
 
 # %% tags=["nbval-ignore-output"]
 contexts = [16, 64, 128, 192]
-new = 16
+new = 8  # tokens decoded per timed run; per-token times divide by it
 rows, kv_timings = [], {}
-for ctx in contexts:
-    prompt = torch.randint(0, 4096, (1, ctx), generator=torch.Generator().manual_seed(ctx))
-    t = measure.interleaved(
-        {
-            "prefill": measure.prefill_fn(small.model, prompt_len=ctx),
-            "decode, KV cache": measure.decode_fn(small.model, prompt_len=ctx, new_tokens=new),
-            "decode, no cache": lambda p=prompt: small.model.generate(p, new, use_cache=False),
-        },
-        warmup=1,
-        repeats=3,
-    )
-    kv_timings[ctx] = t
-    rows.append(
-        {
-            "context": ctx,
-            "prefill ms": t["prefill"].median * 1e3,
-            "decode ms/token (cache)": t["decode, KV cache"].median / new * 1e3,
-            "decode ms/token (no cache)": t["decode, no cache"].median / new * 1e3,
-        }
-    )
-    rows[-1]["cache speed-up"] = rows[-1]["decode ms/token (no cache)"] / rows[-1]["decode ms/token (cache)"]
+with measure.num_threads(1):  # batch 1, as the report card
+    for ctx in contexts:
+        prompt = torch.randint(0, 4096, (1, ctx), generator=torch.Generator().manual_seed(ctx))
+        t = measure.interleaved(
+            {
+                "prefill": measure.prefill_fn(small.model, prompt_len=ctx),
+                "decode, KV cache": measure.decode_fn(small.model, prompt_len=ctx, new_tokens=new),
+                "decode, no cache": lambda p=prompt: small.model.generate(p, new, use_cache=False),
+            },
+            warmup=1,
+            repeats=3,
+        )
+        kv_timings[ctx] = t
+        rows.append(
+            {
+                "context": ctx,
+                "prefill ms": t["prefill"].median * 1e3,
+                "decode ms/token (cache)": t["decode, KV cache"].median / new * 1e3,
+                "decode ms/token (no cache)": t["decode, no cache"].median / new * 1e3,
+            }
+        )
+        rows[-1]["cache speed-up"] = rows[-1]["decode ms/token (no cache)"] / rows[-1]["decode ms/token (cache)"]
 viz.Table(
     [{k: (round(v, 2) if isinstance(v, float) else v) for k, v in r.items()} for r in rows],
-    caption=f"small patient, batch 1; per context: {max(kv_timings.values(), key=lambda t: t.others or 0).note()} (the busiest of the four runs)",
+    caption=f"small patient, batch 1, {new} tokens decoded per run; per context: {max(kv_timings.values(), key=lambda t: t.others or 0).note()} (the busiest of the four runs)",
 )
 
 # %% tags=["nbval-ignore-output"]
@@ -949,12 +956,13 @@ def predicted_batch8_ratio() -> float:
 
 # %% tags=["nbval-ignore-output"]
 batch_steps = 8
-batch_timings = measure.interleaved(
-    {f"batch {b}": measure.decode_fn(small.model, prompt_len=64, new_tokens=batch_steps, batch=b) for b in (1, 8)},
-    warmup=1,
-    repeats=5,
-    min_time=0,
-)
+with measure.num_threads(1):  # the thread count of section 8's decode timings
+    batch_timings = measure.interleaved(
+        {f"batch {b}": measure.decode_fn(small.model, prompt_len=64, new_tokens=batch_steps, batch=b) for b in (1, 8)},
+        warmup=1,
+        repeats=5,
+        min_time=0,
+    )
 batch8_ratio = batch_timings["batch 8"].median / batch_timings["batch 1"].median
 print(
     f"one decode step: batch 1 {batch_timings['batch 1'].median / batch_steps * 1e3:.2f} ms, "

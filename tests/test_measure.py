@@ -236,6 +236,7 @@ def test_report_card_fields_and_ratios():
     assert all(math.isfinite(c["decode_tok_s"]) and c["decode_tok_s"] > 0 for c in r.cards.values())
     html = r._repr_html_()
     assert "b ÷ a" in html and "decode tokens/s" in html
+    assert measure.threads_phrase(torch.get_num_threads()) in r.settings_text()  # the caption names the thread count
     assert set(r.to_dict()) == {"baseline", "settings", "cards"}
 
 
