@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -584,6 +585,10 @@ def expected_tokens_from_positions(acceptance_by_position: Sequence[float]) -> f
     return total
 
 
+#: seconds the timed rounds of :func:`speculative_benchmark` fill at least (``measure.interleaved``'s default)
+_MIN_TIME = 0.2
+
+
 def _per_prompt(name: str, value, n: int) -> list[int]:
     """``value`` (one int >= 1, or one per prompt) as a list of ``n`` ints."""
     if isinstance(value, numbers.Integral):  # (a bool is refused by check_int)
@@ -617,11 +622,21 @@ def speculative_benchmark(
     length, :func:`reader_copy_prompts` with ``answer_tokens``).
     Returns one row per variant, the plain target first (and, with ``return_stats``, also
     ``{k: SpeculativeStats}`` pooling every prompt's rounds).
+
+    The checking round — the plain target's outputs, then each k's, compared — makes every
+    timed call once, so it is the first of the ``warmup`` rounds (0 and 1 both mean it alone)
+    and, as :func:`course_lib.measure.interleaved` sizes a run from its warm-up, its time sets
+    how many rounds (at least ``repeats``) fill the protocol's minimum time.
     """
     if not prompts:
         raise ValueError("prompts must not be empty")
+    warmup = check_int("warmup", warmup, min=0)
+    repeats = check_int("repeats", repeats, min=1)
     news = _per_prompt("new_tokens", new_tokens, len(prompts))
+    start = time.perf_counter()
     reference = [target.generate(p, n) for p, n in zip(prompts, news)]
+    outs_by_k = {k: [speculative_generate(target, draft, p, n, k=k) for p, n in zip(prompts, news)] for k in ks}
+    round_s = time.perf_counter() - start  # the checking round: every variant once
     pooled_by_k = {}
     rows = [
         {
@@ -634,8 +649,7 @@ def speculative_benchmark(
             "identical": True,
         }
     ]
-    for k in ks:
-        outs = [speculative_generate(target, draft, p, n, k=k) for p, n in zip(prompts, news)]
+    for k, outs in outs_by_k.items():
         pooled = SpeculativeStats(k)  # every prompt's rounds together
         for _, st in outs:
             pooled.drafted_per_round += st.drafted_per_round
@@ -661,7 +675,8 @@ def speculative_benchmark(
         fns[f"speculative k={k}"] = lambda k=k: [
             speculative_generate(target, draft, p, n, k=k) for p, n in zip(prompts, news)
         ]
-    t = measure.interleaved(fns, warmup=warmup, repeats=repeats)
+    n_rounds = max(repeats, min(measure.MAX_ROUNDS, math.ceil(_MIN_TIME / round_s))) if round_s > 0 else repeats
+    t = measure.interleaved(fns, warmup=max(warmup - 1, 0), repeats=n_rounds, min_time=0)
     n_tokens = sum(news)
     for r in rows:
         r["tokens_per_s"] = n_tokens / t[r["variant"]].median

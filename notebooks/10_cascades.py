@@ -910,40 +910,47 @@ print(f"sampled (T = 0.8, top-k 40): {st.acceptance_rate:.0%} accepted:", repr(s
 # "tokens per pass" tokens; if each drafted token were accepted independently with
 # probability $\alpha$ that would be $\frac{1 - \alpha^{k+1}}{1 - \alpha}$ (Leviathan et al.
 # 2023, §3–4; `sd.expected_speedup`). The speed-up is tokens per pass divided by $kc + v$.
-# We measure $c$ and, for every $k$, $v$ (`sd.step_costs`; a verify pass of $k + 1$ tokens
-# is a different call for each $k$), the acceptance for several $k$, and the real tokens per
-# second, side by side (`sd.speculative_benchmark`). Note what FLOPs alone would predict:
-# verifying $k + 1$ tokens does $k + 1$ times the FLOPs of one step, so if time followed
-# FLOPs a round would cost $kc_{\text{FLOPs}} + (k + 1)$ steps for at most $k + 1$ tokens,
-# and speculative decoding could never pay.
+# We measure $c$ and, for every $k$, $v$ (`sd.cost_curve`, in one interleaved run; a verify
+# pass of $k + 1$ tokens is a different call for each $k$), the acceptance for several $k$,
+# and the real tokens per second, side by side (`sd.speculative_benchmark`). At batch 1 a
+# step's operations are small, and handing them to a second thread can cost more than it
+# saves (chapter 11 measures it with `fastdecode.best_threads`), so this decoding runs on one
+# thread; each table below says how many threads its timings used. Note what FLOPs alone
+# would predict: verifying $k + 1$ tokens does $k + 1$ times the FLOPs of one step, so if
+# time followed FLOPs a round would cost $kc_{\text{FLOPs}} + (k + 1)$ steps for at most
+# $k + 1$ tokens, and speculative decoding could never pay.
 
 # %% tags=["nbval-ignore-output"]
 from course_lib import fingerprint, hardware
 
-sc_k = 4
-sc_by_k = {k: sd.step_costs(small.model, tiny.model, context=16, k=k, warmup=1, repeats=7) for k in (1, 2, 3, 4)}
-sc = sc_by_k[sc_k]
+SPEC_THREADS = 1  # batch-1 decoding, timed on one thread (see above)
+sc_k, NEW = 4, 32
+l3 = fingerprint.cache_bytes().get("L3")
+with measure.num_threads(SPEC_THREADS):
+    # c (a draft step / a target step) once, and v (a (k + 1)-token verify pass / a target step) for every k
+    curve = sd.cost_curve(small.model, tiny.model, ks=(1, 2, 3, 4), context=16, warmup=1, repeats=7)
+    # the memory a step reads from, at the step's thread count: DRAM (arrays past every cache)
+    bw = hardware.memory_bandwidth("read", array_bytes=max(2 * (l3 or 0), 64 * 2**20), repeats=3)
+    bench = sd.speculative_benchmark(small.model, tiny.model, prompts, ks=(1, 2, 3, 4), new_tokens=NEW, repeats=3)
+sc = {**curve, "v": curve["v"][sc_k]}  # v at k = sc_k, quoted below
 
 # A verify pass runs k + 1 tokens through the target: k + 1 times one step's weight FLOPs (the attention over
 # about 20 cached positions adds little), so in FLOPs it costs about k + 1 steps.
-l3 = fingerprint.cache_bytes().get("L3")
-bw = hardware.memory_bandwidth("read", array_bytes=max(2 * (l3 or 0), 64 * 2**20), repeats=3)  # DRAM, not cache
-NEW = 32
-bench = sd.speculative_benchmark(small.model, tiny.model, prompts, ks=(1, 2, 3, 4), new_tokens=NEW, repeats=3)
 for r in bench[1:]:
-    kc = sc_by_k[r["k"]]  # c and v measured at this k
-    denom = r["k"] * kc["c"] + kc["v"]  # time of one round, in target steps
-    r["v measured"] = kc["v"]
+    v_k = curve["v"][r["k"]]  # v measured at this k
+    denom = r["k"] * curve["c"] + v_k  # time of one round, in target steps
+    r["v measured"] = v_k
     # alpha pools the positions a round reached (accepted / (accepted + rejections)); accepted / drafted would
     # count the positions after a rejection, never tried, as failures and underestimate it for k > 1
     r["tokens/pass if i.i.d."] = sd.expected_tokens_per_round(r["alpha"], r["k"])
     r["predicted (measured c, v)"] = r["tokens_per_pass"] / denom
-    r["predicted if time ∝ FLOPs"] = r["tokens_per_pass"] / (r["k"] * kc["c_flops"] + r["k"] + 1)
-    r["predicted, free draft (c = 0)"] = r["tokens_per_pass"] / kc["v"]
+    r["predicted if time ∝ FLOPs"] = r["tokens_per_pass"] / (r["k"] * curve["c_flops"] + r["k"] + 1)
+    r["predicted, free draft (c = 0)"] = r["tokens_per_pass"] / v_k
 viz.Table(
     [{k: (round(v, 3) if isinstance(v, float) else v) for k, v in r.items()} for r in bench],
-    caption=f"small (target) with tiny (draft), greedy, {len(prompts)} prompts x {NEW} new tokens; c = {sc['c']:.2f} measured "
-    f"at k = {sc_k} ({sc['c_flops']:.2f} in FLOPs); v measured at each k",
+    caption=f"small (target) with tiny (draft), greedy, {len(prompts)} prompts x {NEW} new tokens, "
+    f"{measure.threads_phrase(SPEC_THREADS)}; c = {sc['c']:.2f} measured ({sc['c_flops']:.2f} in FLOPs); "
+    "v measured at each k",
 )
 
 # %% tags=["nbval-ignore-output"]
@@ -991,7 +998,8 @@ stream_s = w_bytes / bw.bytes_per_s  # one decode step must read every weight on
 over = sc["target_step_s"] / stream_s
 # do the weights stay in the cache between steps? Measured, not read off the L3 size: on a shared
 # machine a process keeps only part of the L3 (hardware.cache_residency)
-res = hardware.cache_residency(w_bytes, bw.bytes_per_s)
+with measure.num_threads(SPEC_THREADS):  # at the thread count bw and the steps were measured at
+    res = hardware.cache_residency(w_bytes, bw.bytes_per_s)
 l3_part = f" (the L3 is {l3 / 2**20:.0f} MiB)" if l3 else ""
 cache_part = f"Reading a buffer the size of the target's {w_bytes / 1e6:.1f} MB of weights over and over runs at " + (
     f"{res.bytes_per_s / 1e9:.1f} GB/s here, {res.ratio:.1f}x the DRAM rate: they stay in the cache{l3_part}, "
@@ -1001,8 +1009,8 @@ cache_part = f"Reading a buffer the size of the target's {w_bytes / 1e6:.1f} MB 
     f"of the cache this process keeps{l3_part} is smaller than the weights, so every step streams them from memory. "
 )
 bound_part = (
-    f"A measured target step ({sc['target_step_s'] * 1e3:.2f} ms) takes {over:.1f}x the time of streaming every "
-    f"weight from DRAM at the measured {bw.bytes_per_s / 1e9:.1f} GB/s"
+    f"A measured target step ({sc['target_step_s'] * 1e3:.2f} ms on {measure.threads_phrase(SPEC_THREADS)}) takes "
+    f"{over:.1f}x the time of streaming every weight from DRAM at the measured {bw.bytes_per_s / 1e9:.1f} GB/s"
     + (
         ", so reading the weights is not what a decode step's time is made of here"
         if over > 2
@@ -1062,7 +1070,7 @@ display(
 # %% tags=["nbval-ignore-output"]
 from course_lib.fastdecode import FastLM, best_threads
 
-fast_small = FastLM(small.model)
+fast_small = FastLM(small.model, threads=SPEC_THREADS)
 lookup_tasks = {"free text": prompts, "RAG-copy": sd.rag_copy_prompts(small.encode, 3)}
 lookup = {
     task: sd.break_even_table(fast_small, sd.PromptLookup(), ps, ks=(1, 2, 4), new_tokens=24, repeats=2)
@@ -1087,7 +1095,8 @@ viz.Table(
         for task, rows in lookup.items()
         for r in rows[1:]
     ],
-    caption="Prompt lookup drafting the fast small patient, greedy, identical output; speed-up over the fast path alone",
+    caption=f"Prompt lookup drafting the fast small patient ({measure.threads_phrase(fast_small.threads)}), greedy, "
+    "identical output; speed-up over the fast path alone",
 )
 
 # %% tags=["nbval-ignore-output"]

@@ -616,6 +616,28 @@ def test_benchmark_decodes_new_tokens_per_prompt():
         sd.break_even_table(target, sd.PromptLookup(), prompts, ks=(2,), new_tokens=[5, 0], repeats=1)
 
 
+def test_benchmark_checking_round_is_the_warm_up(monkeypatch):
+    """Every timed call runs once to check its output; that run is the warm-up, not a second one."""
+    target, draft = _toy_pair()
+    prompts = [torch.tensor([[1, 2, 3]]), torch.tensor([[7, 8]])]
+    seen, interleaved = {}, sd.measure.interleaved
+
+    def spy(fns, **kw):
+        seen.update(kw)
+        return interleaved(fns, **kw)
+
+    monkeypatch.setattr(sd.measure, "interleaved", spy)
+    rows = sd.speculative_benchmark(target, draft, prompts, ks=(2,), new_tokens=6, warmup=1, repeats=2)
+    assert seen["warmup"] == 0 and seen["min_time"] == 0 and seen["repeats"] >= 2  # rounds sized by the check
+    assert rows[1]["identical"] and rows[1]["speedup"] > 0
+    sd.speculative_benchmark(target, draft, prompts, ks=(2,), new_tokens=6, warmup=3, repeats=2)
+    assert seen["warmup"] == 2  # the checking round is the first of three
+    with pytest.raises(ValueError, match="warmup"):
+        sd.speculative_benchmark(target, draft, prompts, ks=(2,), new_tokens=6, warmup=-1)
+    with pytest.raises(ValueError, match="repeats"):
+        sd.speculative_benchmark(target, draft, prompts, ks=(2,), new_tokens=6, repeats=0)
+
+
 def test_loop_overhead_is_a_ratio_of_plain_steps():
     target, _ = _toy_pair()
     prompts = [torch.tensor([[1, 2, 3, 1, 2]]), torch.tensor([[7, 8, 9]])]
