@@ -390,6 +390,16 @@ def activation_norms(
     Each pass stops once the last of the chosen layers has run.
     """
     linears = prunable_linears(model) if names is None else {n: model.get_submodule(n) for n in names}
+    was_training = model.training
+    model.eval()
+    try:
+        return _collect_norms(linears, [lambda b=b: _run(model, b) for b in calibration])
+    finally:
+        model.train(was_training)
+
+
+def _collect_norms(linears: Mapping[str, nn.Linear], passes: Iterable[Callable[[], object]]) -> dict[str, torch.Tensor]:
+    """Input-feature L2 norms of ``linears`` over the forward passes ``passes`` (each stops after the last of them)."""
     sums = {n: torch.zeros(m.in_features, dtype=torch.float64, device=m.weight.device) for n, m in linears.items()}
     pending: set[str] = set()
 
@@ -405,18 +415,15 @@ def activation_norms(
 
     handles = [m.register_forward_hook(hook(n)) for n, m in linears.items()]
     seen = 0
-    was_training = model.training
-    model.eval()
     try:
-        for batch in calibration:
+        for run in passes:
             pending.update(linears)
             try:
-                _run(model, batch)
+                run()
             except _StopForward:
                 pass
             seen += 1
     finally:
-        model.train(was_training)
         for h in handles:
             h.remove()
     if seen == 0:
@@ -424,13 +431,122 @@ def activation_norms(
     return {n: s.sqrt().float() for n, s in sums.items()}
 
 
+def _layer_prefix(name: str) -> str:
+    """``blocks.3.mlp.up_proj`` -> ``blocks.3``; a name outside a numbered layer is its own prefix."""
+    match = re.match(r"^(.*?\.\d+)\.", name)
+    return match.group(1) if match else name
+
+
 def layer_groups(names: Iterable[str]) -> list[list[str]]:
     """Group Linear names by layer (``blocks.3.…`` / ``encoder.layer.3.…``), in model order."""
     groups: dict[str, list[str]] = {}
     for n in names:
-        match = re.match(r"^(.*?\.\d+)\.", n)
-        groups.setdefault(match.group(1) if match else n, []).append(n)
+        groups.setdefault(_layer_prefix(n), []).append(n)
     return list(groups.values())
+
+
+def _chained_blocks(model: nn.Module, groups: list[list[str]], calibration: list) -> tuple | None:
+    """The inputs of the first group's block, when the groups can be calibrated block by block; else None.
+
+    Sequential Wanda needs each layer's inputs computed by the layers already pruned. Re-running
+    the model from its input for every layer costs L(L+1)/2 layer passes; the reference
+    implementation instead keeps the inputs of the current layer and runs only that layer. That is
+    exact when every group is one block of the same ``nn.ModuleList``, in order, and each block's
+    output is the next block's first input with the other arguments unchanged (TinyLM, BERT).
+    This checks it on a real forward pass of the first calibration batch, and returns
+    ``(blocks, first, last, group_at, inputs)``: ``inputs`` holds ``(args, kwargs)`` of block
+    ``first`` for every calibration batch.
+    """
+    prefixes = [_layer_prefix(g[0]) for g in groups]
+    parents = {p.rpartition(".")[0] for p in prefixes}
+    if any(_layer_prefix(n) != p for g, p in zip(groups, prefixes) for n in g) or len(parents) != 1 or "" in parents:
+        return None
+    if not all(p.rpartition(".")[2].isdigit() for p in prefixes):
+        return None
+    blocks = model.get_submodule(parents.pop())
+    index = [int(p.rpartition(".")[2]) for p in prefixes]
+    if not isinstance(blocks, nn.ModuleList) or index != sorted(set(index)) or index[-1] >= len(blocks):
+        return None
+    first, last = index[0], index[-1]
+    calls: dict[int, list] = {i: [] for i in range(first, last + 1)}
+
+    def record(i):
+        def pre(_module, args, kwargs):
+            calls[i].append([args, kwargs, None])
+
+        def post(_module, _args, _kwargs, output):
+            calls[i][-1][2] = output
+            if i == last:
+                raise _StopForward
+
+        return pre, post
+
+    handles = []
+    for i in calls:
+        pre, post = record(i)
+        handles.append(blocks[i].register_forward_pre_hook(pre, with_kwargs=True))
+        handles.append(blocks[i].register_forward_hook(post, with_kwargs=True))
+    try:
+        try:
+            _run(model, calibration[0])
+        except _StopForward:
+            pass
+    finally:
+        for h in handles:
+            h.remove()
+    if any(len(c) != 1 or c[0][2] is None for c in calls.values()):
+        return None  # a block was skipped or called twice: not a plain chain
+    for i in range(first, last):
+        (args, kwargs, out), (nargs, nkwargs, _) = calls[i][0], calls[i + 1][0]
+        if not (nargs and (nargs[0] is out or (isinstance(out, tuple) and out and nargs[0] is out[0]))):
+            return None  # the next block does not read this block's output as it is
+        if len(nargs) != len(args) or any(a is not b for a, b in zip(args[1:], nargs[1:])):
+            return None
+        if nkwargs.keys() != kwargs.keys() or any(kwargs[k] is not nkwargs[k] for k in kwargs):
+            return None
+    inputs = [(calls[first][0][0], calls[first][0][1])]
+    captured: list = []
+
+    def grab(_module, args, kwargs):
+        captured.append((args, kwargs))
+        raise _StopForward
+
+    h = blocks[first].register_forward_pre_hook(grab, with_kwargs=True)
+    try:
+        for batch in calibration[1:]:
+            try:
+                _run(model, batch)
+            except _StopForward:
+                pass
+    finally:
+        h.remove()
+    if len(captured) != len(calibration) - 1:
+        return None
+    group_at = dict(zip(index, groups))
+    return blocks, first, last, group_at, inputs + captured
+
+
+def _wanda_block_by_block(model, linears, groups, calibration, choose) -> dict[str, torch.Tensor] | None:
+    """Sequential Wanda running one block at a time on the stored inputs (see :func:`_chained_blocks`); None if unfit."""
+    chain = _chained_blocks(model, groups, calibration)
+    if chain is None:
+        return None
+    blocks, first, last, group_at, inputs = chain
+    masks = {}
+    for i in range(first, last + 1):
+        block = blocks[i]
+        if i in group_at:
+            group = group_at[i]
+            norms = _collect_norms(
+                {n: linears[n] for n in group}, [lambda a=a, k=k, b=block: b(*a, **k) for a, k in inputs]
+            )
+            for n in group:
+                masks[n] = choose(wanda_scores(linears[n].weight, norms[n]), per_row=True)
+                linears[n].weight.mul_(masks[n])
+        if i < last:  # the inputs of the next block: this block's outputs, pruned
+            outs = [block(*a, **k) for a, k in inputs]
+            inputs = [((o if torch.is_tensor(o) else o[0], *a[1:]), k) for o, (a, k) in zip(outs, inputs)]
+    return masks
 
 
 # --------------------------------------------------------------------------- unstructured pruning
@@ -453,7 +569,8 @@ def prune_unstructured(
     ``method``: ``magnitude`` (per layer), ``global_magnitude``, ``wanda`` (needs
     ``calibration``), ``random``. Give either ``sparsity`` (fraction removed) or an N:M
     ``pattern`` such as ``(2, 4)``. Wanda with ``sequential`` calibrates layer after layer,
-    each on the outputs of the layers already pruned, as the reference implementation does.
+    each on the outputs of the layers already pruned, as the reference implementation does (and,
+    like it, runs only the current layer on its stored inputs when the layers form a plain chain).
     """
     check_choice("method", method, UNSTRUCTURED_METHODS)
     if (sparsity is None) == (pattern is None):
@@ -491,7 +608,18 @@ def prune_unstructured(
             masks[n] = choose(scores, per_row=False)
     else:  # wanda
         calibration = list(calibration)
+        if not calibration:
+            raise ValueError("calibration must hold at least one batch")
         groups = layer_groups(linears) if sequential else [list(linears)]
+        if sequential and len(groups) > 1:
+            was_training = model.training
+            model.eval()
+            try:
+                by_block = _wanda_block_by_block(model, linears, groups, calibration, choose)
+            finally:
+                model.train(was_training)
+            if by_block is not None:
+                return by_block
         for group in groups:
             norms = activation_norms(model, calibration, names=group)
             for n in group:

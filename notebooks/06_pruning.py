@@ -466,7 +466,8 @@ else:
 # of them, zeros included. To profit, a kernel must skip the zeros — CSR (compressed
 # sparse rows) stores only non-zeros with their column indices — or the matrix must get
 # **smaller**. We time one Llama-shaped SwiGLU MLP (1024 → 2816 → 1024) on 64 tokens,
-# all variants interleaved in one run.
+# all variants interleaved in one run, on one thread (every CPU timing in this chapter runs
+# on one, so that a second busy process on a 2-core machine leaves it a core of its own).
 
 # %%
 torch.manual_seed(0)
@@ -498,7 +499,7 @@ nnz.update(
 )
 
 # %% tags=["nbval-ignore-output"]
-with torch.no_grad():
+with torch.no_grad(), measure.num_threads(1):
     t = measure.interleaved({n: (lambda v=v: v(x)) for n, v in variants.items()}, warmup=2, repeats=9)
 speed = measure.speedups(t, "dense")
 verdict = {n: measure.compare(t, n, "dense") for n in variants if n != "dense"}
@@ -548,8 +549,9 @@ display(
 # %% [markdown]
 # Now the whole patient, with the course's report card: dense, 50 % unstructured
 # (zeros), the same with CSR layers, and 50 % structured (half the MLP neurons of every
-# block; heads follow in section 7). The report card's FLOPs count each layer's **shape**,
-# which is what a dense kernel executes; a CSR kernel executes only the non-zeros.
+# block; heads follow in section 7), timed on one thread too. The report card's FLOPs count
+# each layer's **shape**, which is what a dense kernel executes; a CSR kernel executes only
+# the non-zeros.
 
 # %% tags=["nbval-ignore-output"]
 patients = {
@@ -559,11 +561,15 @@ patients = {
 }
 patients["50 % CSR"] = copy.deepcopy(patients["50 % zeros"])
 P.to_csr(patients["50 % CSR"])
-card = measure.report_card(patients, baseline="dense", prompt_len=128, new_tokens=16, repeats=5, memory=False)
+with measure.num_threads(1):
+    card = measure.report_card(patients, baseline="dense", prompt_len=128, new_tokens=16, repeats=5, memory=False)
 card
 
 # %%
-flops = {n: m.flops_per_token(144)["total"] for n, m in patients.items()}
+flops = {
+    n: m.flops_per_token(card.settings["prompt_len"] + card.settings["new_tokens"])["total"]
+    for n, m in patients.items()
+}
 assert flops["50 % structured"] < 0.8 * flops["dense"] and flops["50 % zeros"] == flops["dense"]  # counted
 assert card.ratio("50 % CSR", "weight_mb") > 0.95  # CSR at 50 %: no smaller than dense (fp32 + int32 indices)
 mlp_flops = 2 * sum(m.in_features * m.out_features for n, m in model.named_modules() if ".mlp." in n)
@@ -579,8 +585,9 @@ pre = {n: card.cards["dense"]["prefill_ms"] / card.cards[n]["prefill_ms"] for n 
 amdahl = 1 / (1 - mlp_flops / flops["dense"] * 0.5)  # the best a half-size MLP can do if time followed FLOPs
 display(
     Markdown(
-        f"Whole patient, prefill of 128 tokens: 50 % zeros {measure.speed_phrase(pre['50 % zeros'], than='dense')}, "
-        f"50 % CSR {measure.speed_phrase(pre['50 % CSR'], than='dense')}, 50 % structured "
+        f"Whole patient, prefill of {card.settings['prompt_len']} tokens: 50 % zeros "
+        f"{measure.speed_phrase(pre['50 % zeros'], than='dense')}, 50 % CSR "
+        f"{measure.speed_phrase(pre['50 % CSR'], than='dense')}, 50 % structured "
         f"{measure.speed_phrase(pre['50 % structured'], than='dense')}; the isolated MLP above, half the neurons "
         f"removed: {v_half.phrase}. Amdahl's law bounds the whole: the MLPs are "
         f"{mlp_flops / flops['dense']:.0%} of the FLOPs, so halving them could at best give {amdahl:.2f}x if time "
@@ -603,8 +610,8 @@ _ = claims.verdict(  # shown once, by the call itself
     "P1",
     p_status,
     f"Removing half of every MLP's neurons left the patient's weights at {w_ratio:.2f}× and its FLOPs per token at "
-    f"{flops['50 % structured'] / flops['dense']:.2f}× dense; on this CPU, with ordinary dense kernels, the isolated "
-    f"Llama-shaped MLP ran {v_half.phrase} and the whole patient's prefill "
+    f"{flops['50 % structured'] / flops['dense']:.2f}× dense; on this CPU ({measure.threads_phrase(t.threads)}), "
+    f"with ordinary dense kernels, the isolated Llama-shaped MLP ran {v_half.phrase} and the whole patient's prefill "
     f"{measure.speed_phrase(pre['50 % structured'], than='dense')}; the price is quality: perplexity ×{q_struct:.2f} "
     f"dense with Wanda unit scores, against ×{q_unstr:.2f} for the same 50 % removed weight by weight.",
 )
@@ -869,16 +876,16 @@ display(
 #
 # One-shot pruning asks a network to work without weights it was trained to use. A few
 # steps of training with the mask fixed let the remaining weights compensate. Live: prune
-# the patient hard by magnitude, then fine-tune for a handful of steps.
+# the patient hard by magnitude, then fine-tune for a handful of steps. The loss before
+# fine-tuning is the grid's point for the same mask (section 4; section 3 checked that the
+# grid reproduces live).
 
 # %% tags=["nbval-ignore-output"]
 from course_lib.train import TrainConfig
 
 rec, target = copy.deepcopy(model), 0.75
-ft_cfg = TrainConfig(steps=16, batch_size=4, seq_len=256, lr=2e-4, warmup_steps=2, eval_every=0, eval_batches=1, seed=3)
-before = prune_runs.eval_loss(
-    prune_runs.pruned_patient(model, method="magnitude", structure="unstructured", sparsity=target), val_ids
-)
+ft_cfg = TrainConfig(steps=16, batch_size=2, seq_len=256, lr=2e-4, warmup_steps=2, eval_every=0, eval_batches=1, seed=3)
+before = grid_row("unstructured", "magnitude", target)["val_loss"]  # one-shot, no fine-tuning: the grid's point
 hist, _ = P.prune_finetune(rec, train_ids, None, ft_cfg, final_sparsity=target, schedule="oneshot")
 after = prune_runs.eval_loss(rec, val_ids)
 print(
@@ -1179,10 +1186,10 @@ display(
 # from the precomputed grid. Latency does not: a stored timing from another machine can
 # teach the opposite of what yours does, so the cell below measures a small case live —
 # prefill of 64 tokens at 0, 25, 50 and 75 % (magnitude masks; the timing does not depend
-# on which weights are zero), all variants interleaved in one run.
-# An open circle marks the chosen point in each panel (in the latency panel only at those
-# four sparsities); the title gives its perplexity (ppl, on a log scale in the first panel)
-# as a multiple of the dense patient's.
+# on which weights are zero), all variants interleaved in one run, on one thread as in
+# section 6. An open circle marks the chosen point in each panel (in the latency panel only
+# at those four sparsities); the title gives its perplexity (ppl, on a log scale in the
+# first panel) as a multiple of the dense patient's.
 
 # %% tags=["nbval-ignore-output"]
 from course_lib import fingerprint
@@ -1198,9 +1205,10 @@ for sp in LIVE_SPARSITIES[1:]:
         P.to_csr(csr_)
         struct_ = prune_runs.pruned_patient(model, method="magnitude", structure="structured", sparsity=sp)
     live_models |= {f"masked dense {sp:.0%}": zeros_, f"CSR {sp:.0%}": csr_, f"structured {sp:.0%}": struct_}
-lat_t = measure.interleaved(
-    {k: measure.prefill_fn(m, prompt_len=64) for k, m in live_models.items()}, warmup=1, repeats=5
-)
+with measure.num_threads(1):
+    lat_t = measure.interleaved(
+        {k: measure.prefill_fn(m, prompt_len=64) for k, m in live_models.items()}, warmup=1, repeats=5
+    )
 del live_models
 lat = [  # the explorer's latency axis: dense is sparsity 0 of the masked and structured curves
     {"structure": kind, "sparsity": sp, "prefill_ms": lat_t["dense" if sp == 0 else f"{kind} {sp:.0%}"].median * 1e3}
@@ -1387,9 +1395,9 @@ assert check_taylor_head_scores(taylor_head_scores).passed
 # MLP (1024 → 2816 → 1024, 64 tokens) dense and with half its neurons removed; its timings
 # of this run are in `t` (`t["dense"].median` and `t["50 % structured (half the neurons)"].median`,
 # in seconds). The next cell keeps only a quarter of the neurons (704) and times it against
-# dense. Before running it, predict the speed-up with a two-parameter model —
-# time = fixed cost + cost per neuron × neurons — fitted to those two timings, and return
-# dense time / quarter time from `predicted_speedup()`.
+# dense, on one thread as section 6 did. Before running it, predict the speed-up with a
+# two-parameter model — time = fixed cost + cost per neuron × neurons — fitted to those two
+# timings, and return dense time / quarter time from `predicted_speedup()`.
 
 
 # %%
@@ -1402,7 +1410,7 @@ keep_q = P.keep_highest(mlp.down_proj.weight.norm(dim=0), 0.75)  # remove 75 %: 
 quarter = SwiGLU(d_model=1024, d_ff=len(keep_q)).eval()
 quarter.gate_proj, quarter.up_proj = (P.shrink_linear(lin, keep_q, dim=0) for lin in (mlp.gate_proj, mlp.up_proj))
 quarter.down_proj = P.shrink_linear(mlp.down_proj, keep_q, dim=1)
-with torch.no_grad():
+with torch.no_grad(), measure.num_threads(1):  # as section 6 timed t
     tq = measure.interleaved({"dense": lambda: mlp(x), "quarter": lambda: quarter(x)}, warmup=1, repeats=5)
 measured_speedup = tq["dense"].median / tq["quarter"].median
 print(

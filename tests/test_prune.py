@@ -162,6 +162,61 @@ def test_wanda_one_shot_equals_sequential_for_the_first_layer():
     assert any(not torch.equal(ma[n], mb[n]) for n in ma if n.startswith("blocks.1."))
 
 
+def _wanda_by_definition(model, calib, sparsity):
+    """Sequential Wanda as defined: each layer's norms from a full pass through the layers already pruned."""
+    masks = {}
+    with torch.no_grad():
+        for group in P.layer_groups(P.prunable_linears(model)):
+            norms = P.activation_norms(model, calib, names=group)
+            for n in group:
+                masks[n] = P.wanda_mask(model.get_submodule(n).weight, norms[n], sparsity)
+                model.get_submodule(n).weight.mul_(masks[n])
+    return masks
+
+
+class _Rescaled(nn.Module):
+    """Numbered blocks in a ModuleList, but the model rescales between them: not a plain chain of blocks."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.blocks = nn.ModuleList(nn.Sequential(nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 8)) for _ in range(3))
+
+    def forward(self, x):
+        for block in self.blocks:
+            x = 2 * block(x) + x
+        return x
+
+
+@pytest.mark.parametrize("make", [lambda: _lm(n_layers=4), _Rescaled], ids=["tinylm", "rescaled"])
+def test_sequential_wanda_equals_its_definition(make):
+    """Block by block on stored inputs (TinyLM) or re-run from the input (no plain chain): the same masks."""
+    a, b = make(), make()
+    tiny = isinstance(a, TinyLM)
+    calib = [_idx(a, seed=s) for s in range(3)] if tiny else [torch.randn(4, 8) for _ in range(3)]
+    calls = []
+    hooks = [m.register_forward_hook(lambda *_: calls.append(1)) for m in P.prunable_linears(a).values()]
+    masks = P.prune_unstructured(a, method="wanda", sparsity=0.5, calibration=calib)
+    for h in hooks:
+        h.remove()
+    expected = _wanda_by_definition(b, calib, 0.5)
+    assert masks.keys() == expected.keys()
+    assert all(torch.equal(masks[n], expected[n]) for n in masks)
+    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+    # Linear calls: one pass of the first batch checks for a plain chain of blocks (k·L); then block by block,
+    # per layer its norms and (but the last) its pruned outputs; by definition, layer i re-runs layers 0..i on
+    # every batch, n·k·L(L+1)/2 in all
+    n, n_layers = len(calib), len(a.blocks)
+    k = len(masks) // n_layers
+    by_block, by_definition = n * (2 * n_layers - 1), n * n_layers * (n_layers + 1) // 2
+    assert len(calls) == k * (n_layers + (by_block if tiny else by_definition))
+
+
+def test_sequential_wanda_needs_a_calibration_batch():
+    with pytest.raises(ValueError, match="calibration"):
+        P.prune_unstructured(_lm(), method="wanda", sparsity=0.5, calibration=[])
+
+
 # --------------------------------------------------------------------------- N:M
 
 
