@@ -13,7 +13,8 @@ Every chapter, benchmark and test times code through this module, with one proto
 * **Other work, detected.** Around the run we read how much CPU time the whole machine
   (including a hypervisor's steal) and this process used (Linux ``/proc/stat`` and
   ``/proc/self/stat``): the difference is the cores *other* processes took meanwhile. When
-  that leaves our threads short of cores, the run is "noisy": it is measured once more and
+  that leaves our threads short of cores, or this process itself got less than 0.8 of a
+  core (its one thread shared a core), the run is "noisy": it is measured once more and
   the calmer run kept, and if it is still disturbed the result says so (``Timings.noisy``,
   ``Timings.note()``), so prose generated from it can say so too. Each round also times a
   small reference matmul (a load probe, compared with its best rate in this process); off
@@ -60,6 +61,14 @@ MIN_NOISE = 0.10
 MAX_NOISE = 0.90
 #: Most rounds one measurement takes, however short the functions.
 MAX_ROUNDS = 1000
+#: A run in which this process (with the child processes it waited for) got less than this
+#: many cores is "noisy" too: its threads waited for a core (see :attr:`Timings.noisy`). Here a
+#: timing on an idle machine used 0.95-1.09 cores (1 and 2 threads, a sandbox round trip); a
+#: one-thread timing beside two busy processes on two cores, 0.72.
+MIN_OWN_CORES = 0.8
+#: The shortest run whose own-CPU share is judged: CPU time is counted in clock ticks
+#: (10 ms each on Linux), too coarse for shorter runs.
+MIN_OWN_SECONDS = 0.25
 
 
 def _sync() -> None:
@@ -105,27 +114,44 @@ class Timings(dict):
     threads: int = 1
     rounds: int = 0
     others: float | None = None  # CPU cores other processes used during the run (None: unknown)
+    own: float | None = None  # CPU cores this process and its waited-for children used (None: unknown / too short)
     load: float = 1.0  # probe median / the best probe time this process has seen
     remeasured: bool = False
+
+    @property
+    def starved(self) -> bool:
+        """This process got less than :data:`MIN_OWN_CORES` of a core during the run.
+
+        A timing loop keeps at least one thread running, so on a quiet machine it uses about a
+        core or more. Less means its threads waited for a core: what a one-thread timing beside
+        two busy processes on two cores looks like, where the others' share alone (about 1.3
+        cores) stays under :func:`others_threshold` (1.5).
+        """
+        return self.own is not None and self.own < MIN_OWN_CORES
 
     @property
     def noisy(self) -> bool:
         """True when other work competed for the cores this run's threads needed.
 
         On Linux: other processes (and the hypervisor's steal) used more cores than were
-        left over beyond our threads, by over half a core (:func:`others_threshold`).
-        Elsewhere: the load probe ran more than NOISY_LOAD x its best.
+        left over beyond our threads, by over half a core (:func:`others_threshold`), or this
+        process was :attr:`starved`. Elsewhere: the load probe ran more than NOISY_LOAD x its best.
         """
         if self.others is not None:
-            return self.others > others_threshold(self.threads)
+            return self.others > others_threshold(self.threads) or self.starved
         return self.load > NOISY_LOAD
 
     def note(self) -> str:
         """One line for a caption: rounds, threads, and whether the machine was busy."""
         if not self.noisy:
             busy = ""
-        elif self.others is not None:
+        elif self.others is not None and not self.starved:
             busy = f"; other processes used {self.others:.1f} CPU cores meanwhile, so treat close calls as noise"
+        elif self.others is not None:
+            busy = (
+                f"; other processes used {self.others:.1f} CPU cores meanwhile and this one got only "
+                f"{self.own:.2f} of a core, so treat close calls as noise"
+            )
         else:
             busy = f"; the machine was busy (probe ×{self.load:.1f} slower than its best), treat close calls as noise"
         return f"median of {self.rounds} interleaved rounds, {threads_phrase(self.threads)}{busy}"
@@ -137,7 +163,8 @@ _CLK_TCK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
 
 def _cpu_ticks() -> tuple[int, int] | None:
-    """(busy ticks of the whole machine, including steal; CPU ticks of this process), or None off Linux."""
+    """(busy ticks of the whole machine, including steal; CPU ticks of this process and of the
+    child processes it has waited for, e.g. a sandbox run), or None off Linux."""
     try:
         fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
         own = Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()
@@ -145,7 +172,7 @@ def _cpu_ticks() -> tuple[int, int] | None:
         return None
     idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
     busy = sum(fields[:8]) - idle  # user nice system idle iowait irq softirq steal (guest is inside user)
-    return busy, int(own[11]) + int(own[12])  # utime + stime, all threads
+    return busy, sum(int(v) for v in own[11:15])  # utime + stime (all threads) + cutime + cstime
 
 
 def others_threshold(threads: int) -> float:
@@ -158,6 +185,13 @@ def _others_cores(before, after, seconds: float) -> float | None:
         return None
     busy, own = after[0] - before[0], after[1] - before[1]
     return max(0.0, (busy - own) / _CLK_TCK / seconds)
+
+
+def _own_cores(before, after, seconds: float) -> float | None:
+    """Cores this process (and its waited-for children) used; None off Linux or for a run under MIN_OWN_SECONDS."""
+    if before is None or after is None or seconds < MIN_OWN_SECONDS:
+        return None
+    return (after[1] - before[1]) / _CLK_TCK / seconds
 
 
 # The load probe: a (64, 256) @ (256, 256) fp32 matmul, ~8 MFLOP, ~0.1-1 ms on a laptop core.
@@ -208,7 +242,8 @@ def _run(norm: dict, *, warmup: int, repeats: int, min_time: float, probe: bool)
             probes.append(_time_once(pfn, None))
     out = Timings({n: Timing(s) for n, s in samples.items()})
     out.threads, out.rounds = torch.get_num_threads(), rounds
-    out.others = _others_cores(ticks, _cpu_ticks(), time.perf_counter() - t0)
+    after, seconds = _cpu_ticks(), time.perf_counter() - t0
+    out.others, out.own = _others_cores(ticks, after, seconds), _own_cores(ticks, after, seconds)
     if probes:
         _PROBE["best"] = min(_PROBE["best"], min(probes))
         out.load = statistics.median(probes) / _PROBE["best"]
@@ -239,7 +274,10 @@ def interleaved(
     out = _run(norm, warmup=warmup, repeats=repeats, min_time=min_time, probe=probe)
     if probe and remeasure and out.noisy:
         again = _run(norm, warmup=0, repeats=repeats, min_time=min_time, probe=probe)
-        calmer = (again.others < out.others) if again.others is not None else (again.load < out.load)
+        if again.others is None:
+            calmer = again.load < out.load
+        else:  # a run that is no longer noisy wins; else the one other processes disturbed less
+            calmer = not again.noisy or again.others < out.others
         out = again if calmer else out
         out.remeasured = True
     return out

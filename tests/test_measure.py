@@ -31,7 +31,7 @@ def test_load_fields_and_note():
     assert t.threads == torch.get_num_threads() and t.rounds == 5
     assert t.load >= 1.0  # the probe's median over its best: never faster than its best
     if t.others is not None:  # Linux: other processes' cores decide
-        assert t.others >= 0 and t.noisy == (t.others > measure.others_threshold(t.threads))
+        assert t.others >= 0 and t.noisy == (t.others > measure.others_threshold(t.threads) or t.starved)
     assert t.note().startswith(f"median of {t.rounds} interleaved rounds, {t.threads} thread")
     quiet = measure.Timings({"f": measure.Timing([1.0])})
     quiet.rounds, quiet.threads, quiet.others = 7, 2, 0.1
@@ -42,6 +42,33 @@ def test_load_fields_and_note():
     probe_only = measure.Timings({"f": measure.Timing([1.0])})  # off Linux: the probe decides
     probe_only.rounds, probe_only.threads, probe_only.load = 7, 1, 3.0
     assert probe_only.noisy and "busy" in probe_only.note() and "×3.0" in probe_only.note()
+
+
+def test_a_starved_run_is_noisy():
+    # one thread beside two busy processes on two cores: the others' ~1.3 cores stay under the
+    # threshold (1.5), but this process got only ~0.67 of a core
+    t = measure.Timings({"f": measure.Timing([1.0])})
+    t.rounds, t.threads, t.others, t.own = 7, 1, 1.33, 0.67
+    assert t.starved and t.noisy and "0.67 of a core" in t.note() and "1.3 CPU cores" in t.note()
+    t.own = 1.0
+    assert not t.starved and t.noisy == (1.33 > measure.others_threshold(1))
+    t.own = None  # unknown (off Linux, or a run too short for clock ticks): not judged
+    assert not t.starved
+    assert measure._own_cores((0, 0), (0, 5), measure.MIN_OWN_SECONDS / 2) is None
+    assert measure._own_cores((0, 0), (0, 50), 1.0) == pytest.approx(50 / measure._CLK_TCK)
+
+
+def test_cpu_ticks_count_the_children_this_process_waited_for():
+    import subprocess
+    import sys
+
+    before = measure._cpu_ticks()
+    if before is None:
+        pytest.skip("no /proc here")
+    spin = "import time\nt = time.process_time()\nwhile time.process_time() - t < 0.3: pass"
+    subprocess.run([sys.executable, "-c", spin], check=True)
+    after = measure._cpu_ticks()
+    assert (after[1] - before[1]) / measure._CLK_TCK >= 0.25  # the child's 0.3 s of CPU counts as ours
 
 
 def test_others_threshold_leaves_spare_cores():
