@@ -179,15 +179,20 @@ class _Layout:
         return default
 
     def axis(self, key: str, *path, default=None):
-        """A value of axis ``key`` (e.g. ``xaxis3``), falling back to the template's ``xaxis``."""
-        node = self.layout.get(key) or {}
-        for k in path:
-            node = node.get(k) if isinstance(node, dict) else None
-            if node is None:
-                break
-        if node is not None:
-            return node
-        return self.get(key[:5], *path, default=default)
+        """A value of axis ``key`` (e.g. ``xaxis3``), falling back to the template's ``xaxis``.
+
+        Never to the figure's own ``xaxis``: as in plotly.js, the first subplot's axis settings
+        (a log type, say) do not carry over to ``xaxis2``, ``xaxis3``, ...
+        """
+        for source in (self.layout.get(key), self.template.get(key[:5])):
+            node = source or {}
+            for k in path:
+                node = node.get(k) if isinstance(node, dict) else None
+                if node is None:
+                    break
+            if node is not None:
+                return node
+        return default
 
     @property
     def font(self) -> float:

@@ -227,6 +227,20 @@ def test_tidy_log_axes_label_decades_or_full_numbers():
     assert viz.tidy(own).layout.xaxis.dtick == "D2"  # an author's choice stays
 
 
+def test_tidy_treats_only_log_axes_as_log_in_subplots():
+    # the first panel's log axis must not make the others log: a linear panel from 9 to 102 ms
+    # once got a tick every unit (93 labels piled on each other)
+    from plotly.subplots import make_subplots
+
+    fig = make_subplots(rows=1, cols=2)
+    fig.add_scatter(x=[0, 1], y=[70, 500], row=1, col=1)
+    fig.add_scatter(x=[0, 1], y=[9, 102], row=1, col=2)
+    fig.update_yaxes(type="log", row=1, col=1)
+    out = viz.tidy(fig)
+    assert list(out.layout.yaxis.tickvals) == [100, 200, 500]  # the log panel: a 1-2-5 series
+    assert out.layout.yaxis2.dtick is None and out.layout.yaxis2.tickvals is None  # plotly's own linear ticks
+
+
 def test_tidy_sizes_a_table_to_its_rows():
     def table(n):
         fig = go.Figure(go.Table(header=dict(values=["q", "answer"]), cells=dict(values=[list(range(n))] * 2)))
