@@ -167,9 +167,10 @@ class _Layout:
         self.layout = layout
         self.template = ((layout.get("template") or {}).get("layout")) or {}
 
-    def get(self, *path, default=None):
-        for source in (self.layout, self.template):
-            node = source
+    @staticmethod
+    def _first(sources, path, default):
+        """The value at ``path`` in the first of ``sources`` (dicts or None) that has one."""
+        for node in sources:
             for key in path:
                 node = node.get(key) if isinstance(node, dict) else None
                 if node is None:
@@ -178,21 +179,16 @@ class _Layout:
                 return node
         return default
 
+    def get(self, *path, default=None):
+        return self._first((self.layout, self.template), path, default)
+
     def axis(self, key: str, *path, default=None):
         """A value of axis ``key`` (e.g. ``xaxis3``), falling back to the template's ``xaxis``.
 
         Never to the figure's own ``xaxis``: as in plotly.js, the first subplot's axis settings
         (a log type, say) do not carry over to ``xaxis2``, ``xaxis3``, ...
         """
-        for source in (self.layout.get(key), self.template.get(key[:5])):
-            node = source or {}
-            for k in path:
-                node = node.get(k) if isinstance(node, dict) else None
-                if node is None:
-                    break
-            if node is not None:
-                return node
-        return default
+        return self._first((self.layout.get(key), self.template.get(key[:5])), path, default)
 
     @property
     def font(self) -> float:
