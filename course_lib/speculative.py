@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import math
 import numbers
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -585,10 +584,6 @@ def expected_tokens_from_positions(acceptance_by_position: Sequence[float]) -> f
     return total
 
 
-#: seconds the timed rounds of :func:`speculative_benchmark` fill at least (``measure.interleaved``'s default)
-_MIN_TIME = 0.2
-
-
 def _per_prompt(name: str, value, n: int) -> list[int]:
     """``value`` (one int >= 1, or one per prompt) as a list of ``n`` ints."""
     if isinstance(value, numbers.Integral):  # (a bool is refused by check_int)
@@ -624,19 +619,17 @@ def speculative_benchmark(
     ``{k: SpeculativeStats}`` pooling every prompt's rounds).
 
     The checking round — the plain target's outputs, then each k's, compared — makes every
-    timed call once, so it is the first of the ``warmup`` rounds (0 and 1 both mean it alone)
-    and, as :func:`course_lib.measure.interleaved` sizes a run from its warm-up, its time sets
-    how many rounds (at least ``repeats``) fill the protocol's minimum time.
+    timed call once, so it is the first of the ``warmup`` rounds (0 and 1 both mean it alone).
+    Then exactly ``repeats`` rounds are timed (``min_time=0``): one round decodes every prompt
+    with every variant, so no extra rounds are needed to fill the protocol's minimum time.
     """
     if not prompts:
         raise ValueError("prompts must not be empty")
     warmup = check_int("warmup", warmup, min=0)
     repeats = check_int("repeats", repeats, min=1)
     news = _per_prompt("new_tokens", new_tokens, len(prompts))
-    start = time.perf_counter()
-    reference = [target.generate(p, n) for p, n in zip(prompts, news)]
+    reference = [target.generate(p, n) for p, n in zip(prompts, news)]  # the checking round: every variant once
     outs_by_k = {k: [speculative_generate(target, draft, p, n, k=k) for p, n in zip(prompts, news)] for k in ks}
-    round_s = time.perf_counter() - start  # the checking round: every variant once
     pooled_by_k = {}
     rows = [
         {
@@ -675,8 +668,7 @@ def speculative_benchmark(
         fns[f"speculative k={k}"] = lambda k=k: [
             speculative_generate(target, draft, p, n, k=k) for p, n in zip(prompts, news)
         ]
-    n_rounds = max(repeats, min(measure.MAX_ROUNDS, math.ceil(_MIN_TIME / round_s))) if round_s > 0 else repeats
-    t = measure.interleaved(fns, warmup=max(warmup - 1, 0), repeats=n_rounds, min_time=0)
+    t = measure.interleaved(fns, warmup=max(warmup - 1, 0), repeats=repeats, min_time=0)
     n_tokens = sum(news)
     for r in rows:
         r["tokens_per_s"] = n_tokens / t[r["variant"]].median
