@@ -271,8 +271,18 @@ def _wrap_annotations(annotations, lay: _Layout, plot_w: float, x_domains: list,
         span = min(widths) if widths else 1.0
         size = float((ann.get("font") or {}).get("size") or lay.font)
         ann["text"] = wrap_text(ann["text"], _chars_for(span * plot_w, size))
+        # Lifted clear of the panel's top: a y tick label at the top of the range stands half
+        # its height above the panel, and a title wider than its column (a narrow panel,
+        # the plot area shrunk by automargin) reaches over the next panel's tick labels.
+        ann.setdefault("yshift", _title_lift(lay))
         edge = min(top_edges, key=lambda e: abs(e - ann["y"]))
         lines[edge] = max(lines.get(edge, 0), _lines(ann["text"]))
+
+
+def _title_lift(lay: _Layout) -> int:
+    """Pixels a subplot title is raised: half a tick label's line height, plus 2 px."""
+    tick = float(lay.get("yaxis", "tickfont", "size", default=lay.font))
+    return math.ceil(0.65 * tick) + 2
 
 
 def _layout_updates(layout: dict):
@@ -450,7 +460,8 @@ def _tidy_dict(fig: dict, width: float | None = None) -> dict:
     for update in _layout_updates(layout):
         for k in [k for k in update if k in ("title", "title.text")]:
             title_lines = max(title_lines, _set_title_text(update, k, title_chars))
-    band = band_lines * 16 * 1.3 + 6 if band_lines else 0.0
+    lift = _title_lift(lay)
+    band = band_lines * 16 * 1.3 + 6 + lift if band_lines else 0.0
     if title_lines:
         title = layout["title"] if isinstance(layout.get("title"), dict) else {"text": layout.get("title")}
         layout["title"] = title
@@ -494,7 +505,7 @@ def _tidy_dict(fig: dict, width: float | None = None) -> dict:
         tops_below = [e for e in y_tops if e < y_bottom - 1e-6]
         if tops_below and y_bottom - max(tops_below) > 1e-3:
             edge = max(tops_below)
-            need = block + edge_lines.get(edge, 0) * 16 * 1.3 + 20
+            need = block + (edge_lines.get(edge, 0) * 16 * 1.3 + lift if edge in edge_lines else 0) + 20
             row_gap_h = max(row_gap_h, need / (y_bottom - edge))
     below = math.ceil(below + 10)
 

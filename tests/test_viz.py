@@ -189,6 +189,25 @@ def test_tidy_wraps_subplot_titles_to_their_column_and_makes_room_between_rows()
     assert out.layout.height > 450
 
 
+def test_tidy_lifts_subplot_titles_clear_of_a_top_tick_label():
+    """A y tick at the top of a panel stands half its height above it (CI: "140" under
+    "weights (MB)" of the panel beside it, at 390 px): titles are raised by more than that."""
+    from plotly.subplots import make_subplots
+
+    fig = make_subplots(1, 3, subplot_titles=("ppl", "weights (MB)", "latency now (ms)"))
+    for col in (1, 2, 3):
+        fig.add_scatter(y=[12, 141], row=1, col=col)
+    fig.update_layout(title="a title above the subplot titles", margin_t=10)
+    for width in (None, viz.PHONE_WIDTH):
+        out = viz.tidy(fig, width=width)
+        tick = out.layout.font.size or 12
+        assert all(a.yshift >= 0.6 * tick for a in out.layout.annotations)
+        assert out.layout.margin.t >= 10 + 16 * 1.3 + 16 * 1.3 + min(a.yshift for a in out.layout.annotations)
+    author = make_subplots(1, 2, subplot_titles=("a", "b"))
+    author.layout.annotations[0].yshift = 30
+    assert [a.yshift for a in viz.tidy(author).layout.annotations][0] == 30  # the author's shift stays
+
+
 def test_tidy_moves_a_long_legend_below_the_axis_and_grows_the_margin():
     fig = _six_lines()
     fig.update_layout(xaxis_title="step")
