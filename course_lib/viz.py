@@ -101,6 +101,7 @@ _AXIS_KEY = re.compile(r"^([xy])axis(\d*)$")
 _ATOMIC = re.compile(r"<(\w+)\b[^>]*>.*?</\1>|<[^>]+>|\$[^$]*\$|\\\(.*?\\\)", re.S)
 _BR = re.compile(r"<br\s*/?>", re.I)
 _GLUE = {"=", "≈", "<", ">", "≤", "≥", "×", "→", "÷", "~"}
+_SEPARATORS = {"·", "|", "—", "–"}
 
 
 def _visible_len(text: str) -> int:
@@ -130,6 +131,9 @@ def wrap_text(text: str, max_chars: int) -> str:
             if words[i] in _GLUE and glued and i + 1 < len(words):
                 glued[-1] = f"{glued[-1]} {words[i]} {words[i + 1]}"
                 i += 2
+            elif words[i] in _SEPARATORS and glued:  # "a · b" breaks after the dot, never before
+                glued[-1] = f"{glued[-1]} {words[i]}"
+                i += 1
             else:
                 glued.append(words[i])
                 i += 1
@@ -523,9 +527,11 @@ def _tidy_dict(fig: dict, width: float | None = None) -> dict:
         rows = _legend_rows(entries, longest, lfont, width - l0 - 10)
         legend_h = rows * max(22.0, lfont * 1.85) + 10 + (lfont * 1.6 if _title_text(legend.get("title")) else 0)
     slider_h = 0.0
-    if sliders:
-        sfont = float((sliders[0].get("font") or {}).get("size") or lay.font)
-        slider_h = (sfont * 1.4 + 10) + 28 + (sfont * 1.4 + 12) + 10  # current value, rail, labels, pad
+    for s in sliders:
+        s_font = float((s.get("font") or {}).get("size") or lay.font)
+        cv_lines, rail_lines = _wrap_step_labels(s, lay, float(s.get("len", 1.0)) * plot_w - 10)
+        # current value, rail, labels under it, pad
+        slider_h = max(slider_h, (cv_lines * s_font * 1.4 + 10) + 28 + (rail_lines * s_font * 1.4 + 12) + 10)
     if move_legend or sliders:
         b = math.ceil(max(b0, below + (legend_h + 6 if move_legend else 0) + slider_h + 8))
     if move_legend:
@@ -542,7 +548,8 @@ def _tidy_dict(fig: dict, width: float | None = None) -> dict:
             cv["offset"] = 8
             _hide_crowded_step_labels(s, lay, plot_w)
 
-    # ---- tables: tall enough for every row
+    # ---- tables: columns wide enough for their longest word, then tall enough for every row
+    data = _fit_tables(data, lay, width - l0 - r0)
     table_h = _table_height(data, lay, width - l0 - r0)
     new_height = height
     if table_h is not None:
@@ -620,6 +627,110 @@ def _hide_crowded_step_labels(slider: dict, lay: _Layout, plot_w: float) -> None
     color = (slider.get("font") or {}).get("color") or lay.get("font", "color", default="#444")
     slider.setdefault("currentvalue", {}).setdefault("font", {}).setdefault("color", color)
     slider.setdefault("font", {})["color"] = "rgba(0,0,0,0)"
+
+
+def _wrap_step_labels(slider: dict, lay: _Layout, avail_px: float) -> tuple[int, int]:
+    """Each step's label wrapped so the current value (prefix, then label) fits ``avail_px``.
+
+    plotly.js draws the current value on one line unless it holds ``<br>``, and a long one
+    ("search · calculator · threshold 0.99 · fp32") runs out of a phone's figure. Returns
+    the most lines of a current value and of a label alone (the labels under the rail).
+    """
+    cv = slider.get("currentvalue") or {}
+    font = float((cv.get("font") or {}).get("size") or (slider.get("font") or {}).get("size") or lay.font)
+    chars = _chars_for(avail_px, font)
+    prefix = str(cv.get("prefix") or "")
+    # the prefix stands in as one word of its length, so the label's first line leaves room for it
+    stand_in = "x" * _visible_len(prefix.rstrip())
+    cv_lines, rail_lines = 1, 1
+    for step in slider.get("steps") or []:
+        label = step.get("label")
+        if not isinstance(label, str) or not label:
+            continue
+        if stand_in:
+            wrapped = wrap_text(f"{stand_in} {label}", chars)[len(stand_in) :]
+            wrapped = wrapped[1:] if wrapped.startswith(" ") else wrapped
+        else:
+            wrapped = wrap_text(label, chars)
+        step["label"] = wrapped
+        cv_lines = max(cv_lines, _lines(wrapped) + (1 if wrapped.startswith("<br>") else 0))
+        rail_lines = max(rail_lines, _lines(wrapped.removeprefix("<br>")))
+    return cv_lines, rail_lines
+
+
+def _cell_strings(values) -> list[list]:
+    """A table's ``cells.values`` (or ``header.values``) as a list of columns."""
+    return [[c] if isinstance(c, str) or not hasattr(c, "__iter__") else list(c) for c in (values or [])]
+
+
+def _longest_word_px(texts, font: float) -> float:
+    words = (w for t in texts for line in _BR.split(str(t)) for w in re.sub(r"<[^>]+>", "", line).split(" "))
+    return max((_visible_len(w) * font * CHAR_EM for w in words), default=0.0)
+
+
+def _fit_tables(data: list, lay: _Layout, table_w: float) -> list:
+    """Tables whose columns hold their longest word at ``table_w`` px, with ``<br>`` cells wrapped.
+
+    plotly.js wraps a cell at spaces to its column, but never inside a word (a column
+    narrower than "categorization" cuts it) and never a cell that already holds ``<br>``
+    (its lines run out of the table). Narrow columns are widened to their longest word plus
+    padding; the others share the rest in their given proportions. On a phone the book
+    switches to the tables fitted for :data:`PHONE_WIDTH` (:func:`_narrow_script`).
+    """
+    out = []
+    for tr in data:
+        if tr.get("type") != "table":
+            out.append(tr)
+            continue
+        tr = copy.deepcopy(tr)
+        header, cells = tr.setdefault("header", {}), tr.setdefault("cells", {})
+        columns, heads = _cell_strings(cells.get("values")), _cell_strings(header.get("values"))
+        n_cols = max(len(columns), len(heads), 1)
+        given = tr.get("columnwidth")
+        shares = (
+            [float(w) for w in given] if isinstance(given, (list, tuple)) and len(given) == n_cols else [1.0] * n_cols
+        )
+        cfont = float((cells.get("font") or {}).get("size") or lay.font)
+        hfont = float((header.get("font") or {}).get("size") or lay.font)
+        need = [
+            max(
+                _longest_word_px(columns[i] if i < len(columns) else [], cfont),
+                _longest_word_px(heads[i] if i < len(heads) else [], hfont),
+            )
+            + 18  # plotly's cell padding, both sides, and a margin
+            for i in range(n_cols)
+        ]
+        px = _shares_with_floors(shares, need, table_w)
+        if any(abs(p - table_w * w / sum(shares)) > 0.5 for p, w in zip(px, shares)):
+            tr["columnwidth"] = [round(p, 1) for p in px]
+        wrapped = [
+            [
+                wrap_text(v, _chars_for(max(px[i] - 16, 20), cfont)) if isinstance(v, str) and _BR.search(v) else v
+                for v in col
+            ]
+            for i, col in enumerate(columns)
+        ]
+        if wrapped != columns:
+            cells["values"] = wrapped
+        out.append(tr)
+    return out
+
+
+def _shares_with_floors(shares: list[float], floors: list[float], total: float) -> list[float]:
+    """``total`` px split in proportion to ``shares``, no part below its floor (when they fit)."""
+    if sum(floors) >= total:
+        return [total * f / sum(floors) for f in floors]
+    fixed: dict[int, float] = {}
+    while True:
+        free = [i for i in range(len(shares)) if i not in fixed]
+        rest = total - sum(fixed.values())
+        weight = sum(shares[i] for i in free) or 1.0
+        px = {i: rest * shares[i] / weight for i in free}
+        short = [i for i in free if px[i] < floors[i] - 1e-9]
+        if not short:
+            return [fixed.get(i, px.get(i)) for i in range(len(shares))]
+        for i in short:
+            fixed[i] = floors[i]
 
 
 def _table_height(data: list, lay: _Layout, table_w: float) -> float | None:
@@ -747,7 +858,8 @@ def _narrow_script(wide: dict, narrow: dict) -> str | None:
     lw, ln = wide.get("layout") or {}, narrow.get("layout") or {}
     keys = sorted(set(lw) | set(ln))  # sorted: a set's order changes with the hash seed, and the page must not
     diff = {k: ln.get(k) for k in keys if k != "template" and lw.get(k) != ln.get(k)}
-    if not diff:
+    tables_n, tables_w, idx = table_restyle(wide, narrow)
+    if not diff and not idx:
         return None
     back = {k: lw.get(k) for k in diff}
     hw = lw.get("height") or DEFAULT_HEIGHT
@@ -761,9 +873,34 @@ def _narrow_script(wide: dict, narrow: dict) -> str | None:
         # plotly's HTML wraps the figure in a div of the wide height: resize it too, or
         # what follows on the page covers the bottom of a taller phone layout
         "if(gd.parentElement)gd.parentElement.style.height=gd.style.height;"
-        "Plotly.relayout(gd,JSON.parse(JSON.stringify(m==='narrow'?narrow:wide)));}"
+        + (
+            f"Plotly.restyle(gd,JSON.parse(JSON.stringify(m==='narrow'?{to_json_plotly(tables_n)}:"
+            f"{to_json_plotly(tables_w)})),{to_json_plotly(idx)});"
+            if idx
+            else ""
+        )
+        + "Plotly.relayout(gd,JSON.parse(JSON.stringify(m==='narrow'?narrow:wide)));}"
         "fit();window.addEventListener('resize',fit);})();"
     )
+
+
+def table_restyle(wide: dict, narrow: dict) -> tuple[dict, dict, list[int]]:
+    """What ``Plotly.restyle`` switches on a phone: the tables' column widths and cells.
+
+    Returns (narrow update, wide update, trace indices); the updates hold one entry per
+    index, as ``Plotly.restyle(gd, update, indices)`` takes them.
+    """
+    from plotly.io.json import to_json_plotly
+
+    tn, tw, idx = {"columnwidth": [], "cells.values": []}, {"columnwidth": [], "cells.values": []}, []
+    for i, (a, b) in enumerate(zip(wide.get("data") or [], narrow.get("data") or [])):
+        if a.get("type") != "table" or to_json_plotly(a) == to_json_plotly(b):
+            continue
+        idx.append(i)
+        for upd, tr in ((tn, b), (tw, a)):
+            upd["columnwidth"].append(tr.get("columnwidth"))
+            upd["cells.values"].append((tr.get("cells") or {}).get("values"))
+    return tn, tw, idx
 
 
 def _course_renderers() -> dict:

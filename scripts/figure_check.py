@@ -168,12 +168,25 @@ def tidied(fig: dict, column: int | None = None) -> dict:
     return json.loads(to_json_plotly(out))
 
 
+def _table_restyle(wide: dict, phone: dict) -> list | None:
+    """[update, indices] switching tables to their phone fit, as the book does (None: nothing to switch)."""
+    try:
+        from course_lib import viz
+    except ImportError:
+        return None
+    restyle = getattr(viz, "table_restyle", None)
+    if restyle is None or wide is phone:
+        return None
+    update, _, idx = restyle(wide, phone)
+    return [update, idx] if idx else None
+
+
 _PAGE = """<!doctype html><html><head><meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <style>body{margin:0;font-family:system-ui,-apple-system,"Segoe UI",Roboto,Helvetica,Arial,sans-serif}
 #column{margin:0 auto}</style></head><body><div id="column"></div></body></html>"""
 
-_DRAW = """async ([fig, config, height, width, column, narrow, narrowHeight]) => {
+_DRAW = """async ([fig, config, height, width, column, narrow, narrowHeight, tables]) => {
   const col = document.getElementById("column");
   if (window.__gd) { Plotly.purge(window.__gd); }
   col.style.width = column + "px";
@@ -188,6 +201,7 @@ _DRAW = """async ([fig, config, height, width, column, narrow, narrowHeight]) =>
   window.__gd = gd;
   await Plotly.newPlot(gd, fig.data, fig.layout || {}, config || {});
   if (fig.frames) await Plotly.addFrames(gd, fig.frames);
+  if (tables) await Plotly.restyle(gd, tables[0], tables[1]);  // the phone's tables, as _narrow_script
   if (narrow) {  // what the book's figures do in a narrow column (course_lib.viz._narrow_script)
     gd.style.height = narrowHeight + "px";
     await Plotly.relayout(gd, narrow);
@@ -229,15 +243,17 @@ def check_notebook(
             fig = tidied(f["fig"]) if tidy else f["fig"]
             lw = fig.get("layout") or {}
             height = lw.get("height") or f["height"]
-            narrow, narrow_height = None, height
+            narrow, narrow_height, tables = None, height, None
             if tidy:
-                ln = tidied(f["fig"], col).get("layout") or {}
+                phone = tidied(f["fig"], col)
+                ln = phone.get("layout") or {}
                 diff = {k: ln.get(k) for k in set(lw) | set(ln) if k != "template" and lw.get(k) != ln.get(k)}
                 if diff:
                     narrow, narrow_height = diff, ln.get("height") or height
+                tables = _table_restyle(fig, phone)
             page.set_viewport_size({"width": w, "height": 900})
             try:
-                page.evaluate(_DRAW, [fig, f["config"], height, f["width"], col, narrow, narrow_height])
+                page.evaluate(_DRAW, [fig, f["config"], height, f["width"], col, narrow, narrow_height, tables])
                 res = page.locator("#column .plotly-graph-div").evaluate(
                     legibility_js, {"tol": TOLERANCE_PX, "column": col}
                 )

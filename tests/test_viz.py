@@ -274,6 +274,55 @@ def test_tidy_sizes_a_table_to_its_rows():
     assert viz.tidy(wrapped).layout.height > viz.tidy(go.Figure(go.Table(cells=dict(values=[["w"] * 3])))).layout.height
 
 
+def test_tidy_widens_a_table_column_to_its_longest_word_and_wraps_cells_with_breaks():
+    # CI's static twins on a phone: "categorization)" cut in a narrow column, and a cell
+    # holding <br> (plotly.js then never wraps it) running 120 px out of the table
+    long_line = "the runtime parsed the call, ran the calculator and got back minus fifty thousand"
+    fig = go.Figure(
+        go.Table(
+            columnwidth=[90, 110, 240],
+            header=dict(values=["score", "article", "passage"]),
+            cells=dict(values=[["9.27"], ["Race (human categorization)"], [f"{long_line}<br>second line"]]),
+        ),
+        layout=dict(margin=dict(l=10, r=10)),
+    )
+    wide, phone = viz.tidy(fig), viz.tidy(fig, width=viz.PHONE_WIDTH)
+    assert wide.data[0].columnwidth == (90, 110, 240)  # room enough at the book's width: untouched
+    cw = phone.data[0].columnwidth
+    table_w = viz.PHONE_WIDTH - 10 - 10
+    article_px = table_w * cw[1] / sum(cw)
+    assert article_px >= len("categorization)") * 12 * viz.CHAR_EM + 18
+    assert cw[2] / cw[0] == pytest.approx(240 / 90, rel=1e-3)  # the others keep their proportion
+    cell = phone.data[0].cells.values[2][0]
+    assert cell.count("<br>") >= 3 and cell.endswith("<br>second line")
+    assert all(len(line) <= 40 for line in cell.split("<br>"))
+    assert phone.layout.height > wide.layout.height  # the wrapped rows are counted
+    assert viz.tidy(phone, width=viz.PHONE_WIDTH) == phone  # idempotent
+    # the book switches the tables with the layout on a phone
+    script = viz._narrow_script(wide.to_plotly_json(), phone.to_plotly_json())
+    assert "Plotly.restyle(gd" in script and "columnwidth" in script and ",[0]);" in script
+    assert viz.table_restyle(wide.to_plotly_json(), wide.to_plotly_json())[2] == []
+    assert viz._shares_with_floors([1, 1], [300, 100], 200) == [150, 50]  # floors too wide: shared by need
+    assert viz._shares_with_floors([1, 3], [80, 0], 200) == [80, 120]
+
+
+def test_tidy_wraps_long_slider_labels_on_a_phone_and_grows_the_margin():
+    labels = {k: f"search · calculator · threshold {k} · fp32" for k in (0.5, 0.99)}
+    twin = viz.static_twin(
+        lambda k=0.5: go.Figure(go.Scatter(y=[k])),
+        {"k": list(labels)},
+        step_label=lambda s: labels[s["k"]],
+        label="set",
+    )
+    wide, phone = viz.tidy(twin), viz.tidy(twin, width=viz.PHONE_WIDTH)
+    assert all("<br>" not in st.label for st in wide.layout.sliders[0].steps)
+    steps = phone.layout.sliders[0].steps
+    assert all("<br>" in st.label for st in steps)
+    assert all(" ·<br>" in st.label or "<br>·" not in st.label for st in steps)  # never a line opening with "·"
+    assert phone.layout.margin.b > wide.layout.margin.b
+    assert viz.tidy(phone, width=viz.PHONE_WIDTH).layout.sliders == phone.layout.sliders
+
+
 def test_tidy_grows_fonts_under_ten_pixels():
     fig = go.Figure(go.Heatmap(z=[[1, 2]], text=[["a", "b"]], texttemplate="%{text}", textfont=dict(size=7)))
     fig.add_annotation(text="note", font=dict(size=8))
