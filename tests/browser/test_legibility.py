@@ -4,8 +4,9 @@ Issue #17: a figure that is drawn is not yet a figure one can read. Each page is
 once per width (one browser, one tab per width) and checked for
 
 * figures: tests/browser/legibility.js (the check scripts/figure_check.py runs on a
-  notebook) on every plotly figure: no text leaves its figure or panel, no two texts
-  overlap, no figure wider than its column; every failure names page, figure and texts;
+  notebook) on every plotly figure, and on every step of its sliders: no text leaves its
+  figure or panel, no two texts overlap, no figure wider than its column; every failure
+  names page, figure (and step) and texts;
 * math: no raw ``$…$``, ``\\(…\\)`` or ``\\[…\\]`` in the rendered text outside code;
 * tables: every HTML table shows all its rows and columns, or scrolls in its own box;
 * the page itself: no horizontal scroll at 390 px; the phone's sidebar and contents
@@ -48,6 +49,18 @@ RAW_MATH_JS = r"""() => {
     }
   }
   return found;
+}"""
+
+# A figure's sliders: the step shown first and each step's label (static twins, issue #17).
+SLIDERS_JS = """g => (g.layout.sliders || []).map((s) => ({
+  active: s.active || 0, labels: (s.steps || []).map((st) => String(st.label || st.value || "")) }))"""
+
+# One step applied as a click on it does: its method and arguments, then the slider moved.
+STEP_JS = """async (g, [si, k]) => {
+  const st = g.layout.sliders[si].steps[k];
+  if (st.method && st.method !== "skip" && Plotly[st.method]) await Plotly[st.method](g, ...(st.args || []));
+  await Plotly.relayout(g, { [`sliders[${si}].active`]: k });
+  await new Promise((r) => requestAnimationFrame(() => requestAnimationFrame(r)));
 }"""
 
 # HTML tables (plotly tables are SVG: legibility.js checks those): a table wider or taller
@@ -156,6 +169,7 @@ class _Reader:
                 ".filter(t => /share|cloud|chart studio|edit/i.test(t))"
             )
             figures.append(res)
+            figures += self._steps(gd, i + 1, column)
         out = {
             "figures": figures,
             "raw_math": pg.evaluate(RAW_MATH_JS),
@@ -173,6 +187,25 @@ class _Reader:
             )
         if width < 600 and page.startswith("notebooks/"):
             out["nav"] = self._phone_nav(pg)
+        return out
+
+    @staticmethod
+    def _steps(gd, figure, column):
+        """Every other step of every slider applied, as a click on it would, and checked; the first restored.
+
+        A static twin shows one setting at first: its other steps change titles, traces, tables
+        and the current value, and a learner sees each of them.
+        """
+        out = []
+        sliders = gd.evaluate(SLIDERS_JS)
+        for si, slider in enumerate(sliders):
+            for k, label in enumerate(slider["labels"]):
+                if k == slider["active"]:
+                    continue
+                gd.evaluate(STEP_JS, [si, k])
+                res = gd.evaluate(LEGIBILITY_JS, {"tol": TOLERANCE_PX, "column": column})
+                out.append({**res, "figure": figure, "title": f"slider step {k + 1}: {label[:60]}", "share": []})
+            gd.evaluate(STEP_JS, [si, slider["active"]])
         return out
 
     @staticmethod
