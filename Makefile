@@ -109,7 +109,7 @@ browser: $(STAMP) browser-deps  ## the built site and a live JupyterLab, driven 
 SHOTS := build/screenshots/figures
 screenshots: $(STAMP) browser-deps execute  ## every figure at 1280 and 390 px -> build/screenshots/figures, with report.txt
 	rm -rf $(SHOTS) && mkdir -p $(SHOTS)
-	$(PY) scripts/figure_check.py --exit-zero --shots $(SHOTS) --json $(SHOTS)/report.json \
+	$(PY) scripts/figure_check.py --exit-zero --steps --shots $(SHOTS) --json $(SHOTS)/report.json \
 	  $(sort $(wildcard build/executed/[0-9][0-9]_*.ipynb)) | tee $(SHOTS)/report.txt
 
 sync: $(STAMP)  ## re-pair notebooks after editing the .py sources
