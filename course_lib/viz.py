@@ -79,6 +79,8 @@ PHONE_WIDTH = 358
 CHAR_EM = 0.58
 #: Fewest pixels tidy leaves to the plot area when it grows the margins of a figure.
 MIN_PLOT_PX = 280
+#: Side margins (px) of a figure that holds only tables.
+TABLE_SIDE_PX = 8
 #: plotly.js's own layout defaults (used when neither the figure nor its template sets a value).
 _PLOTLY_DEFAULTS = {"font.size": 12, "margin": {"l": 80, "r": 80, "t": 100, "b": 80}}
 #: Trace types that draw on x/y axes (the others have no cartesian axes).
@@ -424,6 +426,10 @@ def _tidy_dict(fig: dict, width: float | None = None) -> dict:
     height = float(given_height or lay.get("height", default=DEFAULT_HEIGHT))
     t0, b0 = lay.margin("t"), lay.margin("b")
     l0, r0 = lay.margin("l"), lay.margin("r")
+    if data and all(tr.get("type") == "table" for tr in data) and max(l0, r0) > TABLE_SIDE_PX:
+        # no axes to hold: a table uses the width (on a phone, 100 px of margins is a third of it)
+        l0, r0 = min(l0, TABLE_SIDE_PX), min(r0, TABLE_SIDE_PX)
+        layout.setdefault("margin", {}).update(l=l0, r=r0)
     plot_w = max(width - l0 - r0 - 20, 100.0)  # 20: room automargin may take for tick labels
     plot_h0 = height - t0 - b0
 

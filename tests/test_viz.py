@@ -289,7 +289,8 @@ def test_tidy_widens_a_table_column_to_its_longest_word_and_wraps_cells_with_bre
     wide, phone = viz.tidy(fig), viz.tidy(fig, width=viz.PHONE_WIDTH)
     assert wide.data[0].columnwidth == (90, 110, 240)  # room enough at the book's width: untouched
     cw = phone.data[0].columnwidth
-    table_w = viz.PHONE_WIDTH - 10 - 10
+    assert phone.layout.margin.l == phone.layout.margin.r == viz.TABLE_SIDE_PX  # no axes: the width is the table's
+    table_w = viz.PHONE_WIDTH - 2 * viz.TABLE_SIDE_PX
     article_px = table_w * cw[1] / sum(cw)
     assert article_px >= len("categorization)") * 12 * viz.CHAR_EM + 18
     assert cw[2] / cw[0] == pytest.approx(240 / 90, rel=1e-3)  # the others keep their proportion
