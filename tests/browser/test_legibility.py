@@ -4,7 +4,8 @@ Issue #17: a figure that is drawn is not yet a figure one can read. Each page is
 once per width (one browser, one tab per width) and checked for
 
 * figures: tests/browser/legibility.js (the check scripts/figure_check.py runs on a
-  notebook) on every plotly figure, and on every step of its sliders: no text leaves its
+  notebook) on every plotly figure, and at 390 px on every step of its sliders (each step
+  costs about a second; `make screenshots` checks them at both widths): no text leaves its
   figure or panel, no two texts overlap, no figure wider than its column; every failure
   names page, figure (and step) and texts;
 * math: no raw ``$…$``, ``\\(…\\)`` or ``\\[…\\]`` in the rendered text outside code;
@@ -169,7 +170,8 @@ class _Reader:
                 ".filter(t => /share|cloud|chart studio|edit/i.test(t))"
             )
             figures.append(res)
-            figures += self._steps(gd, i + 1, column)
+            if width < 600:  # the tightest layout; every step at 1280 px too is `make screenshots`' job
+                figures += self._steps(gd, i + 1, column)
         out = {
             "figures": figures,
             "raw_math": pg.evaluate(RAW_MATH_JS),
