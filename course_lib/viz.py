@@ -747,9 +747,7 @@ def _table_height(data: list, lay: _Layout, table_w: float) -> float | None:
     need = 0.0
     for tr in tables:
         header, cells = tr.get("header") or {}, tr.get("cells") or {}
-        columns = [
-            [c] if isinstance(c, str) or not hasattr(c, "__iter__") else list(c) for c in (cells.get("values") or [])
-        ]
+        columns = _cell_strings(cells.get("values"))
         n_rows = max((len(c) for c in columns), default=0)
         widths = tr.get("columnwidth")
         n_cols = max(len(columns), len(header.get("values") or []), 1)

@@ -33,7 +33,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 LEGIBILITY_JS = ROOT / "tests" / "browser" / "legibility.js"
 sys.path.insert(0, str(ROOT / "tests" / "browser"))
-from site_pages import CHROMIUM, CHROMIUM_ARGS  # noqa: E402 (one launch recipe for every browser check)
+from site_pages import CHROMIUM, CHROMIUM_ARGS, SLIDERS_JS, STEP_JS  # noqa: E402 (one launch recipe for every browser check)
 
 #: Width of a cell output in the book (px) at a browser window width, measured on the built
 #: site (sphinx-book-theme 1.3 with the course CSS, chromium): the width a figure gets.
@@ -175,7 +175,7 @@ def _table_restyle(wide: dict, phone: dict) -> list | None:
     except ImportError:
         return None
     restyle = getattr(viz, "table_restyle", None)
-    if restyle is None or wide is phone:
+    if restyle is None:
         return None
     update, _, idx = restyle(wide, phone)
     return [update, idx] if idx else None
@@ -206,19 +206,6 @@ _DRAW = """async ([fig, config, height, width, column, narrow, narrowHeight, tab
     gd.style.height = narrowHeight + "px";
     await Plotly.relayout(gd, narrow);
   }
-  await new Promise((r) => requestAnimationFrame(() => requestAnimationFrame(r)));
-  return true;
-}"""
-
-
-_SLIDERS = """() => (window.__gd.layout.sliders || []).map((s) => ({
-  active: s.active || 0, labels: (s.steps || []).map((st) => st.label || String(st.value || "")) }))"""
-
-_STEP = """async ([si, k]) => {
-  const gd = window.__gd;
-  const st = gd.layout.sliders[si].steps[k];
-  if (st.method && st.method !== "skip" && Plotly[st.method]) await Plotly[st.method](gd, ...(st.args || []));
-  await Plotly.relayout(gd, { [`sliders[${si}].active`]: k });
   await new Promise((r) => requestAnimationFrame(() => requestAnimationFrame(r)));
   return true;
 }"""
@@ -266,12 +253,12 @@ def check_notebook(
             results.append({**base, "width": w, "step": None, **res})
             if not steps or res.get("error"):
                 continue
-            for si, slider in enumerate(page.evaluate(_SLIDERS)):
+            for si, slider in enumerate(page.locator("#column .plotly-graph-div").evaluate(SLIDERS_JS)):
                 for k, label in enumerate(slider["labels"]):
                     if k == slider["active"]:
                         continue
                     try:
-                        page.evaluate(_STEP, [si, k])
+                        page.locator("#column .plotly-graph-div").evaluate(STEP_JS, [si, k])
                         res = page.locator("#column .plotly-graph-div").evaluate(
                             legibility_js, {"tol": TOLERANCE_PX, "column": col}
                         )

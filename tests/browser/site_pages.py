@@ -33,3 +33,17 @@ PAGES = (
     if SITE.is_dir()
     else []
 )
+
+# A figure's sliders: the step shown first and each step's label (static twins, issue #17); evaluate
+# both on the figure's .plotly-graph-div, as tests/browser/test_legibility.py and
+# scripts/figure_check.py do.
+SLIDERS_JS = """g => (g.layout.sliders || []).map((s) => ({
+  active: s.active || 0, labels: (s.steps || []).map((st) => String(st.label || st.value || "")) }))"""
+
+# One step applied as a click on it does: its method and arguments, then the slider moved.
+STEP_JS = """async (g, [si, k]) => {
+  const st = g.layout.sliders[si].steps[k];
+  if (st.method && st.method !== "skip" && Plotly[st.method]) await Plotly[st.method](g, ...(st.args || []));
+  await Plotly.relayout(g, { [`sliders[${si}].active`]: k });
+  await new Promise((r) => requestAnimationFrame(() => requestAnimationFrame(r)));
+}"""

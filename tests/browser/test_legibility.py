@@ -24,7 +24,7 @@ import pytest
 from playwright.sync_api import TimeoutError as PlaywrightTimeout
 
 ROOT = Path(__file__).resolve().parents[2]
-from site_pages import PAGES  # noqa: E402 (tests/browser is on sys.path)
+from site_pages import PAGES, SLIDERS_JS, STEP_JS  # noqa: E402 (tests/browser is on sys.path)
 
 LEGIBILITY_JS = (Path(__file__).parent / "legibility.js").read_text()
 WIDTHS = (1280, 390)
@@ -50,18 +50,6 @@ RAW_MATH_JS = r"""() => {
     }
   }
   return found;
-}"""
-
-# A figure's sliders: the step shown first and each step's label (static twins, issue #17).
-SLIDERS_JS = """g => (g.layout.sliders || []).map((s) => ({
-  active: s.active || 0, labels: (s.steps || []).map((st) => String(st.label || st.value || "")) }))"""
-
-# One step applied as a click on it does: its method and arguments, then the slider moved.
-STEP_JS = """async (g, [si, k]) => {
-  const st = g.layout.sliders[si].steps[k];
-  if (st.method && st.method !== "skip" && Plotly[st.method]) await Plotly[st.method](g, ...(st.args || []));
-  await Plotly.relayout(g, { [`sliders[${si}].active`]: k });
-  await new Promise((r) => requestAnimationFrame(() => requestAnimationFrame(r)));
 }"""
 
 # HTML tables (plotly tables are SVG: legibility.js checks those): a table wider or taller
